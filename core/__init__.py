@@ -1,0 +1,64 @@
+"""trainforge: train, tune, track and ship PyTorch models from the command line.
+
+Plugin authors need only this package root::
+
+    import trainforge
+
+    @trainforge.hookimpl
+    def register_models(register):
+        register(trainforge.ModelSpec(name="tiny", build=build, tasks={"classification"}))
+
+Heavy parts (torch, mlflow, optuna) load only when a function that needs them is called.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from .errors import ConfigError, DataError, ExportError, PluginError, TrainforgeError
+from .hookspecs import hookimpl, hookspec
+from .specs import ArrayData, CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec
+
+__version__ = "0.1.0"
+
+# name -> module that defines it, imported on first access (PEP 562) to keep start-up light.
+_LAZY = {
+    "train": "api",
+    "evaluate": "api",
+    "TrainResult": "api",
+    "export": "export",
+    "predict": "predict",
+    "Callback": "callbacks",
+    "Trainer": "trainer",
+    "TrainContext": "context",
+    "DataMeta": "data",
+    "get_plugin_manager": "manager",
+}
+
+__all__ = [
+    "ArrayData",
+    "CallbackSpec",
+    "ConfigError",
+    "DataError",
+    "DatasetSpec",
+    "ExportError",
+    "ModelSpec",
+    "OptimizerSpec",
+    "PluginError",
+    "SchedulerSpec",
+    "TrainforgeError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'trainforge' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

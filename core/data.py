@@ -1,0 +1,243 @@
+"""The data path: load through a dataset plugin, validate, split, batch.
+
+In-memory splits are batched by index (one ``randperm`` per epoch and one gather per batch), not by
+per-sample collation through a ``DataLoader``: for small models the collation is most of the time
+(see ``benchmarks/``). Any other ``torch.utils.data.Dataset`` (map-style or iterable, e.g. a
+streaming reader) goes through a ``DataLoader``, so a ``DistributedSampler`` can slot in there.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from . import manager
+from .errors import ConfigError, DataError
+from .specs import ArrayData
+
+SPLIT_KEYS = ("val_fraction", "test_fraction")
+
+
+@dataclass
+class DataMeta:
+    """What the trainer, exporter and predictor need to know about the data.
+
+    ``input_shape`` excludes the batch axis; ``mean``/``std`` have the shape the standardization
+    broadcasts with (``input_shape`` for per-feature, ``(C, 1, 1)`` for per-channel images) and are
+    fitted on the training split only.
+    """
+
+    dataset: str
+    task: str
+    input_shape: tuple[int, ...]
+    output_dim: int
+    class_names: list[str] | None
+    feature_names: list[str] | None
+    mean: np.ndarray
+    std: np.ndarray
+    sizes: dict[str, int] = field(default_factory=dict)
+    source: str = ""
+    #: regression only: mean and std ``(T,)`` of the training targets (the net learns standardized targets)
+    target_mean: np.ndarray | None = None
+    target_std: np.ndarray | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "dataset": self.dataset,
+            "task": self.task,
+            "input_shape": list(self.input_shape),
+            "output_dim": self.output_dim,
+            "class_names": self.class_names,
+            "feature_names": self.feature_names,
+            "mean": self.mean.astype(float).tolist(),
+            "std": self.std.astype(float).tolist(),
+            "sizes": dict(self.sizes),
+            "source": self.source,
+            "target_mean": None if self.target_mean is None else self.target_mean.astype(float).tolist(),
+            "target_std": None if self.target_std is None else self.target_std.astype(float).tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DataMeta:
+        return cls(
+            dataset=d["dataset"],
+            task=d["task"],
+            input_shape=tuple(d["input_shape"]),
+            output_dim=int(d["output_dim"]),
+            class_names=d.get("class_names"),
+            feature_names=d.get("feature_names"),
+            mean=np.asarray(d["mean"], dtype=np.float32),
+            std=np.asarray(d["std"], dtype=np.float32),
+            sizes=dict(d.get("sizes") or {}),
+            source=d.get("source", ""),
+            target_mean=None if d.get("target_mean") is None else np.asarray(d["target_mean"], np.float32),
+            target_std=None if d.get("target_std") is None else np.asarray(d["target_std"], np.float32),
+        )
+
+
+@dataclass
+class TensorSplit:
+    """An in-memory split: ``x`` float32 ``(N, *input_shape)``, ``y`` int64 ``(N,)`` or float32 ``(N, T)``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def to(self, device: torch.device) -> TensorSplit:
+        return TensorSplit(self.x.to(device), self.y.to(device))
+
+
+@dataclass
+class DataBundle:
+    """Train/validation/test splits plus metadata. Splits are :class:`TensorSplit` or any torch Dataset."""
+
+    train: Any
+    val: Any
+    test: Any
+    meta: DataMeta
+
+
+def batches(
+    split: Any, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield ``(x, y)`` batches. ``TensorSplit`` is gathered by index; other datasets use a DataLoader."""
+    if isinstance(split, TensorSplit):
+        n = len(split)
+        if shuffle:
+            order = torch.randperm(n, generator=generator).to(split.x.device)
+            for start in range(0, n, batch_size):
+                idx = order[start : start + batch_size]
+                yield split.x[idx], split.y[idx]
+        else:
+            for start in range(0, n, batch_size):
+                yield split.x[start : start + batch_size], split.y[start : start + batch_size]
+        return
+    loader = torch.utils.data.DataLoader(
+        split,
+        batch_size=batch_size,
+        shuffle=shuffle and not isinstance(split, torch.utils.data.IterableDataset),
+        generator=generator,
+    )
+    yield from loader
+
+
+def load(dataset_config: dict[str, Any], trainer_config: dict[str, Any]) -> DataBundle:
+    """Load the configured dataset, validate it and split it (seeded; stratified for classification).
+
+    Raises :class:`DataError` for non-finite or malformed data, :class:`ConfigError` for bad split settings.
+    """
+    name = dataset_config["name"]
+    spec = manager.get("dataset", name)
+    params = {k: v for k, v in dataset_config.items() if k != "name"}
+    if "split" in inspect.signature(spec.load).parameters:
+        params["split"] = {k: trainer_config[k] for k in (*SPLIT_KEYS, "seed")}
+    result = spec.load(**params)
+    if isinstance(result, DataBundle):
+        return result
+    if not isinstance(result, ArrayData):
+        raise TypeError(f"dataset {name!r}: load() returned {type(result).__name__}, expected ArrayData")
+    return split_arrays(name, result, trainer_config)
+
+
+def validate(name: str, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
+    """Check shapes, dtypes and finiteness; return ``(features float32, target)``."""
+    where = data.source or f"dataset {name!r}"
+    try:
+        x = np.asarray(data.features, dtype=np.float32)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: features are not numeric ({exc})") from None
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise DataError(f"{where}: features must have shape (N, ...) with N > 0, got {x.shape}")
+    bad = ~np.isfinite(x.reshape(len(x), -1))
+    if bad.any():
+        row, col = (int(i) for i in np.argwhere(bad)[0])
+        col_name = data.feature_names[col] if data.feature_names and col < len(data.feature_names) else col
+        raise DataError(
+            f"{where}: row {row + 1}, column {col_name!r}: feature is NaN or infinite "
+            f"({int(bad.sum())} such values); clean or impute the data first"
+        )
+    y = np.asarray(data.target)
+    if len(y) != len(x):
+        raise DataError(f"{where}: {len(x)} feature rows but {len(y)} targets")
+    if data.task == "classification":
+        y = y.astype(np.int64)
+        k = len(data.class_names) if data.class_names else int(y.max()) + 1
+        if y.min() < 0 or y.max() >= k:
+            raise DataError(f"{where}: class indices must lie in [0, {k}), got [{y.min()}, {y.max()}]")
+    elif data.task == "regression":
+        y = y.astype(np.float32)
+        if not np.isfinite(y).all():
+            row = int(np.argwhere(~np.isfinite(y.reshape(len(y), -1)))[0][0])
+            raise DataError(f"{where}: row {row + 1}: target is NaN or infinite")
+    else:
+        raise DataError(f"{where}: unknown task {data.task!r}")
+    return x, y
+
+
+def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> DataBundle:
+    """Seeded train/val/test split (stratified for classification) and train-only standardization."""
+    from sklearn.model_selection import train_test_split
+
+    x, y = validate(name, data)
+    seed = int(trainer_config["seed"])
+    test_frac, val_frac = float(trainer_config["test_fraction"]), float(trainer_config["val_fraction"])
+    stratify = y if data.task == "classification" else None
+    idx = np.arange(len(x))
+    try:
+        rest, test = train_test_split(idx, test_size=test_frac, random_state=seed, stratify=stratify)
+        strat_rest = y[rest] if stratify is not None else None
+        train, val = train_test_split(
+            rest, test_size=val_frac / (1.0 - test_frac), random_state=seed, stratify=strat_rest
+        )
+    except ValueError as exc:  # e.g. a class with a single member cannot be stratified
+        raise ConfigError(f"dataset {name!r}: cannot split {len(x)} rows: {exc}") from None
+    mean, std = standardization(x[train])
+    target_mean = target_std = None
+    if data.task == "classification":
+        output_dim = len(data.class_names) if data.class_names else int(y.max()) + 1
+        class_names = data.class_names or [str(i) for i in range(output_dim)]
+        if y.ndim != 1:
+            raise DataError(f"dataset {name!r}: classification targets must have shape (N,)")
+    else:
+        output_dim = 1 if y.ndim == 1 else int(y.shape[1])
+        class_names = None
+        y = y.reshape(len(y), output_dim)
+        target_mean, target_std = standardization(y[train])
+    meta = DataMeta(
+        dataset=name,
+        task=data.task,
+        input_shape=tuple(int(d) for d in x.shape[1:]),
+        output_dim=output_dim,
+        class_names=[str(c) for c in class_names] if class_names else None,
+        feature_names=list(data.feature_names) if data.feature_names else None,
+        mean=mean,
+        std=std,
+        sizes={"train": len(train), "val": len(val), "test": len(test)},
+        source=data.source,
+        target_mean=target_mean,
+        target_std=target_std,
+    )
+
+    def part(rows: np.ndarray) -> TensorSplit:
+        return TensorSplit(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]))
+
+    return DataBundle(part(train), part(val), part(test), meta)
+
+
+def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of training features: per feature for vectors, per channel for ``(N, C, ...)`` images.
+
+    A constant feature gets std 1 so it passes through unscaled instead of dividing by zero.
+    """
+    axes = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)[0].astype(np.float32)
+    std = x.std(axis=axes, keepdims=True)[0].astype(np.float32)
+    std[std < 1e-8] = 1.0
+    return mean, std
+

@@ -1,0 +1,26 @@
+"""The one exception family meant for users.
+
+The CLI turns a :class:`TrainforgeError` into a single line on stderr and exit code 1 (click's
+convention for a failed command; 2 stays reserved for usage errors). Anything else is a programming
+error and keeps its traceback.
+"""
+
+
+class TrainforgeError(Exception):
+    """A user-facing error: bad input, unknown plugin, incompatible choices."""
+
+
+class PluginError(TrainforgeError):
+    """A plugin could not be loaded or registered (duplicate name, unknown hook, bad spec)."""
+
+
+class ConfigError(TrainforgeError):
+    """A configuration value is unknown, malformed or out of range."""
+
+
+class DataError(TrainforgeError):
+    """Input data is missing or malformed; the message names the file, row and column."""
+
+
+class ExportError(TrainforgeError):
+    """The ONNX export failed its gate (checker or parity with torch)."""

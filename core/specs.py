@@ -1,0 +1,144 @@
+"""The spec classes plugins register.
+
+A spec is a named recipe: a builder plus documented default hyperparameters, a one-line description and
+an optional Optuna search space (``trial -> dict`` of hyperparameters, used by ``trainforge tune``).
+Specs import nothing heavy, so ``trainforge plugins`` can list them without importing torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    import numpy as np
+    import optuna
+    import torch
+
+    from .callbacks import Callback
+    from .context import TrainContext
+
+SearchSpace = Callable[["optuna.Trial"], dict[str, Any]]
+TASKS = ("classification", "regression")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    name: str
+    description: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)
+    #: ``trial -> {hyperparameter: value}``; names must be keys of ``defaults``.
+    search_space: SearchSpace | None = None
+    #: one-line documentation per hyperparameter, shown by ``trainforge plugins --details``.
+    param_help: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise TypeError(f"{type(self).__name__} needs a non-empty name")
+
+
+@dataclass(frozen=True)
+class ModelSpec(_Spec):
+    """A model: ``build(input_shape, output_dim, **hparams) -> torch.nn.Module``.
+
+    ``input_shape`` is the per-sample shape without the batch axis, e.g. ``(64,)`` for a vector or
+    ``(1, 8, 8)`` for a ``(C, H, W)`` image; ``output_dim`` is the number of classes for classification
+    (the module returns logits of shape ``(N, output_dim)``) or the number of targets for regression.
+    ``input`` says what the module consumes: ``"vector"`` models get images flattened automatically,
+    ``"image"`` models need a ``(C, H, W)`` input, ``"any"`` takes the data as it is.
+    """
+
+    build: Callable[..., torch.nn.Module] | None = None
+    tasks: frozenset[str] = frozenset(TASKS)
+    input: Literal["vector", "image", "any"] = "any"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build is None:
+            raise TypeError(f"ModelSpec {self.name!r} needs a build function")
+        object.__setattr__(self, "tasks", frozenset(self.tasks))
+
+
+@dataclass(frozen=True)
+class OptimizerSpec(_Spec):
+    """An optimizer: ``build(params, **hparams) -> torch.optim.Optimizer``; ``defaults`` must hold ``lr``."""
+
+    build: Callable[..., torch.optim.Optimizer] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build is None:
+            raise TypeError(f"OptimizerSpec {self.name!r} needs a build function")
+        if "lr" not in self.defaults:
+            raise TypeError(f"OptimizerSpec {self.name!r}: defaults must include the learning rate 'lr'")
+
+
+@dataclass(frozen=True)
+class DatasetSpec(_Spec):
+    """A dataset: ``load(**params) -> ArrayData``.
+
+    ``load`` may raise :class:`trainforge.DataError` naming the file, row and column of bad input.
+    Core splits ``ArrayData`` into train/val/test (stratified for classification, seeded).
+    """
+
+    load: Callable[..., ArrayData] | None = None
+    tasks: frozenset[str] = frozenset(TASKS)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.load is None:
+            raise TypeError(f"DatasetSpec {self.name!r} needs a load function")
+        object.__setattr__(self, "tasks", frozenset(self.tasks))
+
+
+@dataclass(frozen=True)
+class SchedulerSpec(_Spec):
+    """A learning-rate scheduler: ``build(optimizer, epochs, **hparams)``, stepped once per epoch.
+
+    With ``needs_metric=True`` the trainer passes the monitored validation metric to ``step`` (as
+    ``torch.optim.lr_scheduler.ReduceLROnPlateau`` expects).
+    """
+
+    build: Callable[..., Any] | None = None
+    needs_metric: bool = False
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build is None:
+            raise TypeError(f"SchedulerSpec {self.name!r} needs a build function")
+
+
+@dataclass(frozen=True)
+class CallbackSpec(_Spec):
+    """A trainer callback: ``build(context: TrainContext) -> Callback | None``.
+
+    Built for every fit; returning ``None`` opts out (e.g. the MLflow logger when tracking is off).
+    Callbacks run in ascending ``order``.
+    """
+
+    build: Callable[[TrainContext], Callback | None] | None = None
+    order: int = 100
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build is None:
+            raise TypeError(f"CallbackSpec {self.name!r} needs a build function")
+
+
+@dataclass
+class ArrayData:
+    """In-memory data a dataset plugin returns before core splits it.
+
+    - ``features``: float array ``(N, *input_shape)``, e.g. ``(N, 13)`` or ``(N, 1, 8, 8)``.
+    - ``target``: ``(N,)`` int class indices for classification, float ``(N,)`` or ``(N, T)`` for regression.
+    - ``task``: ``"classification"`` or ``"regression"``.
+    - ``class_names``: label of each class index (classification only).
+    - ``feature_names``: names of the flattened feature columns, used by ``predict`` on CSV input.
+    """
+
+    features: np.ndarray
+    target: np.ndarray
+    task: str
+    class_names: list[str] | None = None
+    feature_names: list[str] | None = None
+    source: str = ""

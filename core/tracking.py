@@ -1,0 +1,98 @@
+"""MLflow set-up and run lifecycle.
+
+Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``, relative to the
+working directory (MLflow 3.17+ refuses a plain ``./mlruns`` file store). ``--tracking-uri`` or
+``MLFLOW_TRACKING_URI`` override it.
+
+MLflow ends a run FINISHED when an exception escapes outside a ``with start_run()`` block, and leaves
+it RUNNING after SIGKILL, so :func:`run_status` sets FAILED / KILLED itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+from .errors import TrainforgeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_EXPERIMENT = "trainforge"
+ARTIFACT_ROOT = Path("mlruns") / "artifacts"
+
+
+def tracking_uri(uri: str | None = None) -> str:
+    """The URI in force: the argument, else ``MLFLOW_TRACKING_URI``, else the local SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def setup(uri: str | None = None, experiment: str | None = None) -> str:
+    """Point MLflow at the store and return the experiment id, creating the experiment if needed.
+
+    Raises :class:`TrainforgeError` when the store cannot be reached.
+    """
+    import mlflow
+
+    uri = tracking_uri(uri)
+    local = uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
+    if local:  # relative SQLite path: create its folder
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    try:
+        found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            if found.lifecycle_stage == "deleted":
+                raise TrainforgeError(f"experiment {name!r} is deleted; restore it or choose another name")
+            return found.experiment_id
+        location = None
+        if uri.startswith("sqlite:"):
+            slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
+            location = (Path.cwd() / ARTIFACT_ROOT / slug).resolve().as_uri()
+        return mlflow.create_experiment(name, artifact_location=location)
+    except TrainforgeError:
+        raise
+    except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
+        raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {exc}") from exc
+
+
+@contextlib.contextmanager
+def run_status(run_id: str) -> Iterator[None]:
+    """End the run FINISHED on success, KILLED on Ctrl-C, FAILED on any other exception (re-raised).
+
+    The error is kept on the run as the tag ``trainforge.error``.
+    """
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        yield
+    except KeyboardInterrupt:
+        _end(client, run_id, "KILLED", "interrupted (Ctrl-C)")
+        raise
+    except BaseException as exc:
+        _end(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        raise
+    _end(client, run_id, "FINISHED", None)
+
+
+def _end(client: Any, run_id: str, status: str, error: str | None) -> None:
+    import mlflow
+
+    with contextlib.suppress(Exception):
+        mlflow.flush_async_logging()
+    try:
+        if error:
+            client.set_tag(run_id, "trainforge.error", error[:5000])
+        active = mlflow.active_run()
+        if active is not None and active.info.run_id == run_id:
+            mlflow.end_run(status=status)
+        else:
+            client.set_terminated(run_id, status=status)
+    except Exception:  # the run must not hide the original error
+        log.exception("could not mark MLflow run %s as %s", run_id, status)

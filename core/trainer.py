@@ -1,0 +1,192 @@
+"""The training loop.
+
+One function, ordered sections. Everything optional (early stopping, checkpoints, tracking, pruning,
+progress) is a callback; the loop only trains, evaluates, tracks the best epoch and steps the
+learning-rate schedule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from typing import Any, Iterable
+
+import torch
+from torch import nn
+
+from .callbacks import Callback
+from .data import DataBundle, TensorSplit, batches
+from .errors import ConfigError, TrainforgeError
+from .tasks import Task, metric_mode
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``. Raises ConfigError for unusable devices."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but torch sees no CUDA GPU; use --device cpu")
+    return device
+
+
+class Trainer:
+    """Fit a model with an optimizer on a :class:`DataBundle` for a :class:`Task`.
+
+    ``config`` is the ``trainer`` section of the resolved config (epochs, batch_size, precision, ...).
+    After :meth:`fit`: ``history`` (one metrics dict per epoch), ``best_epoch``, ``best_value`` and
+    ``best_state`` (CPU copy of the best weights by ``monitor``).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        task: Task,
+        config: dict[str, Any],
+        *,
+        output_dim: int,
+        callbacks: Iterable[Callback] = (),
+        scheduler: Any = None,
+        scheduler_needs_metric: bool = False,
+    ) -> None:
+        self.model, self.optimizer, self.task, self.config = model, optimizer, task, config
+        self.output_dim = output_dim
+        self.callbacks = list(callbacks)
+        self.scheduler, self.scheduler_needs_metric = scheduler, scheduler_needs_metric
+        self.device = resolve_device(str(config["device"]))
+        self.precision = str(config["precision"])
+        self.monitor = str(config["monitor"])
+        mode = config.get("mode", "auto")
+        self.mode = metric_mode(self.monitor, task) if mode == "auto" else mode
+        self.min_delta = float(config.get("min_delta", 0.0))
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.best_epoch, self.best_value = 0, math.inf if self.mode == "min" else -math.inf
+        self.best_state: dict[str, torch.Tensor] = {}
+        self.epochs_without_improvement = 0
+        self.should_stop = self.stopped_early = False
+        self.seconds = 0.0
+        if self.precision == "16-mixed" and self.device.type != "cuda":
+            raise ConfigError("precision 16-mixed needs a CUDA device (a GradScaler); use bf16-mixed on CPU")
+
+    # -- helpers -------------------------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16-mixed" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _emit(self, event: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(self, *args)
+
+    def _improved(self, value: float) -> bool:
+        if self.mode == "min":
+            return value < self.best_value - self.min_delta
+        return value > self.best_value + self.min_delta
+
+    def _place(self, split: Any) -> Any:
+        # Small in-memory splits live on the device for the whole fit: one copy, no per-batch transfer.
+        return split.to(self.device) if isinstance(split, TensorSplit) else split
+
+    @torch.inference_mode()
+    def evaluate(self, split: Any) -> dict[str, float]:
+        """Metrics of the current weights on a split (no gradients), keys without a prefix."""
+        self.model.eval()
+        state = self.task.new_state(self.output_dim, self.device)
+        for x, y in batches(self._place(split), int(self.config["eval_batch_size"])):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            with self._autocast():
+                out = self.model(x)
+            self.task.update(state, out.float(), y)
+        return self.task.compute(state)
+
+    # -- the loop --------------------------------------------------------------------------------
+    def fit(self, data: DataBundle) -> Trainer:
+        cfg = self.config
+        model, optimizer, task = self.model.to(self.device), self.optimizer, self.task
+        train, val = self._place(data.train), self._place(data.val)
+        generator = torch.Generator().manual_seed(int(cfg["seed"]))
+        scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
+        grad_clip = cfg.get("grad_clip")
+        started = time.perf_counter()
+        self._emit("on_fit_start")
+        try:
+            for epoch in range(1, int(cfg["epochs"]) + 1):
+                self.epoch = epoch
+                # 1. One pass over the training split. The loss and the metric statistics stay on the
+                #    device: no .item() per step, one host sync per epoch in task.compute().
+                model.train()
+                state = task.new_state(self.output_dim, self.device)
+                for x, y in batches(train, int(cfg["batch_size"]), shuffle=True, generator=generator):
+                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    with self._autocast():
+                        out = model(x)
+                        loss = task.loss(out, y)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler is not None:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                    else:
+                        loss.backward()
+                    if grad_clip:
+                        nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+                    if scaler is not None:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
+                    task.update(state, out.detach().float(), y, loss=loss.detach())
+                metrics = {f"train_{k}": v for k, v in task.compute(state).items()}
+                if not math.isfinite(metrics["train_loss"]):
+                    raise TrainforgeError(
+                        f"training diverged: the training loss is {metrics['train_loss']} at epoch {epoch}; "
+                        "lower the learning rate or set trainer.grad_clip"
+                    )
+
+                # 2. Validation, and the learning rate this epoch ran with.
+                metrics.update({f"val_{k}": v for k, v in self.evaluate(val).items()})
+                metrics["lr"] = float(optimizer.param_groups[0]["lr"])
+                self.history.append(metrics)
+
+                # 3. Best epoch by the monitored metric; its weights are what test and export use.
+                if self.monitor not in metrics:
+                    raise ConfigError(
+                        f"monitored metric {self.monitor!r} is not computed; choose one of {', '.join(metrics)}"
+                    )
+                value = metrics[self.monitor]
+                if self._improved(value):
+                    self.best_value, self.best_epoch = value, epoch
+                    self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+                    self.epochs_without_improvement = 0
+                else:
+                    self.epochs_without_improvement += 1
+
+                # 4. Learning-rate schedule, once per epoch.
+                if self.scheduler is not None:
+                    self.scheduler.step(value) if self.scheduler_needs_metric else self.scheduler.step()
+
+                # 5. Callbacks: logging, checkpoints, early stopping, pruning.
+                self._emit("on_epoch_end", epoch, metrics)
+                if self.should_stop:
+                    break
+        except BaseException as exc:
+            self.seconds = time.perf_counter() - started
+            self._emit("on_exception", exc)
+            raise
+        self.seconds = time.perf_counter() - started
+        self._emit("on_fit_end")
+        return self
+
+    def restore_best(self) -> None:
+        """Load the best epoch's weights into the model (no-op before the first epoch)."""
+        if self.best_state:
+            self.model.load_state_dict(self.best_state)
