@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 # name -> module that defines it, imported on first access (PEP 562) to keep start-up light.
 _LAZY = {
     "train": "api",
-    "evaluate": "api",
+    "build_config": "api",
     "TrainResult": "api",
     "export": "export",
     "predict": "predict",

@@ -6,7 +6,7 @@ One tree drives a run::
     optimizer: {name: adam, lr: 0.001, ...}          # OptimizerSpec.defaults
     dataset:   {name: digits, ...}                   # DatasetSpec.defaults
     scheduler: {name: none, ...}                     # SchedulerSpec.defaults
-    trainer:   {epochs: 20, batch_size: 64, ...}     # TRAINER_DEFAULTS below
+    trainer:   {epochs: 50, batch_size: 64, ...}     # TRAINER_DEFAULTS below
 
 Precedence, lowest first: spec defaults, ``--config FILE``, ``-p section.key=value`` overrides, then
 explicit flags such as ``--lr``. Values of ``-p`` are parsed as YAML (``[256,128]``, ``0.9``, ``true``).
@@ -28,7 +28,7 @@ SECTIONS = (*PLUGIN_SECTIONS, "trainer")
 EXTRA_SECTIONS = ("search_space", "tune")
 
 TRAINER_DEFAULTS: dict[str, Any] = {
-    "epochs": 20,  # full passes over the training split
+    "epochs": 50,  # full passes over the training split (early stopping usually ends sooner)
     "batch_size": 64,  # samples per optimizer step
     "eval_batch_size": 1024,  # samples per forward pass when evaluating (no gradients)
     "seed": 0,  # seeds the split, the initial weights and the shuffling

@@ -241,3 +241,42 @@ def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     std[std < 1e-8] = 1.0
     return mean, std
 
+
+
+def sample_rows(split: Any, n: int = 256) -> np.ndarray:
+    """The first ``n`` feature rows of a split as float32 numpy ``(n, *input_shape)`` (export parity checks)."""
+    if isinstance(split, TensorSplit):
+        return split.x[:n].detach().cpu().numpy()
+    for x, _ in batches(split, n):
+        return x.detach().cpu().numpy()
+    raise DataError("the split is empty")
+
+
+def write_split(bundle: DataBundle, split: str, output: str, target_column: str = "target") -> int:
+    """Write a split's raw features (flattened, named by ``feature_names``) and target to CSV or Parquet.
+
+    Classification targets are written as class labels. Returns the number of rows written.
+    """
+    import pandas as pd
+
+    part = getattr(bundle, split, None)
+    if not isinstance(part, TensorSplit):
+        raise ConfigError(f"split {split!r} is not an in-memory split; choose train, val or test")
+    meta = bundle.meta
+    x = part.x.cpu().numpy().reshape(len(part), -1)
+    names = meta.feature_names if meta.feature_names and len(meta.feature_names) == x.shape[1] else \
+        [f"x{i}" for i in range(x.shape[1])]
+    frame = pd.DataFrame(x, columns=names)
+    y = part.y.cpu().numpy()
+    if meta.task == "classification":
+        frame[target_column] = np.asarray(meta.class_names, dtype=object)[y]
+    elif y.shape[1] == 1:
+        frame[target_column] = y[:, 0]
+    else:
+        for i in range(y.shape[1]):
+            frame[f"{target_column}_{i}"] = y[:, i]
+    if output.lower().endswith((".parquet", ".pq")):
+        frame.to_parquet(output, index=False)
+    else:
+        frame.to_csv(output, index=False)
+    return len(frame)

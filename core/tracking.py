@@ -96,3 +96,44 @@ def _end(client: Any, run_id: str, status: str, error: str | None) -> None:
             client.set_terminated(run_id, status=status)
     except Exception:  # the run must not hide the original error
         log.exception("could not mark MLflow run %s as %s", run_id, status)
+
+
+def setup_uri(uri: str | None = None) -> str:
+    """Point MLflow at the store in force (see :func:`tracking_uri`) without touching experiments."""
+    import mlflow
+
+    uri = tracking_uri(uri)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def get_run(run_id: str) -> Any:
+    """The MLflow run ``run_id``; raises :class:`TrainforgeError` when the store does not know it."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient().get_run(run_id)
+    except Exception as exc:
+        raise TrainforgeError(
+            f"run {run_id!r} not found in tracking store {tracking_uri()!r} ({type(exc).__name__}); "
+            "pass --tracking-uri if it lives elsewhere"
+        ) from None
+
+
+def download(run_id: str, artifact_path: str) -> str:
+    """Local path of a run's artifact (the file itself for a local store, else a downloaded copy)."""
+    import mlflow
+
+    from urllib.parse import unquote, urlparse
+
+    run = get_run(run_id)
+    uri = urlparse(run.info.artifact_uri)
+    if uri.scheme in ("", "file"):  # local store: the file itself, no copy
+        local = Path(unquote(uri.path)) / artifact_path
+        if local.exists():
+            return str(local)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    try:
+        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
+    except Exception as exc:
+        raise TrainforgeError(f"run {run_id!r} has no artifact {artifact_path!r} ({exc})") from None

@@ -1,0 +1,1 @@
+"""The ``trainforge`` command line: parses, calls :mod:`trainforge` functions, prints."""

@@ -1,0 +1,255 @@
+"""``trainforge`` commands. Thin: parse options, call the Python API, print.
+
+Heavy modules (torch, mlflow, onnxruntime) are imported inside the commands, so ``trainforge --help``
+and ``trainforge plugins`` start fast. A :class:`trainforge.TrainforgeError` (a user mistake) becomes
+one ``Error: ...`` line and exit code 1; usage errors exit 2 (click's conventions).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from typing import Any
+
+import click
+
+from trainforge import TrainforgeError, __version__
+
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
+
+
+class Group(click.Group):
+    """Turns user errors into one line and a non-zero exit instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TrainforgeError as exc:
+            raise click.ClickException(str(exc)) from None
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("mlflow", "alembic", "urllib3"):
+        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not verbose:  # MLflow configures its own handler at import, at INFO unless told otherwise
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
+
+def _print_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=None, default=str))
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="trainforge")
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+def cli(verbose: int) -> None:
+    """Train, tune, track and ship PyTorch models from the command line.
+
+    \b
+    Quick start:
+      trainforge train --model cnn --dataset digits --epochs 30
+      trainforge predict runs:/RUN_ID --input test.csv --output predictions.csv
+      trainforge ui
+    """
+    _setup_logging(verbose)
+
+
+@cli.command(epilog="""\b
+Examples:
+  trainforge train --model cnn --dataset digits --epochs 30 --json
+  trainforge train --model mlp --dataset csv -p dataset.path=data.csv -p dataset.target=label
+  trainforge train --config run.yaml -p model.hidden_sizes=[256,128] -p optimizer.momentum=0.9""")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the config tree.")
+@click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Set any plugin or trainer option; VALUE is YAML. Repeatable.")
+@click.option("--model", help="Model plugin (see `trainforge plugins`). Default: mlp.")
+@click.option("--dataset", help="Dataset plugin. Default: digits.")
+@click.option("--optimizer", help="Optimizer plugin. Default: adam.")
+@click.option("--scheduler", help="Learning-rate scheduler plugin: none, step, cosine, plateau.")
+@click.option("--epochs", type=click.IntRange(min=1), help="Full passes over the training split (default 50).")
+@click.option("--batch-size", type=click.IntRange(min=1), help="Samples per optimizer step (default 64).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (optimizer.lr).")
+@click.option("--seed", type=int, help="Seed for the split, the weights and the shuffling (default 0).")
+@click.option("--device", help="auto, cpu, cuda or cuda:N (default auto).")
+@click.option("--precision", type=click.Choice(["32", "bf16-mixed", "16-mixed"]), help="Default 32.")
+@click.option("--patience", type=click.IntRange(min=0), help="Early-stopping patience in epochs; 0 disables.")
+@click.option("--experiment", help="MLflow experiment name (default: trainforge).")
+@click.option("--run-name", help="MLflow run name (default: MODEL-DATASET).")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
+def train(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
+          optimizer: str | None, scheduler: str | None, epochs: int | None, batch_size: int | None,
+          lr: float | None, seed: int | None, device: str | None, precision: str | None, patience: int | None,
+          experiment: str | None, run_name: str | None, tracking_uri: str | None, no_export: bool, quiet: bool,
+          as_json: bool) -> None:
+    """Train a model, track it in MLflow and export a verified ONNX file."""
+    from trainforge.api import train as run_train
+
+    result = run_train(
+        config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
+        export=not no_export, quiet=quiet,
+        model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
+        optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
+        trainer__device=device, trainer__precision=precision, trainer__patience=patience,
+    )
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    click.echo(f"run {result.run_id}: best epoch {result.best_epoch} of {result.epochs_run} "
+               f"({result.seconds:.1f} s of training)")
+    for key, value in result.metrics.items():
+        click.echo(f"  {key:<16} {value:.4f}")
+    if result.onnx_path:
+        click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs torch: {max(result.parity.values()):.2g})")
+
+
+@cli.command(epilog="""\b
+Example:
+  trainforge export 3f2a9c... --output digits_cnn.onnx""")
+@click.argument("run_id")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write (default ./RUN_ID.onnx).")
+@click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
+@click.option("--log-to-run", is_flag=True, help="Also log the file to the run as onnx/model.onnx.")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
+def export(run_id: str, output: str | None, opset: int | None, log_to_run: bool, tracking_uri: str | None,
+           as_json: bool) -> None:
+    """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
+    from trainforge.export import export as run_export
+
+    report = run_export(run_id, output, tracking_uri=tracking_uri, opset=opset, log_to_run=log_to_run)
+    if as_json:
+        _print_json(report.to_dict())
+    else:
+        diffs = ", ".join(f"batch {k}: {v:.2g}" for k, v in report.max_abs_diff.items())
+        click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs torch {diffs})")
+
+
+@cli.command(epilog="""\b
+Examples:
+  trainforge predict runs:/3f2a9c... --input test.csv --output predictions.csv --target target
+  trainforge predict model.onnx --input images.npy --provider cpu""")
+@click.argument("model")
+@click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False),
+              help="CSV (header row), .npy or Parquet file of feature rows.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False), help="CSV to write (default: stdout).")
+@click.option("--target", help="Column with true values: report accuracy or MSE/MAE.")
+@click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
+              help="Execution provider; auto takes CUDA only when it can really run.")
+@click.option("--no-fallback", is_flag=True, help="Fail instead of falling back from CUDA to CPU.")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (rows, provider, metrics).")
+def predict(model: str, input_path: str, output: str | None, target: str | None, provider: str,
+            no_fallback: bool, tracking_uri: str | None, as_json: bool) -> None:
+    """Predict with an ONNX model (a .onnx path or runs:/RUN_ID) using onnxruntime."""
+    from trainforge.predict import predict as run_predict
+
+    result = run_predict(model, input_path, output, target=target, provider=provider,
+                         allow_fallback=not no_fallback, tracking_uri=tracking_uri)
+    if result.predictions is not None and not as_json:
+        click.echo(result.predictions.to_csv(index=False), nl=False)
+    summary = click.echo if output or as_json else (lambda m: click.echo(m, err=True))
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    summary(f"{result.rows} rows predicted on {result.provider}" + (f" -> {output}" if output else ""))
+    for key, value in result.metrics.items():
+        summary(f"{key}: {value:.4f}")
+
+
+@cli.command(epilog="""\b
+Examples:
+  trainforge plugins
+  trainforge plugins --json""")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+def plugins(as_json: bool) -> None:
+    """List model, optimizer, dataset, scheduler and callback plugins and where they come from."""
+    from trainforge import manager
+
+    rows = [{"kind": e.kind, "name": e.spec.name, "description": e.spec.description,
+             "distribution": e.distribution, "version": e.version, "plugin": e.plugin,
+             "defaults": e.spec.defaults, "tunable": e.spec.search_space is not None,
+             **({"tasks": sorted(e.spec.tasks)} if hasattr(e.spec, "tasks") else {})}
+            for e in manager.entries()]
+    if as_json:
+        _print_json(rows)
+        return
+    width = max(len(r["name"]) for r in rows)
+    kind = None
+    for r in rows:
+        if r["kind"] != kind:
+            kind = r["kind"]
+            click.echo(f"{kind}s:")
+        origin = f"{r['distribution']} {r['version']}".strip()
+        click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]")
+
+
+@cli.command(epilog="""\b
+Examples:
+  trainforge data --run 3f2a9c... --split test --output test.csv
+  trainforge data --dataset wine --split test --output wine_test.parquet""")
+@click.option("--run", "run_id", help="Re-create the split of this run (its dataset, seed and fractions).")
+@click.option("--dataset", help="Dataset plugin (with -p dataset.KEY=VALUE and trainer.seed).")
+@click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE")
+@click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
+@click.option("--output", "-o", required=True, type=click.Path(dir_okay=False), help=".csv or .parquet")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+def data(run_id: str | None, dataset: str | None, params: tuple[str, ...], split: str, output: str,
+         tracking_uri: str | None) -> None:
+    """Write a split of a dataset (raw features plus a `target` column) to CSV or Parquet."""
+    from trainforge import data as data_mod
+    from trainforge.api import build_config
+
+    if run_id:
+        import yaml
+
+        from trainforge import tracking
+
+        tracking.setup_uri(tracking_uri)
+        with open(tracking.download(run_id, "config.yaml")) as fh:
+            cfg = build_config(yaml.safe_load(fh), params)
+    else:
+        cfg = build_config({"dataset": {"name": dataset}} if dataset else None, params)
+    bundle = data_mod.load(cfg["dataset"], cfg["trainer"])
+    n = data_mod.write_split(bundle, split, output)
+    click.echo(f"wrote {n} {split} rows of {cfg['dataset']['name']} to {output}")
+
+
+@cli.command(epilog="""\b
+Example:
+  trainforge ui --port 5000   # then open http://127.0.0.1:5000""")
+@click.option("--port", type=int, default=5000, show_default=True)
+@click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+def ui(port: int, host: str, tracking_uri: str | None) -> None:
+    """Open the MLflow UI on the local store."""
+    import subprocess
+    from pathlib import Path
+
+    from trainforge.tracking import ARTIFACT_ROOT, tracking_uri as resolve_uri
+
+    uri = resolve_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
+           "--default-artifact-root", str(Path.cwd() / ARTIFACT_ROOT)]
+    click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", err=True)
+    try:
+        raise SystemExit(subprocess.call(cmd))
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
+
+
+def main() -> None:
+    cli(prog_name="trainforge")
+
+
+if __name__ == "__main__":
+    main()

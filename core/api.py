@@ -1,0 +1,189 @@
+"""``train(...)``: the main job as one Python call (the CLI's ``trainforge train`` calls exactly this).
+
+Order: resolve the config -> seed -> load and split the data -> open the MLflow run -> log params ->
+build model, optimizer, scheduler and callbacks from the registry -> fit -> restore the best epoch ->
+test metrics -> artifacts (checkpoint, config, plots) -> verified ONNX export -> end the run FINISHED.
+A failure marks the run FAILED, Ctrl-C marks it KILLED; the best checkpoint reached so far is uploaded
+either way.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from . import config as config_mod
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced.
+
+    ``metrics`` holds the final ``test_*`` metrics of the best epoch; ``onnx_path`` is a local path to
+    the verified ONNX file (``None`` with ``export=False``); ``parity`` maps batch size to the max abs
+    difference between torch and onnxruntime outputs.
+    """
+
+    run_id: str | None
+    experiment_id: str | None
+    metrics: dict[str, float]
+    best_epoch: int
+    epochs_run: int
+    seconds: float
+    config: dict[str, Any]
+    onnx_path: str | None = None
+    parity: dict[str, float] | None = None
+    model_uri: str | None = None
+    history: list[dict[str, float]] = field(default_factory=list, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "experiment_id": self.experiment_id,
+            "metrics": self.metrics,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epochs_run,
+            "train_seconds": round(self.seconds, 3),
+            "onnx_path": self.onnx_path,
+            "parity_max_abs_diff": self.parity,
+            "model_uri": self.model_uri,
+            "config": self.config,
+        }
+
+
+def build_config(
+    config: dict[str, Any] | str | Path | None = None,
+    overrides: Iterable[str] = (),
+    **flags: Any,
+) -> dict[str, Any]:
+    """Resolve a config tree: spec defaults < ``config`` (dict or YAML path) < ``-p`` overrides < flags.
+
+    ``flags`` are ``section__key=value`` (e.g. ``trainer__epochs=5``, ``model__name="cnn"``); ``None``
+    values are ignored. Raises :class:`ConfigError` / :class:`PluginError` on bad input.
+    """
+    base = config_mod.load_file(config) if isinstance(config, (str, Path)) else (config or {})
+    flag_tree: dict[str, dict[str, Any]] = {}
+    for key, value in flags.items():
+        if value is None:
+            continue
+        section, _, name = key.partition("__")
+        flag_tree.setdefault(section, {})[name] = value
+    return config_mod.resolve(config_mod.merge(base, config_mod.parse_overrides(list(overrides)), flag_tree))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train(
+    config: dict[str, Any] | str | Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    run_name: str | None = None,
+    parent_run_id: str | None = None,
+    tags: dict[str, str] | None = None,
+    export: bool = True,
+    quiet: bool = False,
+    callbacks: Iterable[Any] = (),
+    extras: dict[str, Any] | None = None,
+    data: Any = None,
+    **flags: Any,
+) -> TrainResult:
+    """Train one model and track it in MLflow; see the module docstring for the steps.
+
+    - ``config``/``overrides``/``flags``: see :func:`build_config` (flags like ``trainer__epochs=5``).
+    - ``parent_run_id``: nest the run under this MLflow run (tuning trials).
+    - ``callbacks``: extra :class:`~trainforge.callbacks.Callback` objects (e.g. Optuna pruning).
+    - ``data``: a pre-loaded :class:`~trainforge.data.DataBundle` to reuse (tuning loads it once).
+
+    Raises :class:`TrainforgeError` subclasses for user errors; the run is then marked FAILED.
+    """
+    import mlflow
+
+    from . import tracking
+
+    cfg = config if isinstance(config, dict) and "trainer" in config and not overrides and not flags \
+        else build_config(config, overrides, **flags)
+    experiment_id = tracking.setup(tracking_uri, experiment)
+    seed_everything(int(cfg["trainer"]["seed"]))
+    from . import data as data_mod
+
+    bundle = data if data is not None else data_mod.load(cfg["dataset"], cfg["trainer"])
+    from .modeling import check_compatible
+
+    check_compatible(cfg["model"], bundle.meta)  # fail before a run is opened
+
+    name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
+    run_tags = {"trainforge.command": "train", **(tags or {})}
+    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
+                           nested=parent_run_id is not None, tags=run_tags)
+    run_id = run.info.run_id
+    try:
+        with tracking.run_status(run_id), tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
+            return _run(cfg, bundle, run_id, experiment_id, Path(tmp), export=export, quiet=quiet,
+                        callbacks=list(callbacks), extras=extras or {})
+    finally:
+        if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
+            mlflow.end_run()
+
+
+def _run(
+    cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: str, workdir: Path, *,
+    export: bool, quiet: bool, callbacks: list[Any], extras: dict[str, Any],
+) -> TrainResult:
+    import mlflow
+
+    from . import manager, reporting
+    from .context import TrainContext
+    from .modeling import build_model, build_optimizer, build_scheduler
+    from .tasks import get_task
+    from .trainer import Trainer
+
+    meta, tcfg = bundle.meta, cfg["trainer"]
+    reporting.log_params(run_id, cfg, meta)
+
+    model = build_model(cfg["model"], meta)
+    optimizer = build_optimizer(cfg["optimizer"], model.parameters())
+    scheduler, needs_metric = build_scheduler(cfg["scheduler"], optimizer, int(tcfg["epochs"]))
+    task = get_task(meta.task, meta.target_std)
+    ctx = TrainContext(config=cfg, meta=meta, task=task, workdir=workdir, run_id=run_id, quiet=quiet, extras=extras)
+    built = []
+    for entry in sorted(manager.entries("callback"), key=lambda e: (e.spec.order, e.spec.name)):
+        cb = entry.spec.build(ctx)
+        if cb is not None:
+            built.append(cb)
+    trainer = Trainer(model, optimizer, task, tcfg, output_dim=meta.output_dim, callbacks=[*built, *callbacks],
+                      scheduler=scheduler, scheduler_needs_metric=needs_metric)
+    try:
+        trainer.fit(bundle)
+    except BaseException:
+        reporting.upload_checkpoint(run_id, workdir)  # keep the best epoch reached so far
+        raise
+
+    # The best epoch's weights are what test metrics, the checkpoint and the export use.
+    trainer.restore_best()
+    test = {f"test_{k}": v for k, v in trainer.evaluate(bundle.test).items()}
+    summary = {**test, "best_epoch": trainer.best_epoch, "epochs_run": len(trainer.history),
+               "train_seconds": trainer.seconds}
+    mlflow.log_metrics(summary, run_id=run_id)
+    reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
+
+    result = TrainResult(run_id, experiment_id, test, trainer.best_epoch, len(trainer.history), trainer.seconds,
+                         cfg, history=trainer.history)
+    if export:
+        reporting.export_and_log(result, model, task, meta, bundle, workdir)
+    return result

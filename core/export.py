@@ -1,0 +1,234 @@
+"""Export to ONNX as a gate: export, check, compare with torch, refuse on a parity breach, embed metadata.
+
+The exported graph is :class:`~trainforge.modeling.InferenceModel`: raw float32 features
+``(N, *input_shape)`` in (standardization is inside the graph), the task's outputs out (``logits`` and
+``probabilities`` ``(N, K)`` for classification, ``prediction`` ``(N, T)`` for regression). The batch
+axis is dynamic. The file is self-contained (``external_data=False``): no ``model.onnx.data`` sidecar.
+
+``metadata_props`` (all strings; lists and dicts as JSON) carry what inference needs:
+``trainforge.task``, ``trainforge.input_name``, ``trainforge.input_shape`` (with ``"batch"`` first),
+``trainforge.input_dtype``, ``trainforge.outputs``, ``trainforge.class_names``,
+``trainforge.feature_names``, ``trainforge.normalization`` (mean/std, already applied inside the graph),
+``trainforge.version``, ``trainforge.mlflow_run_id``, ``trainforge.model``, ``trainforge.dataset``,
+``trainforge.opset`` and ``trainforge.parity_max_abs_diff``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ExportError
+
+log = logging.getLogger(__name__)
+
+#: Largest absolute difference between torch and onnxruntime outputs that export accepts.
+PARITY_TOLERANCE = 1e-4
+INPUT_NAME = "input"
+META_PREFIX = "trainforge."
+
+
+@dataclass
+class ExportReport:
+    """Where the model went and how closely onnxruntime reproduces torch.
+
+    ``max_abs_diff`` maps a batch size to the largest absolute output difference at that batch size.
+    """
+
+    path: Path
+    opset: int
+    max_abs_diff: dict[int, float] = field(default_factory=dict)
+    seconds: float = 0.0
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "opset": self.opset, "seconds": round(self.seconds, 3),
+                "max_abs_diff": {str(k): v for k, v in self.max_abs_diff.items()}}
+
+
+def export_model(
+    model: Any,
+    task: Any,
+    meta: Any,
+    sample: np.ndarray,
+    path: str | Path,
+    *,
+    run_id: str | None = None,
+    config: dict[str, Any] | None = None,
+    opset: int | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+) -> ExportReport:
+    """Export ``model`` (a :class:`TrainforgeModel`) and verify it against torch.
+
+    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split) used for the parity
+      check at batch sizes 1 and ``N`` (``N`` capped at 256).
+    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails; a
+      file that fails the gate is deleted.
+    """
+    import onnx
+    import torch
+
+    from . import __version__
+    from .modeling import InferenceModel
+
+    started = time.perf_counter()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    model = model.to("cpu").eval()
+    wrapped = InferenceModel(model, task).eval()
+    outputs = list(task.onnx_outputs)
+    sample = np.ascontiguousarray(sample[:256], dtype=np.float32)
+    if len(sample) == 0:
+        raise ExportError("cannot check the export: no sample rows")
+    example = torch.from_numpy(np.repeat(sample[:1], 2, axis=0))  # batch 2 so the batch axis stays symbolic
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
+    quiet_loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in quiet_loggers]
+    for lg in quiet_loggers:
+        lg.setLevel(logging.ERROR)  # the exporter's progress and torchvision notices are noise here
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapped,
+                (example,),
+                str(path),
+                input_names=[INPUT_NAME],
+                output_names=outputs,
+                dynamic_shapes=({0: torch.export.Dim("batch")},),
+                dynamo=True,
+                external_data=False,
+                verbose=False,
+                **kwargs,
+            )
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export of model {getattr(meta, 'dataset', '')!r} failed: {exc}") from exc
+    finally:
+        for lg, level in zip(quiet_loggers, levels):
+            lg.setLevel(level)
+
+    opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    diffs = _parity(wrapped, proto, sample, outputs)
+    worst = max(diffs.values())
+    if not worst <= tolerance:
+        path.unlink(missing_ok=True)
+        raise ExportError(
+            f"ONNX parity check failed: max abs difference {worst:.3g} > {tolerance:g} "
+            f"(per batch size: {diffs}); the file was not kept"
+        )
+
+    metadata = {
+        "task": meta.task,
+        "input_name": INPUT_NAME,
+        "input_shape": json.dumps(["batch", *meta.input_shape]),
+        "input_dtype": "float32",
+        "outputs": json.dumps(outputs),
+        "class_names": json.dumps(meta.class_names),
+        "feature_names": json.dumps(meta.feature_names),
+        "normalization": json.dumps({"mean": np.asarray(meta.mean).tolist(), "std": np.asarray(meta.std).tolist(),
+                                     "applied_in_graph": True}),
+        "version": __version__,
+        "mlflow_run_id": run_id or "",
+        "model": (config or {}).get("model", {}).get("name", ""),
+        "dataset": meta.dataset,
+        "opset": str(opset_used),
+        "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}),
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, str(value)
+    proto.producer_name = "trainforge"
+    proto.producer_version = __version__
+    onnx.save(proto, str(path))
+    seconds = time.perf_counter() - started
+    log.info("exported %s (opset %d, parity %s) in %.1f s", path, opset_used, diffs, seconds)
+    return ExportReport(path, opset_used, diffs, seconds, metadata)
+
+
+def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str]) -> dict[int, float]:
+    """Max abs difference of every output, torch vs onnxruntime (CPU), at batch 1 and ``len(sample)``."""
+    import onnxruntime as ort
+    import torch
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    diffs: dict[int, float] = {}
+    for n in sorted({1, len(sample)}):
+        batch = sample[:n]
+        with torch.inference_mode():
+            expected = [t.numpy() for t in wrapped(torch.from_numpy(batch))]
+        got = session.run(outputs, {INPUT_NAME: batch})
+        diffs[n] = float(max(np.max(np.abs(e - g)) if e.size else 0.0 for e, g in zip(expected, got)))
+    return diffs
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``trainforge.*`` metadata of an ONNX file, JSON values decoded. Raises ExportError if unreadable."""
+    import onnxruntime as ort
+
+    try:
+        raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    except Exception as exc:
+        raise ExportError(f"{path}: not a readable ONNX model ({exc})") from None
+    return decode_metadata(raw)
+
+
+def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key.startswith(META_PREFIX):
+            try:
+                out[key[len(META_PREFIX):]] = json.loads(value)
+            except ValueError:
+                out[key[len(META_PREFIX):]] = value
+    return out
+
+
+def export(
+    run_id: str,
+    output: str | Path | None = None,
+    *,
+    tracking_uri: str | None = None,
+    opset: int | None = None,
+    log_to_run: bool = False,
+) -> ExportReport:
+    """Rebuild the model of MLflow run ``run_id`` from its ``checkpoints/best.pt`` and export it.
+
+    The parity check uses the run's test split, re-created from the dataset and seed in the checkpoint's
+    config. ``output`` defaults to ``./<run_id>.onnx``. Raises :class:`TrainforgeError` subclasses when
+    the run, its checkpoint or the data cannot be found.
+    """
+    from . import data as data_mod
+    from . import tracking
+    from .callbacks import load_checkpoint
+    from .data import DataMeta
+    from .modeling import build_model
+    from .tasks import get_task
+
+    tracking.setup_uri(tracking_uri)
+    local = tracking.download(run_id, "checkpoints/best.pt")
+    checkpoint = load_checkpoint(local)
+    config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
+    model = build_model(config["model"], meta)
+    model.load_state_dict(checkpoint["state_dict"])
+    bundle = data_mod.load(config["dataset"], config["trainer"])
+    task = get_task(meta.task, meta.target_std)
+    path = Path(output) if output else Path(f"{run_id}.onnx")
+    report = export_model(model, task, meta, data_mod.sample_rows(bundle.test), path, run_id=run_id, config=config, opset=opset)
+    if log_to_run:
+        import mlflow
+
+        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=run_id)
+    return report

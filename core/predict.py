@@ -1,0 +1,250 @@
+"""Batch inference with onnxruntime from a trainforge ONNX file; no torch needed.
+
+Execution providers: ``auto`` asks for CUDA only when the CUDA provider can really load (onnxruntime-gpu
+lists it even on machines without a GPU, then prints a loud error and silently falls back to CPU), else
+CPU. ``cuda`` / ``cpu`` force one. The provider that actually ran is reported; ``allow_fallback=False``
+turns a fallback from CUDA to CPU into an error.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from .errors import ConfigError, DataError, TrainforgeError
+
+log = logging.getLogger(__name__)
+
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+PROVIDERS = {"cuda": CUDA, "cpu": CPU}
+CHUNK_ROWS = 65536
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """Whether onnxruntime's CUDA provider can load here, and why not.
+
+    Checks that the provider is compiled in, that the NVIDIA driver (``libcuda.so.1``) loads and that a
+    device exists, then asks onnxruntime to preload the CUDA/cuDNN libraries (onnxruntime >= 1.21).
+    """
+    import onnxruntime as ort
+
+    if CUDA not in ort.get_available_providers():
+        return False, "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
+    try:
+        libcuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False, "no NVIDIA driver (libcuda.so.1 does not load)"
+    count = ctypes.c_int(0)
+    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
+        return False, "the NVIDIA driver reports no usable GPU"
+    return True, ""
+
+
+def usable_providers(choice: str = "auto") -> list[str]:
+    """Providers to request, best first. Raises ConfigError when a forced provider cannot run here."""
+    if choice not in ("auto", *PROVIDERS):
+        raise ConfigError(f"unknown provider {choice!r}; use auto, cuda or cpu")
+    if choice == "cpu":
+        return [CPU]
+    ok, why = cuda_usable()
+    if choice == "cuda" and not ok:
+        raise ConfigError(f"the CUDA execution provider cannot run here: {why}; use --provider cpu")
+    return [CUDA, CPU] if ok else [CPU]
+
+
+@dataclass
+class PredictResult:
+    """``provider``: the execution provider that ran; ``metrics``: accuracy or MSE/MAE when a target was given."""
+
+    rows: int
+    provider: str
+    output: str | None
+    metrics: dict[str, float] = field(default_factory=dict)
+    predictions: Any = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "provider": self.provider, "output": self.output, "metrics": self.metrics}
+
+
+def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool = True) -> tuple[Any, str]:
+    """An onnxruntime session and the provider it actually uses."""
+    import onnxruntime as ort
+
+    requested = usable_providers(provider)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(model), options, providers=requested)
+    except Exception as exc:
+        raise TrainforgeError(f"{model}: cannot load the ONNX model ({exc})") from None
+    active = session.get_providers()[0]
+    if active != requested[0]:
+        if not allow_fallback:
+            raise TrainforgeError(f"{requested[0]} was requested but onnxruntime fell back to {active}")
+        log.warning("%s was requested but onnxruntime runs on %s", requested[0], active)
+    return session, active
+
+
+def resolve_model(model: str, tracking_uri: str | None = None) -> str:
+    """An ONNX path, or ``runs:/RUN_ID`` (the run's ``onnx/model.onnx``)."""
+    if model.startswith("runs:/"):
+        from . import tracking
+
+        tracking.setup_uri(tracking_uri)
+        run_id, _, sub = model[len("runs:/"):].partition("/")
+        return tracking.download(run_id, sub or "onnx/model.onnx")
+    if not Path(model).is_file():
+        raise TrainforgeError(f"model file not found: {model}")
+    return model
+
+
+def read_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
+    """Yield pandas DataFrames (CSV, Parquet) or numpy arrays (.npy, memory-mapped) of at most ``chunk_rows``."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"input file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            arr = np.load(path, mmap_mode="r")
+            for start in range(0, len(arr), chunk_rows):
+                yield np.asarray(arr[start : start + chunk_rows])
+        elif suffix in (".parquet", ".pq"):
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_rows):
+                yield batch.to_pandas()
+        elif suffix in (".csv", ".txt", ".gz"):
+            yield from pd.read_csv(path, chunksize=chunk_rows)
+        else:
+            raise DataError(f"{path}: unsupported input format {suffix!r}; use .csv, .npy or .parquet")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise DataError(f"{path}: cannot read ({exc})") from None
+
+
+def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path, first_row: int) -> tuple[np.ndarray, Any]:
+    """Features reshaped to ``(N, *input_shape)`` float32, and the target column (or None)."""
+    shape = [int(d) for d in meta["input_shape"][1:]]
+    width = int(np.prod(shape))
+    y = None
+    if isinstance(chunk, np.ndarray):
+        x = chunk.reshape(len(chunk), -1)
+    else:
+        if target is not None:
+            if target not in chunk.columns:
+                raise DataError(f"{path}: no target column {target!r}; columns: {', '.join(map(str, chunk.columns))}")
+            y = chunk[target].to_numpy()
+            chunk = chunk.drop(columns=[target])
+        names = meta.get("feature_names") or []
+        if names and len(names) == width and set(names) <= set(map(str, chunk.columns)):
+            chunk = chunk[names]  # match by name, in the training order
+        for col in chunk.columns:
+            if not np.issubdtype(chunk[col].dtype, np.number):
+                ok = chunk[col].map(_is_number).to_numpy(dtype=bool)
+                if not ok.all():
+                    pos = int(np.flatnonzero(~ok)[0])  # row numbers count the header as row 1, like the file
+                    raise DataError(f"{path}: row {first_row + pos + 2}, column {col!r}: not a number "
+                                    f"({chunk[col].iloc[pos]!r})")
+        x = chunk.to_numpy(dtype=np.float32)
+    if x.shape[1] != width:
+        raise DataError(
+            f"{path}: {x.shape[1]} feature columns, but the model expects {width} "
+            f"(input shape {shape}){' besides the target' if target else ''}"
+        )
+    x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *shape)
+    if not np.isfinite(x).all():
+        row, col = (int(i) for i in np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0])
+        raise DataError(f"{path}: row {first_row + row + 2}, column {col + 1}: NaN or infinite feature")
+    return x, y
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+def predict(
+    model: str | Path,
+    input: str | Path,
+    output: str | Path | None = None,
+    *,
+    target: str | None = None,
+    provider: str = "auto",
+    allow_fallback: bool = True,
+    tracking_uri: str | None = None,
+    chunk_rows: int = CHUNK_ROWS,
+) -> PredictResult:
+    """Run a trainforge ONNX model on a CSV, .npy or Parquet file, chunk by chunk.
+
+    Output CSV columns: ``prediction`` (a class label for classification, the value for regression,
+    ``prediction_<i>`` for several targets) and, for classification, ``prob_<class>`` per class. With
+    ``target``, the column is compared to the predictions: ``accuracy`` (labels compared as strings) or
+    ``mse``/``mae``. Raises :class:`DataError` for malformed input (naming file, row and column).
+    """
+    import pandas as pd
+
+    from .export import decode_metadata
+
+    path = resolve_model(str(model), tracking_uri)
+    session, active = open_session(path, provider, allow_fallback)
+    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    if "task" not in meta:
+        raise TrainforgeError(f"{path}: not a trainforge model (no trainforge.* metadata)")
+    classes = meta.get("class_names")
+    outputs = meta["outputs"]
+    out_path = Path(output) if output else None
+    if out_path:
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+    rows, correct, se, ae = 0, 0, 0.0, 0.0
+    frames = []
+    for chunk in read_chunks(input, chunk_rows):
+        x, y = to_features(chunk, meta, target, Path(input), rows)
+        result = dict(zip(outputs, session.run(outputs, {meta["input_name"]: x})))
+        if meta["task"] == "classification":
+            probs = result["probabilities"]
+            labels = np.asarray(classes, dtype=object)[probs.argmax(1)]
+            frame = pd.DataFrame({"prediction": labels})
+            for i, name in enumerate(classes):
+                frame[f"prob_{name}"] = probs[:, i]
+            if y is not None:
+                correct += int((labels.astype(str) == _labels(y)).sum())
+        else:
+            pred = result["prediction"]
+            cols = ["prediction"] if pred.shape[1] == 1 else [f"prediction_{i}" for i in range(pred.shape[1])]
+            frame = pd.DataFrame(pred, columns=cols)
+            if y is not None:
+                err = pred - np.asarray(y, dtype=np.float64).reshape(len(y), -1)
+                se, ae = se + float((err**2).sum()), ae + float(np.abs(err).sum())
+        if out_path:
+            frame.to_csv(out_path, mode="w" if rows == 0 else "a", header=rows == 0, index=False)
+        else:
+            frames.append(frame)
+        rows += len(x)
+    if rows == 0:
+        raise DataError(f"{input}: no rows")
+    metrics: dict[str, float] = {}
+    if target is not None:
+        if meta["task"] == "classification":
+            metrics["accuracy"] = correct / rows
+        else:
+            metrics.update(mse=se / rows, mae=ae / rows)
+    predictions = pd.concat(frames, ignore_index=True) if frames else None
+    return PredictResult(rows, active, str(out_path) if out_path else None, metrics, predictions)
+
+
+def _labels(y: Any) -> np.ndarray:
+    """Target values as label strings; integral floats (``3.0``) compare equal to the label ``"3"``."""
+    y = np.asarray(y)
+    if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+        y = y.astype(np.int64)
+    return y.astype(str)
