@@ -150,7 +150,7 @@ def _run(
     from . import manager, reporting
     from .context import TrainContext
     from .modeling import build_model, build_optimizer, build_scheduler
-    from .tasks import get_task
+    from .tasks import get_task, metric_mode
     from .trainer import Trainer
 
     meta, tcfg = bundle.meta, cfg["trainer"]
@@ -158,8 +158,9 @@ def _run(
 
     model = build_model(cfg["model"], meta)
     optimizer = build_optimizer(cfg["optimizer"], model.parameters())
-    scheduler, needs_metric = build_scheduler(cfg["scheduler"], optimizer, int(tcfg["epochs"]))
     task = get_task(meta.task, meta.target_std)
+    mode = metric_mode(tcfg["monitor"], task) if tcfg["mode"] == "auto" else tcfg["mode"]
+    scheduler, needs_metric = build_scheduler(cfg["scheduler"], optimizer, int(tcfg["epochs"]), mode)
     ctx = TrainContext(config=cfg, meta=meta, task=task, workdir=workdir, run_id=run_id, quiet=quiet, extras=extras)
     built = []
     for entry in sorted(manager.entries("callback"), key=lambda e: (e.spec.order, e.spec.name)):

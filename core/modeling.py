@@ -93,11 +93,18 @@ def build_optimizer(section: dict[str, Any], params: Any) -> torch.optim.Optimiz
         raise ConfigError(f"optimizer {spec.name!r} rejected {_params(section)}: {exc}") from exc
 
 
-def build_scheduler(section: dict[str, Any], optimizer: torch.optim.Optimizer, epochs: int) -> tuple[Any, bool]:
-    """Return ``(scheduler or None, needs_metric)``."""
+def build_scheduler(
+    section: dict[str, Any], optimizer: torch.optim.Optimizer, epochs: int, mode: str = "min"
+) -> tuple[Any, bool]:
+    """Return ``(scheduler or None, needs_metric)``.
+
+    Schedulers that step on the monitored metric (``needs_metric``) also get ``mode`` (``"min"`` or
+    ``"max"``, the direction in which the monitored metric improves).
+    """
     spec = manager.get("scheduler", section["name"])
+    extra = {"mode": mode} if spec.needs_metric else {}
     try:
-        scheduler = spec.build(optimizer, epochs=epochs, **_params(section))
+        scheduler = spec.build(optimizer, epochs=epochs, **extra, **_params(section))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"scheduler {spec.name!r} rejected {_params(section)}: {exc}") from exc
     return scheduler, spec.needs_metric

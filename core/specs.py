@@ -96,7 +96,8 @@ class SchedulerSpec(_Spec):
     """A learning-rate scheduler: ``build(optimizer, epochs, **hparams)``, stepped once per epoch.
 
     With ``needs_metric=True`` the trainer passes the monitored validation metric to ``step`` (as
-    ``torch.optim.lr_scheduler.ReduceLROnPlateau`` expects).
+    ``torch.optim.lr_scheduler.ReduceLROnPlateau`` expects), and ``build`` also receives ``mode``
+    (``"min"`` or ``"max"``: the direction in which that metric improves).
     """
 
     build: Callable[..., Any] | None = None

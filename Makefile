@@ -1,0 +1,46 @@
+# trainforge: the two front-door commands are `make demo` and `make test`.
+#
+# The venv gets a CPU build of torch when no NVIDIA GPU is visible (torch==2.13.0: a CPU wheel is
+# available locally here; on PyPI plain `torch` is a multi-GB CUDA build). Override with
+#   make demo TORCH_SPEC="torch>=2.6"        # e.g. to take a CUDA build
+# The project itself only requires torch>=2.6.
+
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TF := $(VENV)/bin/trainforge
+TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
+DEMO := mlruns/demo
+
+.PHONY: demo test install lint bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $@
+
+# Train the Keras-style CNN on scikit-learn's handwritten digits, track it in MLflow, export a verified
+# ONNX file, then predict the held-out test split with onnxruntime and print the accuracy.
+demo: install
+	mkdir -p $(DEMO)
+	$(TF) train --model cnn --dataset digits --experiment demo --json > $(DEMO)/train.json
+	@RUN=$$($(PY) -c "import json; print(json.load(open('$(DEMO)/train.json'))['run_id'])"); \
+	$(PY) -c "import json; d=json.load(open('$(DEMO)/train.json')); print('trained run', d['run_id'], '| test accuracy (torch):', round(d['metrics']['test_accuracy'], 4), '| ONNX:', d['onnx_path'])"; \
+	$(TF) data --run $$RUN --split test --output $(DEMO)/digits_test.csv && \
+	$(TF) predict runs:/$$RUN --input $(DEMO)/digits_test.csv --target target --output $(DEMO)/predictions.csv && \
+	echo "open the MLflow UI with: $(TF) ui   (http://127.0.0.1:5000)"
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check core plugins cli tests benchmarks examples
+
+bench: install
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(PY) benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info

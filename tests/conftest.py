@@ -1,0 +1,85 @@
+"""Shared fixtures: every test runs in its own working directory with its own MLflow store.
+
+Nothing is mocked: the MLflow store is a real SQLite database under the test's ``mlruns/``, ONNX models
+run in real onnxruntime sessions, Optuna studies use real storages.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from trainforge import manager
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """A fresh working directory whose ``mlruns/`` is the default MLflow store."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_LOGGING_LEVEL", "WARNING")
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    yield tmp_path
+    import mlflow
+
+    while mlflow.active_run() is not None:  # a failing test must not leak an active run into the next
+        mlflow.end_run()
+
+
+@pytest.fixture
+def cli(workdir):
+    """Invoke the real click command in-process: ``cli("train", "--model", "mlp", ...)`` -> click Result."""
+    from trainforge.cli.main import cli as command
+
+    def invoke(*args: str, ok: bool = True):
+        result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=True)
+        if ok and result.exit_code != 0:
+            raise AssertionError(f"trainforge {' '.join(map(str, args))} exited {result.exit_code}:\n"
+                                 f"{result.output}\n{result.exception!r}")
+        return result
+
+    return invoke
+
+
+@pytest.fixture
+def run_cli(workdir):
+    """Run the installed ``trainforge`` console script in a subprocess (the real entry point)."""
+    exe = shutil.which("trainforge", path=str(BIN)) or shutil.which("trainforge")
+    assert exe, "the trainforge console script is not installed"
+
+    def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
+        proc = subprocess.run([exe, *map(str, args)], cwd=workdir, capture_output=True, text=True,
+                              timeout=timeout, env=env)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"trainforge {' '.join(map(str, args))} exited {proc.returncode}:\n"
+                                 f"{proc.stdout}\n{proc.stderr}")
+        return proc
+
+    return run
+
+
+@pytest.fixture
+def fresh_plugins():
+    """Rebuild the plugin registry before and after a test that registers or installs plugins."""
+    manager.reset()
+    yield manager
+    manager.reset()
+
+
+def last_json(text: str) -> dict:
+    """The last line of ``text`` that parses as a JSON object (``--json`` output)."""
+    for line in reversed(text.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line)
+    raise AssertionError(f"no JSON object in output:\n{text}")
