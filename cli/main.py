@@ -36,6 +36,7 @@ def _setup_logging(verbose: int) -> None:
     for noisy in ("mlflow", "alembic", "urllib3"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for our output (--json)
     if not verbose:  # MLflow configures its own handler at import, at INFO unless told otherwise
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
@@ -236,8 +237,8 @@ def ui(port: int, host: str, tracking_uri: str | None) -> None:
     from trainforge.tracking import ARTIFACT_ROOT, tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):  # a SQLite file: create its folder
+        Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--default-artifact-root", str(Path.cwd() / ARTIFACT_ROOT)]
     click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", err=True)
@@ -245,6 +246,11 @@ def ui(port: int, host: str, tracking_uri: str | None) -> None:
         raise SystemExit(subprocess.call(cmd))
     except KeyboardInterrupt:
         raise SystemExit(130) from None
+
+
+from trainforge.cli.server import server  # noqa: E402  (click only: keeps start-up light)
+
+cli.add_command(server)
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from .errors import ConfigError, DataError, ExportError, PluginError, TrainforgeError
 from .hookspecs import hookimpl, hookspec
-from .specs import ArrayData, CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec
+from .specs import ArrayData, CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TaskSpec
 
 __version__ = "0.1.0"
 
@@ -31,6 +31,7 @@ _LAZY = {
     "predict": "predict",
     "Callback": "callbacks",
     "Trainer": "trainer",
+    "Task": "tasks",
     "TrainContext": "context",
     "DataMeta": "data",
     "get_plugin_manager": "manager",
@@ -47,6 +48,7 @@ __all__ = [
     "OptimizerSpec",
     "PluginError",
     "SchedulerSpec",
+    "TaskSpec",
     "TrainforgeError",
     "__version__",
     "hookimpl",

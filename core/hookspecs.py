@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Callable
 import pluggy
 
 if TYPE_CHECKING:  # pragma: no cover - types only
-    from .specs import CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec
+    from .specs import CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TaskSpec
 
 PROJECT = "trainforge"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -41,3 +41,8 @@ def register_schedulers(register: Callable[[SchedulerSpec], None]) -> None:
 @hookspec
 def register_callbacks(register: Callable[[CallbackSpec], None]) -> None:
     "Register trainer callback specs: register(CallbackSpec(name, build, default_on, ...))."
+
+
+@hookspec
+def register_tasks(register: Callable[[TaskSpec], None]) -> None:
+    "Register task specs: register(TaskSpec(name, build, target, ...)); build(meta) returns a Task."

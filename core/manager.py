@@ -23,7 +23,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginError
-from .specs import CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec
+from .specs import CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "trainforge.plugins.datasets",
     "trainforge.plugins.schedulers",
     "trainforge.plugins.callbacks",
+    "trainforge.plugins.tasks",
 )
 #: kind -> (hook name, spec class)
 KINDS: dict[str, tuple[str, type]] = {
@@ -42,6 +43,7 @@ KINDS: dict[str, tuple[str, type]] = {
     "dataset": ("register_datasets", DatasetSpec),
     "scheduler": ("register_schedulers", SchedulerSpec),
     "callback": ("register_callbacks", CallbackSpec),
+    "task": ("register_tasks", TaskSpec),
 }
 
 

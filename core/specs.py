@@ -17,9 +17,13 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 
     from .callbacks import Callback
     from .context import TrainContext
+    from .data import DataMeta
+    from .tasks import Task
 
 SearchSpace = Callable[["optuna.Trial"], dict[str, Any]]
 TASKS = ("classification", "regression")
+#: every task the built-in plugins register (``register_tasks``); plugins may add more
+BUILTIN_TASKS = ("classification", "regression", "forecasting", "reconstruction", "generation")
 
 
 @dataclass(frozen=True)
@@ -45,12 +49,19 @@ class ModelSpec(_Spec):
     ``(1, 8, 8)`` for a ``(C, H, W)`` image; ``output_dim`` is the number of classes for classification
     (the module returns logits of shape ``(N, output_dim)``) or the number of targets for regression.
     ``input`` says what the module consumes: ``"vector"`` models get images flattened automatically,
-    ``"image"`` models need a ``(C, H, W)`` input, ``"any"`` takes the data as it is.
+    ``"image"`` models need a ``(C, H, W)`` input, ``"sequence"`` models get ``(N, T, F)`` (a
+    ``(C, H, W)`` image becomes ``H`` steps of ``C*W`` features, a vector ``(D,)`` becomes ``D`` steps
+    of 1 feature), ``"any"`` takes the data as it is.
+
+    ``fit="estimator"``: ``build`` returns a scikit-learn estimator instead (``fit(X, y)`` once on the
+    flattened training rows, no epochs); it is tracked, exported (skl2onnx) and predicted like the rest.
+    The module may also own its training step (see ``docs/plugins.md``, "Models that own their step").
     """
 
     build: Callable[..., torch.nn.Module] | None = None
     tasks: frozenset[str] = frozenset(TASKS)
-    input: Literal["vector", "image", "any"] = "any"
+    input: Literal["vector", "image", "sequence", "any"] = "any"
+    fit: Literal["epochs", "estimator"] = "epochs"
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -89,6 +100,27 @@ class DatasetSpec(_Spec):
         if self.load is None:
             raise TypeError(f"DatasetSpec {self.name!r} needs a load function")
         object.__setattr__(self, "tasks", frozenset(self.tasks))
+
+
+@dataclass(frozen=True)
+class TaskSpec(_Spec):
+    """A task: ``build(meta: DataMeta) -> Task`` (loss, metrics, output head, ONNX output names).
+
+    ``target`` says how the data path builds the training targets from a dataset's rows:
+    ``"label"`` int64 class indices ``(N,)`` (stratified split), ``"value"`` float32 ``(N, T)``
+    standardized with train statistics, ``"input"`` the features themselves (reconstruction),
+    ``"none"`` an empty ``(N, 0)`` float32 array (generation).
+    """
+
+    build: Callable[[DataMeta], Task] | None = None
+    target: Literal["label", "value", "input", "none"] = "value"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.build is None:
+            raise TypeError(f"TaskSpec {self.name!r} needs a build function")
+        if self.target not in ("label", "value", "input", "none"):
+            raise TypeError(f"TaskSpec {self.name!r}: target must be label, value, input or none")
 
 
 @dataclass(frozen=True)
@@ -131,10 +163,16 @@ class ArrayData:
     """In-memory data a dataset plugin returns before core splits it.
 
     - ``features``: float array ``(N, *input_shape)``, e.g. ``(N, 13)`` or ``(N, 1, 8, 8)``.
-    - ``target``: ``(N,)`` int class indices for classification, float ``(N,)`` or ``(N, T)`` for regression.
-    - ``task``: ``"classification"`` or ``"regression"``.
+    - ``target``: ``(N,)`` int class indices for classification, float ``(N,)`` or ``(N, T)`` for regression
+      and forecasting (``T`` = horizon); ignored by tasks whose target is the input or nothing.
+    - ``task``: the data's own task, a registered task name (``"classification"``, ``"regression"``,
+      ``"forecasting"``, ...); a model may pick another task the dataset declares (e.g. reconstruction).
     - ``class_names``: label of each class index (classification only).
     - ``feature_names``: names of the flattened feature columns, used by ``predict`` on CSV input.
+    - ``ordered``: rows are in time order: the split is chronological (train, then val, then test),
+      never shuffled, with ``gap`` rows dropped between consecutive splits (no target overlap).
+    - ``layout``: ``"sequence"`` for ``(N, T, F)`` windows (standardized per feature over all steps);
+      ``"auto"`` standardizes vectors per feature and ``(N, C, ...)`` arrays per channel.
     """
 
     features: np.ndarray
@@ -143,3 +181,6 @@ class ArrayData:
     class_names: list[str] | None = None
     feature_names: list[str] | None = None
     source: str = ""
+    ordered: bool = False
+    gap: int = 0
+    layout: Literal["auto", "sequence"] = "auto"

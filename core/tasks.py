@@ -8,19 +8,31 @@ scikit-learn's ``accuracy_score``, ``precision_recall_fscore_support(average="ma
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 
 class Task:
+    """What a task defines; subclass it in a ``register_tasks`` plugin (see ``docs/plugins.md``).
+
+    - ``loss(outputs, target)``: scalar tensor minimized by the trainer;
+    - ``new_state`` / ``update`` / ``compute``: metric accumulation over batches, one host sync per epoch;
+    - ``head(outputs)``: raw model outputs -> the ONNX graph outputs named in ``onnx_outputs``;
+    - ``plots(folder, x, y, outputs, meta)``: PNG files logged to the run after the test evaluation.
+    """
+
     name = ""
     #: names of the ONNX graph outputs, in order
     onnx_outputs: tuple[str, ...] = ()
     #: metrics where larger is better (everything else is minimized)
     maximize: frozenset[str] = frozenset()
+    #: the metric drawn beside the loss in the learning curves
+    main_metric = "loss"
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -29,9 +41,13 @@ class Task:
         raise NotImplementedError
 
     def update(
-        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None
+        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None,
+        inputs: torch.Tensor | None = None,
     ) -> None:
-        """Accumulate a batch; ``loss`` (the batch-mean loss, already computed) saves recomputing it."""
+        """Accumulate a batch; ``loss`` (the batch-mean loss, already computed) saves recomputing it.
+
+        ``inputs`` is the raw batch the outputs came from (forecasting compares with the naive forecast).
+        """
         raise NotImplementedError
 
     def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
@@ -40,6 +56,10 @@ class Task:
     def head(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Map raw model outputs to the ONNX graph outputs named in ``onnx_outputs``."""
         raise NotImplementedError
+
+    def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
+        """Write the task's test-split plots into ``folder``; ``x``/``y``/``outputs`` are numpy arrays."""
+        return []
 
 
 class Classification(Task):
@@ -52,6 +72,7 @@ class Classification(Task):
     name = "classification"
     onnx_outputs = ("logits", "probabilities")
     maximize = frozenset({"accuracy", "precision", "recall", "f1"})
+    main_metric = "accuracy"
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(outputs.float(), target)
@@ -64,7 +85,8 @@ class Classification(Task):
         }
 
     def update(
-        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None
+        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None,
+        inputs: torch.Tensor | None = None,
     ) -> None:
         k = int(state["confusion"].numel() ** 0.5)
         pred = outputs.argmax(dim=1)
@@ -97,6 +119,11 @@ class Classification(Task):
     def head(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return outputs, torch.softmax(outputs, dim=1)
 
+    def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
+        from . import plots
+
+        return [plots.confusion_matrix(y, outputs.argmax(1), meta.class_names, folder / "confusion_matrix.png")]
+
 
 class Regression(Task):
     """Regression: the model returns ``(N, T)`` float predictions; targets are float32 ``(N, T)``.
@@ -108,6 +135,7 @@ class Regression(Task):
     name = "regression"
     onnx_outputs = ("prediction",)
     maximize = frozenset({"r2"})
+    main_metric = "r2"
 
     def __init__(self, target_std: Any = None) -> None:
         self.target_std = None if target_std is None else torch.as_tensor(target_std, dtype=torch.float32)
@@ -135,7 +163,8 @@ class Regression(Task):
         }
 
     def update(
-        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None
+        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None,
+        inputs: torch.Tensor | None = None,
     ) -> None:
         out, tgt = outputs.detach().double(), target.double()
         state["se"] += ((out - tgt) ** 2).sum(0)
@@ -158,17 +187,34 @@ class Regression(Task):
     def head(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return (outputs,)
 
+    def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
+        from . import plots
+
+        return [plots.predicted_vs_actual(y, outputs, folder / "predicted_vs_actual.png")]
+
 
 TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression}
 
 
-def get_task(name: str, target_std: Any = None) -> Task:
-    """The task object for ``name``; ``target_std`` scales the regression loss (see ``Regression.loss``)."""
+def get_task(name: str, target_std: Any = None, meta: Any = None) -> Task:
+    """The task object for ``name``, built by its registered :class:`~trainforge.TaskSpec`.
+
+    ``meta`` (the run's :class:`~trainforge.data.DataMeta`) is what the spec's ``build`` receives; callers
+    without one may pass ``target_std`` (it scales the regression loss, see ``Regression.loss``).
+    Raises :class:`ConfigError` for an unknown task, listing the registered ones.
+    """
+    from types import SimpleNamespace
+
+    from . import manager
     from .errors import ConfigError
 
-    if name not in TASKS:
-        raise ConfigError(f"unknown task {name!r}; available: {', '.join(sorted(TASKS))}")
-    return Regression(target_std) if name == "regression" else TASKS[name]()
+    tasks = manager.registry()["task"]
+    if name not in tasks:
+        raise ConfigError(f"unknown task {name!r}; available: {', '.join(sorted(tasks)) or '(none)'}")
+    if meta is None:
+        meta = SimpleNamespace(task=name, target_std=target_std, target_mean=None, input_shape=None,
+                               output_dim=None, class_names=None, mean=None, std=None)
+    return tasks[name].spec.build(meta)
 
 
 def metric_mode(metric: str, task: Task) -> str:

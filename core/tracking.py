@@ -27,8 +27,18 @@ ARTIFACT_ROOT = Path("mlruns") / "artifacts"
 
 
 def tracking_uri(uri: str | None = None) -> str:
-    """The URI in force: the argument, else ``MLFLOW_TRACKING_URI``, else the local SQLite store."""
-    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The URI in force: the argument, else ``MLFLOW_TRACKING_URI``, else the local SQLite store.
+
+    A relative SQLite path is made absolute against the current directory: MLflow caches one store and
+    one database engine per URI string, so a relative URI would keep pointing at the database of the
+    directory it was first used in after a ``chdir`` (a notebook, or several runs in one process).
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri.startswith(prefix + "/") and uri != prefix + ":memory:":
+        path, sep, query = uri[len(prefix):].partition("?")
+        uri = f"{prefix}{Path(path).absolute()}{sep}{query}"
+    return uri
 
 
 def setup(uri: str | None = None, experiment: str | None = None) -> str:
@@ -39,9 +49,8 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
     import mlflow
 
     uri = tracking_uri(uri)
-    local = uri.startswith("sqlite:///") and not uri.startswith("sqlite:////")
-    if local:  # relative SQLite path: create its folder
-        Path(uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+    if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):  # a SQLite file: create its folder
+        Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     try:

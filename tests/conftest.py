@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
@@ -34,6 +35,7 @@ def workdir(tmp_path, monkeypatch):
 
     while mlflow.active_run() is not None:  # a failing test must not leak an active run into the next
         mlflow.end_run()
+    mlflow.set_tracking_uri(None)  # MLflow also exported the URI to os.environ; forget both
 
 
 @pytest.fixture
@@ -83,3 +85,46 @@ def last_json(text: str) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     raise AssertionError(f"no JSON object in output:\n{text}")
+
+
+def store_uri(root: Path) -> str:
+    """The tracking URI of the default store that trainforge creates under ``root`` (absolute)."""
+    return f"sqlite:///{Path(root).resolve()}/mlruns/mlflow.db"
+
+
+def mlflow_client(root: Path):
+    """A real ``MlflowClient`` on the default store under ``root``."""
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=store_uri(root))
+
+
+def error_line(result) -> str:
+    """The single ``Error: ...`` line of a failed in-process command; asserts the failure contract."""
+    assert result.exit_code == 1, f"exit {result.exit_code}, output:\n{result.output}\n{result.exception!r}"
+    assert "Traceback" not in result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got:\n{result.output}"
+    assert lines[0].startswith("Error: "), lines[0]
+    return lines[0]
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A CNN trained on digits (5 epochs) by the real console script in its own directory, once per session.
+
+    Shared read-only by the end-to-end, tracking and ONNX tests: ``root`` (the working directory that
+    holds the default store ``mlruns/``), ``tracking_uri``, ``run_id``, ``result`` (the ``--json``
+    object) and the process' ``stdout``/``stderr``.
+    """
+    root = tmp_path_factory.mktemp("digits_run")
+    exe = shutil.which("trainforge", path=str(BIN)) or shutil.which("trainforge")
+    assert exe, "the trainforge console script is not installed"
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")}
+    env["MLFLOW_LOGGING_LEVEL"] = "WARNING"
+    proc = subprocess.run([exe, "train", "--model", "cnn", "--dataset", "digits", "--epochs", "5", "--quiet",
+                           "--json"], cwd=root, capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, f"training failed:\n{proc.stdout}\n{proc.stderr}"
+    result = last_json(proc.stdout)
+    return SimpleNamespace(root=root, tracking_uri=store_uri(root), run_id=result["run_id"], result=result,
+                           stdout=proc.stdout, stderr=proc.stderr)

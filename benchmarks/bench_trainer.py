@@ -1,0 +1,283 @@
+"""Trainer overhead: trainforge's fit vs a hand-written PyTorch loop vs PyTorch Lightning.
+
+Same model (built by trainforge's registry, same seed, same initial weights), same data (the digits
+split trainforge makes), same optimizer (Adam, lr 1e-3), epochs, batch size and thread count. Only the
+fit is timed. trainforge runs with its default callbacks (checkpoint to a temp dir, MLflow logging to a
+SQLite store in a temp dir; early stopping is disabled with ``patience=0`` so every contender runs all
+epochs; the progress bar is off, as with ``--quiet``).
+"""
+
+from __future__ import annotations
+
+import copy
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from common import Check, Section, Stats, interleave, log, paired_ratios
+
+TARGETS = {"mlp": 1.10, "cnn": 1.05}
+
+
+class Timed:
+    """Delegates a callback's events and adds up the seconds spent in them (sub-microsecond overhead)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.seconds = inner, 0.0
+
+    def __getattr__(self, event: str) -> Any:
+        method = getattr(self.inner, event)
+
+        def call(*args: Any) -> Any:
+            started = time.perf_counter()
+            try:
+                return method(*args)
+            finally:
+                self.seconds += time.perf_counter() - started
+
+        return call
+
+
+def _setup(model_name: str, epochs: int, batch_size: int, seed: int) -> dict[str, Any]:
+    from trainforge import data as data_mod
+    from trainforge.api import build_config
+
+    cfg = build_config(model__name=model_name, dataset__name="digits", trainer__epochs=epochs,
+                       trainer__batch_size=batch_size, trainer__seed=seed, trainer__patience=0,
+                       trainer__device="cpu")
+    bundle = data_mod.load(cfg["dataset"], cfg["trainer"])
+    return {"cfg": cfg, "bundle": bundle}
+
+
+def _fresh(cfg: dict[str, Any], meta: Any) -> tuple[Any, Any]:
+    """A model with the seeded initial weights and a fresh optimizer (built through the registry)."""
+    from trainforge.api import seed_everything
+    from trainforge.modeling import build_model, build_optimizer
+
+    seed_everything(int(cfg["trainer"]["seed"]))
+    model = build_model(cfg["model"], meta)
+    return model, build_optimizer(cfg["optimizer"], model.parameters())
+
+
+def trainforge_fit(env: dict[str, Any], store: Path) -> dict[str, float]:
+    """trainforge's Trainer with the default callbacks; returns fit seconds and per-part costs."""
+    import mlflow
+
+    from trainforge import manager
+    from trainforge.context import TrainContext
+    from trainforge.tasks import get_task
+    from trainforge.trainer import Trainer
+
+    cfg, bundle = env["cfg"], env["bundle"]
+    model, optimizer = _fresh(cfg, bundle.meta)
+    task = get_task(bundle.meta.task)
+    with tempfile.TemporaryDirectory(dir=store) as workdir:
+        run = mlflow.start_run(experiment_id=env["experiment_id"])
+        ctx = TrainContext(config=cfg, meta=bundle.meta, task=task, workdir=Path(workdir),
+                           run_id=run.info.run_id, quiet=True)
+        callbacks = {}
+        for entry in sorted(manager.entries("callback"), key=lambda e: (e.spec.order, e.spec.name)):
+            cb = entry.spec.build(ctx)
+            if cb is not None:
+                callbacks[entry.spec.name] = Timed(cb)
+        val_seconds = [0.0]
+
+        class TimedTrainer(Trainer):
+            def evaluate(self, split: Any) -> dict[str, float]:
+                started = time.perf_counter()
+                try:
+                    return super().evaluate(split)
+                finally:
+                    val_seconds[0] += time.perf_counter() - started
+
+        trainer = TimedTrainer(model, optimizer, task, cfg["trainer"], output_dim=bundle.meta.output_dim,
+                               callbacks=list(callbacks.values()))
+        started = time.perf_counter()
+        trainer.fit(bundle)
+        seconds = time.perf_counter() - started
+        mlflow.end_run()
+    epochs = len(trainer.history)
+    assert epochs == int(cfg["trainer"]["epochs"]), "trainforge stopped early: the comparison is unfair"
+    out = {"fit": seconds, "val_per_epoch": val_seconds[0] / epochs, "val_accuracy": trainer.history[-1]["val_accuracy"]}
+    for name, cb in callbacks.items():
+        out[f"{name}_per_epoch"] = cb.seconds / epochs
+    return out
+
+
+def raw_fit(env: dict[str, Any], validate: bool = True) -> dict[str, float]:
+    """A hand-written loop: index-batched in-memory tensors, validation loss and accuracy every epoch."""
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+
+    cfg, bundle = env["cfg"], env["bundle"]
+    model, optimizer = _fresh(cfg, bundle.meta)
+    tx, ty, vx, vy = bundle.train.x, bundle.train.y, bundle.val.x, bundle.val.y
+    epochs, bs = int(cfg["trainer"]["epochs"]), int(cfg["trainer"]["batch_size"])
+    generator = torch.Generator().manual_seed(int(cfg["trainer"]["seed"]))
+    val_seconds = 0.0
+    started = time.perf_counter()
+    for _ in range(epochs):
+        model.train()
+        order = torch.randperm(len(tx), generator=generator)
+        for start in range(0, len(tx), bs):
+            idx = order[start:start + bs]
+            loss = F.cross_entropy(model(tx[idx]), ty[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        if validate:
+            v0 = time.perf_counter()
+            model.eval()
+            with torch.inference_mode():
+                out = model(vx)
+                val_loss = F.cross_entropy(out, vy).item()  # noqa: F841 - what a real loop would log
+                val_acc = (out.argmax(1) == vy).double().mean().item()
+            val_seconds += time.perf_counter() - v0
+    seconds = time.perf_counter() - started
+    return {"fit": seconds, "val_per_epoch": val_seconds / epochs, "val_accuracy": val_acc if validate else 0.0}
+
+
+def lightning_fit(env: dict[str, Any]) -> dict[str, float]:
+    """PyTorch Lightning with its idiomatic DataLoader(TensorDataset), no logger/checkpoint/progress bar."""
+    import lightning as L  # noqa: N812
+    import torch
+    from torch.nn import functional as F  # noqa: N812
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from trainforge.modeling import build_optimizer
+
+    cfg, bundle = env["cfg"], env["bundle"]
+    model, _ = _fresh(cfg, bundle.meta)
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def training_step(self, batch: Any, _: int) -> Any:
+            x, y = batch
+            loss = F.cross_entropy(self.model(x), y)
+            self.log("train_loss", loss, on_step=False, on_epoch=True)
+            return loss
+
+        def validation_step(self, batch: Any, _: int) -> None:
+            x, y = batch
+            out = self.model(x)
+            self.log("val_loss", F.cross_entropy(out, y))
+            self.log("val_accuracy", (out.argmax(1) == y).float().mean())
+
+        def configure_optimizers(self) -> Any:
+            return build_optimizer(cfg["optimizer"], self.parameters())
+
+    bs, seed = int(cfg["trainer"]["batch_size"]), int(cfg["trainer"]["seed"])
+    train = DataLoader(TensorDataset(bundle.train.x, bundle.train.y), batch_size=bs, shuffle=True,
+                       generator=torch.Generator().manual_seed(seed))
+    val = DataLoader(TensorDataset(bundle.val.x, bundle.val.y), batch_size=int(cfg["trainer"]["eval_batch_size"]))
+    trainer = L.Trainer(max_epochs=int(cfg["trainer"]["epochs"]), accelerator="cpu", devices=1, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                        num_sanity_val_steps=0)
+    started = time.perf_counter()
+    trainer.fit(Module(), train, val)
+    seconds = time.perf_counter() - started
+    return {"fit": seconds, "val_accuracy": float(trainer.callback_metrics["val_accuracy"])}
+
+
+def _lightning_available() -> tuple[bool, str]:
+    import logging
+    import warnings
+
+    try:
+        import lightning  # noqa: F401
+    except ImportError as exc:
+        return False, f"lightning is not importable ({exc}); install the bench extra"
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric", "pytorch_lightning"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    return True, ""
+
+
+def run(repeats: int = 5, epochs: int = 30, batch_size: int = 64, seed: int = 0, threads: int | None = None,
+        models: tuple[str, ...] = ("mlp", "cnn")) -> Section:
+    import os
+
+    import mlflow
+    import torch
+
+    from trainforge import tracking
+
+    threads = threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    section = Section("Trainer overhead: trainforge vs a raw PyTorch loop vs Lightning")
+    has_lightning, why = _lightning_available()
+    section.add(
+        f"Digits (1257 training rows), {epochs} epochs, batch {batch_size}, Adam lr 1e-3, seed {seed}, "
+        f"`torch.set_num_threads({threads})`, CPU. Only the fit is timed; {repeats} interleaved repeats "
+        "after one warm-up each. Ratios are per repeat (paired); cells are median (min–max).",
+        "trainforge = `Trainer.fit` with its default callbacks: checkpoint on improvement, MLflow logging to "
+        "a SQLite store in a temp dir (asynchronous, flushed at the end of the fit), early stopping off "
+        "(`patience=0`, so every contender runs all epochs), no progress bar. The raw loop gathers "
+        "in-memory tensors by index and computes validation loss and accuracy every epoch.",
+        "",
+    )
+    if not has_lightning:
+        section.add(f"PyTorch Lightning skipped: {why}.", "")
+    rows, part_rows = [], []
+    with tempfile.TemporaryDirectory(prefix="trainforge-bench-") as tmp:
+        store = Path(tmp)
+        experiment_id = tracking.setup(f"sqlite:///{store / 'mlflow.db'}", "bench")
+        for name in models:
+            log(f"[trainer] {name}: {repeats} repeats x {2 + has_lightning} contenders")
+            env = {**_setup(name, epochs, batch_size, seed), "experiment_id": experiment_id}
+            contenders = {
+                "raw": lambda env=env: raw_fit(env),
+                "raw_noval": lambda env=env: raw_fit(env, validate=False),
+                "trainforge": lambda env=env: trainforge_fit(env, store),
+            }
+            if has_lightning:
+                contenders["lightning"] = lambda env=env: lightning_fit(env)
+            res = interleave(contenders, repeats, measure=lambda value, _s: value)
+            fit = {k: [r["fit"] for r in v] for k, v in res.items()}
+            tf_ratio = paired_ratios(fit["trainforge"], fit["raw"])
+            per_epoch = {k: Stats.of([s / epochs for s in v]) for k, v in fit.items()}
+            row = [name.upper(), Stats.of(fit["raw"]).fmt(), Stats.of(fit["trainforge"]).fmt(),
+                   f"**{tf_ratio.fmt()}**"]
+            if has_lightning:
+                row += [Stats.of(fit["lightning"]).fmt(), paired_ratios(fit["lightning"], fit["raw"]).fmt()]
+            rows.append(row)
+            val_acc = Stats.of([r["val_accuracy"] for r in res["trainforge"]]).median
+            raw_acc = Stats.of([r["val_accuracy"] for r in res["raw"]]).median
+            val_marginal = Stats.of([a - b for a, b in zip(fit["raw"], fit["raw_noval"])])
+            part_rows.append([
+                name.upper(),
+                f"{per_epoch['raw'].median * 1e3:.1f}", f"{per_epoch['trainforge'].median * 1e3:.1f}",
+                Stats.of([r["val_per_epoch"] for r in res["trainforge"]]).fmt(scale=1e3),
+                Stats.of([r["val_per_epoch"] for r in res["raw"]]).fmt(scale=1e3),
+                f"{val_marginal.median / epochs * 1e3:.2f}",
+                Stats.of([r.get("mlflow_per_epoch", 0.0) for r in res["trainforge"]]).fmt(scale=1e3),
+                Stats.of([r.get("checkpoint_per_epoch", 0.0) for r in res["trainforge"]]).fmt(scale=1e3),
+                f"{raw_acc:.3f} / {val_acc:.3f}",
+            ])
+            section.checks.append(Check(f"trainforge/raw fit time, {name.upper()}", tf_ratio.median,
+                                        TARGETS[name], note=f"min {tf_ratio.min:.3f}, max {tf_ratio.max:.3f}"))
+        mlflow.set_tracking_uri("")  # drop the temp store before it is deleted
+    header = ["model", "raw loop, s", "trainforge, s", "trainforge / raw"]
+    if has_lightning:
+        header += ["Lightning, s", "Lightning / raw"]
+    section.table(header, rows)
+    section.add("Per-epoch costs (ms; median (min–max) over repeats). Validation is timed inside the fit "
+                "(trainforge: `Trainer.evaluate`; raw: its validation block), and also as the raw loop's "
+                "marginal cost (raw minus raw without validation, per epoch). MLflow and checkpoint are "
+                "the time spent in those callbacks' events, flush included, divided by the epochs.", "")
+    section.table(["model", "raw epoch", "trainforge epoch", "validation (trainforge)", "validation (raw)",
+                   "validation marginal (raw)", "MLflow logging", "checkpoint", "final val acc raw / tf"],
+                  part_rows)
+    return section
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    print(run(repeats=3).markdown())

@@ -1,0 +1,161 @@
+"""One Optuna trial = one nested MLflow run of :func:`trainforge.api.train`, pruned through a callback.
+
+The objective samples the search space, trains with the pruning callback always attached (so a pruner
+can never be configured without something reporting to it), and returns the best validation value of
+the monitored metric over the epochs (the epoch whose weights the checkpoint keeps).
+
+What each trial leaves behind:
+
+- Optuna: params, one intermediate value per epoch, state, and user attrs ``mlflow_run_id``,
+  ``epochs_run``, ``best_epoch`` and, for failures, ``fail_reason``.
+- MLflow (child run of the study's parent): every resolved hyperparameter, the Optuna params as
+  ``optuna.<name>``, per-epoch metrics, the checkpoint, and the tag ``trainforge.trial_state``
+  (``COMPLETE``, ``PRUNED`` or ``FAIL``). Pruned runs end FINISHED with ``trainforge.pruned_epoch``;
+  failed ones FAILED with ``trainforge.error``; interrupted ones (Ctrl-C) KILLED.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from .callbacks import Callback
+
+log = logging.getLogger(__name__)
+
+STATE_TAG = "trainforge.trial_state"
+TRIAL_TAG = "trainforge.trial"
+
+
+class OptunaPruning(Callback):
+    """Report the monitored metric to the trial after every epoch and stop the fit if the pruner says so.
+
+    The value reported at epoch ``t`` is the best value of ``trainer.monitor`` over epochs ``1..t``
+    (``trainer.best_value``): the objective the trial would return if it stopped at ``t``, so pruners
+    compare like with like and a noisy epoch does not prune a trial that already did well.
+    Raises ``optuna.TrialPruned`` from ``on_epoch_end``.
+    """
+
+    def __init__(self, trial: Any) -> None:
+        self.trial = trial
+        self.run_id: str | None = None
+        self.epoch = 0
+
+    def on_fit_start(self, trainer: Any) -> None:
+        import mlflow
+
+        run = mlflow.active_run()  # train() runs the fit inside its (nested) child run
+        if run is not None:
+            self.run_id = run.info.run_id
+            self.trial.set_user_attr("mlflow_run_id", self.run_id)  # linked even if the process dies
+
+    def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
+        import optuna
+
+        self.epoch = epoch
+        value = float(trainer.best_value)
+        if not math.isfinite(value):
+            value = float(metrics[trainer.monitor])
+        self.trial.report(value, epoch)
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: best {trainer.monitor} so far {value:.4f}")
+
+
+@dataclass
+class Objective:
+    """``Objective(...)(trial) -> float``: the best validation value of ``metric`` for one sampled config.
+
+    - ``space``: a :class:`~trainforge.search.SearchSpace`; ``base``: the config tree sampled values overlay.
+    - ``bundle``: the data, loaded once per worker process; ``parent_run_id``: the study's MLflow run.
+    Raises ``optuna.TrialPruned`` when pruned and re-raises any training error (Optuna records FAIL).
+    """
+
+    space: Any
+    base: dict[str, Any]
+    metric: str
+    study_name: str
+    parent_run_id: str
+    bundle: Any
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    quiet: bool = True
+    extra_tags: dict[str, str] = field(default_factory=dict)
+
+    def __call__(self, trial: Any) -> float:
+        import mlflow
+        import optuna
+
+        from . import api
+        from . import config as config_mod
+        from .search import merge_sample
+
+        pruning = OptunaPruning(trial)
+        tags = {"trainforge.command": "tune", "trainforge.study": self.study_name,
+                TRIAL_TAG: f"{self.study_name}#{trial.number}", "trainforge.trial_number": str(trial.number),
+                **self.extra_tags}
+        try:
+            cfg = config_mod.resolve(merge_sample(self.base, self.space.sample(trial)))
+            result = api.train(cfg, tracking_uri=self.tracking_uri, experiment=self.experiment,
+                               run_name=f"{self.study_name}-trial-{trial.number}", parent_run_id=self.parent_run_id,
+                               tags=tags, export=False, quiet=self.quiet, callbacks=[pruning], data=self.bundle,
+                               extras={"optuna_trial": trial})
+        except optuna.TrialPruned:
+            trial.set_user_attr("epochs_run", pruning.epoch)
+            finish_child(pruning.run_id or self._last_run(trial), "PRUNED", trial, epoch=pruning.epoch)
+            raise
+        except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Optuna
+            reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason[:2000])
+            trial.set_user_attr("epochs_run", pruning.epoch)
+            finish_child(pruning.run_id or self._last_run(trial), "FAIL", trial, reason=reason)
+            raise
+        value = float(result.history[result.best_epoch - 1][self.metric]) if result.best_epoch else math.nan
+        trial.set_user_attr("mlflow_run_id", result.run_id)
+        trial.set_user_attr("epochs_run", result.epochs_run)
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        if not math.isfinite(value):
+            finish_child(result.run_id, "FAIL", trial, reason=f"{self.metric} is {value}")
+            trial.set_user_attr("fail_reason", f"{self.metric} is {value}")
+            raise ValueError(f"trial {trial.number}: {self.metric} is {value}")
+        finish_child(result.run_id, "COMPLETE", trial)
+        mlflow.log_metric("objective", value, run_id=result.run_id)
+        return value
+
+    def _last_run(self, trial: Any) -> str | None:
+        """The child run train() opened for ``trial`` (None when it failed before opening one)."""
+        import mlflow
+
+        run = mlflow.last_active_run()
+        if run is not None and run.data.tags.get(TRIAL_TAG) == f"{self.study_name}#{trial.number}":
+            trial.set_user_attr("mlflow_run_id", run.info.run_id)
+            return run.info.run_id
+        return None
+
+
+def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, reason: str | None = None) -> None:
+    """Tag a trial's child run with its final Optuna state and log the trial's params on it.
+
+    A pruned run was ended FAILED by ``tracking.run_status`` (TrialPruned is an exception to train());
+    it is set back to FINISHED: pruning is a decision, not an error.
+    """
+    if run_id is None:
+        return
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    try:
+        client.set_tag(run_id, STATE_TAG, state)
+        if trial.params:
+            from mlflow.entities import Param
+
+            client.log_batch(run_id, params=[Param(f"optuna.{k}", str(v)[:6000]) for k, v in trial.params.items()])
+        if state == "PRUNED":
+            client.set_tag(run_id, "trainforge.pruned_epoch", str(epoch))
+            client.delete_tag(run_id, "trainforge.error")
+            client.set_terminated(run_id, status="FINISHED")
+        elif reason:
+            client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
+    except Exception:  # bookkeeping must not hide the trial's own outcome
+        log.exception("could not record state %s on MLflow run %s", state, run_id)

@@ -1,0 +1,248 @@
+"""What a study writes to its MLflow parent run, and the best model: refit, export, registration.
+
+Parent run content:
+
+- params (once, when the study is created; MLflow params are immutable): ``study``, ``dataset``,
+  ``models``, ``optimizers``, ``metric``, ``direction`` and one ``space.<name>`` per search parameter;
+- tags (updated by every worker and resume): ``trainforge.sampler``, ``trainforge.pruner``,
+  ``trainforge.best.<param>``, ``trainforge.best_trial``, ``trainforge.best_run_id``;
+- metrics: ``best_value``, ``n_complete``, ``n_pruned``, ``n_fail`` (step = finished trials) and the
+  exported model's ``test_*`` metrics;
+- artifacts: ``search_space.json``, ``best_params.json``, ``trials.csv`` (``study.trials_dataframe()``),
+  ``plots/*.png`` (``optuna.visualization.matplotlib``), ``onnx/model.onnx`` and the MLflow model ``model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import TrainforgeError
+
+log = logging.getLogger(__name__)
+
+PLOTS = {  # file name -> (optuna.visualization.matplotlib function, minimum complete trials)
+    "optimization_history": ("plot_optimization_history", 1),
+    "param_importances": ("plot_param_importances", 2),
+    "parallel_coordinate": ("plot_parallel_coordinate", 1),
+    "intermediate_values": ("plot_intermediate_values", 1),
+}
+
+
+def _short(dist: dict[str, Any]) -> str:
+    if dist["type"] == "categorical":
+        text = f"categorical{dist['choices']}"
+    else:
+        text = f"{dist['type']}[{dist['low']}, {dist['high']}]" + (" log" if dist["log"] else "")
+    return text + (f" if {dist['condition']}" if dist.get("condition") else "")
+
+
+def log_study_start(parent_run_id: str, created: bool, settings: dict[str, Any], space: dict[str, Any]) -> None:
+    """Params on creation; sampler/pruner tags and the search-space artifact on every start."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    if created:
+        from mlflow.entities import Param
+
+        params = {"study": settings["study"], "dataset": settings["base"]["dataset"]["name"],
+                  "models": ",".join(settings["models"]), "optimizers": ",".join(settings["optimizers"]),
+                  "metric": settings["metric"], "direction": settings["direction"],
+                  **{f"space.{k}": _short(v) for k, v in space["params"].items()},
+                  **{f"space.{k}": f"fixed {v!r}" for k, v in space["fixed"].items()}}
+        client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
+    for key in ("sampler", "pruner", "storage"):
+        client.set_tag(parent_run_id, f"trainforge.{key}", str(settings.get(key)))
+    client.update_run(parent_run_id, status="RUNNING")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "search_space.json"
+        path.write_text(json.dumps(space, indent=1, default=str))
+        client.log_artifact(parent_run_id, str(path))
+
+
+def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], *, plots: bool = True) -> None:
+    """Best value/params, trial counts, the trials CSV and the plots, logged to the parent run."""
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    from .study import trial_counts
+
+    client = MlflowClient()
+    counts = trial_counts(study)
+    finished = counts["n_complete"] + counts["n_pruned"] + counts["n_fail"]
+    metrics = {k: float(counts[k]) for k in ("n_complete", "n_pruned", "n_fail")}
+    best = best_trial(study)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        if best is not None:
+            metrics["best_value"] = float(best.value)
+            best_params = {**fixed, **best.params}
+            (folder / "best_params.json").write_text(json.dumps(
+                {"trial": best.number, "value": best.value, "params": best_params,
+                 "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}, indent=1, default=str))
+            client.log_artifact(parent_run_id, str(folder / "best_params.json"))
+            client.set_tag(parent_run_id, "trainforge.best_trial", str(best.number))
+            client.set_tag(parent_run_id, "trainforge.best_run_id", str(best.user_attrs.get("mlflow_run_id")))
+            for key, value in best_params.items():
+                client.set_tag(parent_run_id, f"trainforge.best.{key}", str(value)[:5000])
+        now = int(time.time() * 1000)
+        client.log_batch(parent_run_id, metrics=[Metric(k, v, now, finished) for k, v in metrics.items()])
+        frame = study.trials_dataframe()
+        frame.to_csv(folder / "trials.csv", index=False)
+        client.log_artifact(parent_run_id, str(folder / "trials.csv"))
+        if plots:
+            plot_dir = folder / "plots"
+            plot_dir.mkdir()
+            if write_plots(study, plot_dir):
+                client.log_artifacts(parent_run_id, str(plot_dir), artifact_path="plots")
+
+
+def write_plots(study: Any, folder: Path) -> list[str]:
+    """Write the PNG plots of :data:`PLOTS` that the study has enough trials for; returns the names written.
+
+    A plot Optuna cannot draw (e.g. importances with a single parameter) is skipped with a log line.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    written = []
+    for name, (function, minimum) in PLOTS.items():
+        if n_complete < minimum:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = getattr(ovm, function)(study)
+            figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            figure.set_size_inches(9, 6)
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png", dpi=90)
+            written.append(name)
+        except Exception as exc:  # noqa: BLE001 - a missing plot must not fail the study
+            log.info("plot %s skipped: %s", name, exc)
+        finally:
+            plt.close("all")
+    return written
+
+
+def best_trial(study: Any) -> Any:
+    """The best COMPLETE trial, or None when there is none yet."""
+    try:
+        return study.best_trial
+    except ValueError:
+        return None
+
+
+@dataclass
+class BestModel:
+    """The exported best model: the run whose checkpoint it is, the ONNX file, the registry version."""
+
+    source_run_id: str
+    onnx_path: str | None = None
+    model_uri: str | None = None
+    model_version: str | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+
+
+def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracking_uri: str | None,
+          experiment: str | None) -> str:
+    """Retrain the best trial's config on train+val for its best epoch count; returns the refit run id.
+
+    With no held-out data left, the checkpoint kept is the epoch with the lowest training loss
+    (``monitor=train_loss``, no early stopping). The validation metrics of this run are not held out.
+    """
+    import torch
+    import yaml
+
+    from . import api, tracking
+    from .data import DataBundle, TensorSplit
+
+    if not isinstance(bundle.train, TensorSplit) or not isinstance(bundle.val, TensorSplit):
+        raise TrainforgeError("--refit needs in-memory train and validation splits")
+    with open(tracking.download(best.user_attrs["mlflow_run_id"], "config.yaml")) as fh:
+        cfg = yaml.safe_load(fh)
+    epochs = max(1, int(best.user_attrs.get("best_epoch") or cfg["trainer"]["epochs"]))
+    cfg["trainer"].update(epochs=epochs, patience=0, monitor="train_loss", mode="min")
+    merged = DataBundle(TensorSplit(torch.cat([bundle.train.x, bundle.val.x]), torch.cat([bundle.train.y, bundle.val.y])),
+                        bundle.val, bundle.test, bundle.meta)
+    result = api.train(cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=f"{study_name}-refit",
+                       parent_run_id=parent_run_id, export=False, quiet=True, data=merged,
+                       tags={"trainforge.command": "tune", "trainforge.role": "refit", "trainforge.study": study_name,
+                             "trainforge.refit_of_trial": str(best.number)})
+    return result.run_id
+
+
+def export_best(source_run_id: str, parent_run_id: str, *, register: str | None, bundle: Any = None,
+                tags: dict[str, str] | None = None) -> BestModel:
+    """Rebuild the model from ``source_run_id``'s best checkpoint, export it through the verified ONNX gate
+    into the parent run (``onnx/model.onnx`` + MLflow model ``model``), score it on the test split with
+    onnxruntime, and register a new version of ``register`` (skipped when None).
+
+    Raises :class:`ExportError` when the export fails its gate, TrainforgeError when the checkpoint is missing.
+    """
+    import mlflow
+
+    from . import data as data_mod
+    from . import reporting, tracking
+    from .api import TrainResult
+    from .callbacks import load_checkpoint
+    from .data import DataMeta
+    from .modeling import build_model
+    from .tasks import get_task
+
+    checkpoint = load_checkpoint(tracking.download(source_run_id, "checkpoints/best.pt"))
+    cfg, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
+    model = build_model(cfg["model"], meta)
+    model.load_state_dict(checkpoint["state_dict"])
+    bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"])
+    task = get_task(meta.task, meta.target_std)
+    result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id != parent_run_id:
+        raise TrainforgeError(f"another MLflow run ({active.info.run_id}) is active; end it first")
+    with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
+        # export_and_log logs the MLflow model into the active run; the caller sets the final status.
+        with mlflow.start_run(run_id=parent_run_id) if active is None else contextlib.nullcontext():
+            reporting.export_and_log(result, model, task, meta, bundle, Path(tmp))
+    best = BestModel(source_run_id, result.onnx_path, result.model_uri)
+    best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task).items()}
+    mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
+    if register:
+        version = mlflow.register_model(result.model_uri, register, tags={
+            "trainforge.source_run_id": source_run_id, "trainforge.parent_run_id": parent_run_id, **(tags or {})})
+        best.model_version = str(version.version)
+        mlflow.tracking.MlflowClient().set_tag(parent_run_id, "trainforge.model_version", f"{register}/{version.version}")
+    return best
+
+
+def evaluate_onnx(path: str, split: Any, task: Any, batch_size: int = 1024) -> dict[str, float]:
+    """The task's metrics (``accuracy``, ``loss``, ... for classification) of an ONNX file on a split,
+    computed with onnxruntime (CPU) on the raw features: what ``trainforge predict`` would score."""
+    import onnxruntime as ort
+    import torch
+
+    from .data import batches
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    output = session.get_outputs()[0].name  # logits (classification) or prediction (regression)
+    state = None
+    for x, y in batches(split, batch_size):
+        out = torch.from_numpy(session.run([output], {"input": x.cpu().numpy()})[0])
+        if state is None:
+            state = task.new_state(out.shape[1], torch.device("cpu"))
+        task.update(state, out, y.cpu())
+    return task.compute(state) if state is not None else {}

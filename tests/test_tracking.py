@@ -1,0 +1,158 @@
+"""The MLflow run a training writes, read back through a real ``MlflowClient`` on the SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import error_line, last_json, mlflow_client
+from mlflow.tracking import MlflowClient
+
+from trainforge import config as config_mod
+
+
+@pytest.fixture
+def digits(digits_run, monkeypatch):
+    """The session's digits run, its client, and MLflow pointed at its store for this test."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", digits_run.tracking_uri)
+    mlflow.set_tracking_uri(digits_run.tracking_uri)
+    client = mlflow_client(digits_run.root)
+    yield digits_run, client, client.get_run(digits_run.run_id)
+    mlflow.set_tracking_uri(None)
+
+
+def _artifacts(client, run_id: str, path: str = "") -> set[str]:
+    out = set()
+    for info in client.list_artifacts(run_id, path or None):
+        out |= _artifacts(client, run_id, info.path) if info.is_dir else {info.path}
+    return out
+
+
+def test_run_finished_with_every_resolved_hyperparameter(digits):
+    run_info, _, run = digits
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    resolved = run_info.result["config"]
+    flat = config_mod.flatten(resolved)
+    assert flat, "the resolved config is empty"
+    for key, value in flat.items():  # every resolved hyperparameter, as MLflow strings
+        assert key in params, key
+        expected = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        assert params[key] == expected, key
+    assert params["model.name"] == "cnn"
+    assert params["optimizer.name"] == "adam"
+    assert float(params["optimizer.lr"]) == resolved["optimizer"]["lr"]
+    assert params["trainer.epochs"] == "5"
+    assert params["trainer.batch_size"] == str(resolved["trainer"]["batch_size"])
+    # split sizes add up to the 1797 digits
+    sizes = [int(params[f"data.{s}_size"]) for s in ("train", "val", "test")]
+    assert sum(sizes) == 1797 and all(n > 0 for n in sizes)
+    assert json.loads(params["data.input_shape"]) == [1, 8, 8]
+
+
+def test_plugin_origins_are_tagged(digits):
+    _, _, run = digits
+    tags = run.data.tags
+    import trainforge
+
+    for section, name in (("model", "cnn"), ("optimizer", "adam"), ("dataset", "digits")):
+        assert tags[f"trainforge.plugin.{section}"] == f"{name} (trainforge {trainforge.__version__})"
+    assert tags["trainforge.task"] == "classification"
+    assert "trainforge.error" not in tags
+
+
+def test_per_epoch_and_final_metrics(digits):
+    run_info, client, run = digits
+    epochs = run_info.result["epochs_run"]
+    for key in ("train_loss", "val_loss", "val_accuracy", "val_f1", "lr"):
+        history = client.get_metric_history(run.info.run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, epochs + 1)), key
+        assert all(np.isfinite(m.value) for m in history)
+    val_acc = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")}
+    # the checkpoint is the best epoch by val_loss; its val_accuracy is one of the logged values
+    best = int(run.data.metrics["best_epoch"])
+    assert best == run_info.result["best_epoch"]
+    val_loss = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "val_loss")}
+    assert best == min(sorted(val_loss), key=val_loss.get)
+    assert 0.0 <= val_acc[best] <= 1.0
+    for key, value in run_info.result["metrics"].items():  # final test metrics are logged too
+        assert run.data.metrics[key] == pytest.approx(value, rel=1e-9, abs=1e-12), key
+    assert run.data.metrics["epochs_run"] == epochs
+
+
+def test_artifacts(digits, tmp_path):
+    run_info, client, run = digits
+    names = _artifacts(client, run.info.run_id)
+    for required in ("checkpoints/best.pt", "config.yaml", "plots/learning_curves.png",
+                     "plots/confusion_matrix.png", "onnx/model.onnx"):
+        assert required in names, f"{required} not among {sorted(names)}"
+    assert not any(n.endswith(".onnx.data") for n in names)
+
+    local = Path(mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(tmp_path)))
+    checkpoint = torch.load(local / "checkpoints" / "best.pt", map_location="cpu", weights_only=True)
+    assert {"state_dict", "config", "meta", "epoch"} <= set(checkpoint)
+    assert checkpoint["config"] == run_info.result["config"]
+    assert checkpoint["epoch"] == run_info.result["best_epoch"]
+    assert all(isinstance(t, torch.Tensor) for t in checkpoint["state_dict"].values())
+    assert yaml.safe_load((local / "config.yaml").read_text()) == run_info.result["config"]
+    for png in ("learning_curves.png", "confusion_matrix.png"):
+        data = (local / "plots" / png).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+
+
+def test_logged_mlflow_model_has_signature_and_runs(digits):
+    run_info, _, run = digits
+    uri = run.data.tags["trainforge.model_uri"]
+    assert uri == run_info.result["model_uri"]
+    logged = mlflow.get_logged_model(uri.split("/")[-1])
+    assert logged.source_run_id == run.info.run_id
+    info = mlflow.models.get_model_info(uri)
+    assert info.signature is not None
+    assert [s.name for s in info.signature.inputs.inputs] == ["input"]
+    assert {s.name for s in info.signature.outputs.inputs} == {"logits", "probabilities"}
+    proto = mlflow.onnx.load_model(uri)
+    assert [i.name for i in proto.graph.input] == ["input"]
+    pyfunc = mlflow.pyfunc.load_model(uri)
+    out = pyfunc.predict({"input": np.zeros((3, 1, 8, 8), dtype=np.float32)})
+    assert np.asarray(out["probabilities"]).shape == (3, 10)
+
+
+def test_failure_marks_run_failed(cli, workdir):
+    """A divergence opens a run and ends it FAILED with the error kept as a tag; one clear line."""
+    result = cli("train", "--model", "mlp", "--dataset", "iris", "--optimizer", "sgd", "--lr", "1e6",
+                 "--epochs", "3", "--quiet", "--no-export", ok=False)
+    line = error_line(result)
+    assert "diverged" in line
+    runs = mlflow_client(workdir).search_runs(
+        [e.experiment_id for e in mlflow_client(workdir).search_experiments()])
+    assert len(runs) == 1
+    assert runs[0].info.status == "FAILED"
+    assert "diverged" in runs[0].data.tags["trainforge.error"]
+
+
+def test_precision_16_mixed_refused_on_cpu(cli, workdir):
+    result = cli("train", "--model", "mlp", "--dataset", "iris", "--precision", "16-mixed", "--device", "cpu",
+                 "--epochs", "1", "--quiet", "--no-export", ok=False)
+    line = error_line(result)
+    assert "16-mixed" in line and "CUDA" in line
+    client = mlflow_client(workdir)
+    for run in client.search_runs([e.experiment_id for e in client.search_experiments()]):
+        assert run.info.status == "FAILED"  # never left RUNNING or FINISHED
+
+
+def test_experiment_and_tracking_uri_options(cli, workdir):
+    """--experiment names the experiment; --tracking-uri puts the store elsewhere (no default store)."""
+    other = workdir / "elsewhere" / "store.db"
+    out = cli("train", "--model", "mlp", "--dataset", "iris", "--epochs", "1", "--quiet", "--no-export", "--json",
+              "--experiment", "my-exp", "--tracking-uri", f"sqlite:///{other}").output
+    run_id = last_json(out)["run_id"]
+    client = MlflowClient(tracking_uri=f"sqlite:///{other}")
+    run = client.get_run(run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "my-exp"
+    assert run.info.status == "FINISHED"
+    assert not (workdir / "mlruns" / "mlflow.db").exists()
