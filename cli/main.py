@@ -113,19 +113,33 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
 
 @cli.command(epilog="""\b
 Example:
-  trainforge export 3f2a9c... --output digits_cnn.onnx""")
-@click.argument("run_id")
+  trainforge export 3f2a9c... --output digits_cnn.onnx
+  trainforge export --study digits --output best.onnx     # the current best trial of a tune study
+  trainforge export 3f2a9c... --part encoder -o encoder.onnx   # an autoencoder's encoder alone""")
+@click.argument("run_id", required=False)
+@click.option("--study", help="Export the current best trial of this Optuna study instead of RUN_ID.")
+@click.option("--storage", help="Optuna storage of --study (default: mlruns/optuna/journal.log).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write (default ./RUN_ID.onnx).")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option("--log-to-run", is_flag=True, help="Also log the file to the run as onnx/model.onnx.")
+@click.option("--part", help="Export only this part of the model, e.g. encoder (autoencoders).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(run_id: str, output: str | None, opset: int | None, log_to_run: bool, tracking_uri: str | None,
-           as_json: bool) -> None:
+def export(run_id: str | None, study: str | None, storage: str | None, output: str | None, opset: int | None,
+           log_to_run: bool, part: str | None, tracking_uri: str | None, as_json: bool) -> None:
     """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
     from trainforge.export import export as run_export
 
-    report = run_export(run_id, output, tracking_uri=tracking_uri, opset=opset, log_to_run=log_to_run)
+    if (run_id is None) == (study is None):
+        raise click.UsageError("give a RUN_ID or --study NAME (one of them)")
+    if study:
+        from trainforge.tune import export_study_best
+
+        report = export_study_best(study, output, storage=storage, tracking_uri=tracking_uri, opset=opset,
+                                   log_to_run=log_to_run)
+    else:
+        report = run_export(run_id, output, tracking_uri=tracking_uri, opset=opset, log_to_run=log_to_run,
+                            part=part)
     if as_json:
         _print_json(report.to_dict())
     else:
@@ -251,6 +265,9 @@ def ui(port: int, host: str, tracking_uri: str | None) -> None:
 from trainforge.cli.server import server  # noqa: E402  (click only: keeps start-up light)
 
 cli.add_command(server)
+from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
+
+cli.add_command(tune)
 
 
 def main() -> None:

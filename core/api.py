@@ -41,6 +41,8 @@ class TrainResult:
     parity: dict[str, float] | None = None
     model_uri: str | None = None
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
+    #: the trained model in this process: a TrainforgeModel with the best weights, or a fitted estimator
+    model: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -75,6 +77,17 @@ def build_config(
         section, _, name = key.partition("__")
         flag_tree.setdefault(section, {})[name] = value
     return config_mod.resolve(config_mod.merge(base, config_mod.parse_overrides(list(overrides)), flag_tree))
+
+
+def load_data(cfg: dict[str, Any]) -> Any:
+    """The :class:`~trainforge.data.DataBundle` of a resolved config, with targets for the task the
+    model/dataset pair runs (:func:`trainforge.modeling.choose_task`; e.g. reconstruction for an
+    autoencoder on digits). Raises :class:`ConfigError` when the pair shares no task."""
+    from . import data as data_mod
+    from .modeling import choose_task
+
+    task = choose_task(cfg["model"]["name"], cfg["dataset"]["name"])
+    return data_mod.load(cfg["dataset"], cfg["trainer"], task=task)
 
 
 def seed_everything(seed: int) -> None:
@@ -120,9 +133,7 @@ def train(
         else build_config(config, overrides, **flags)
     experiment_id = tracking.setup(tracking_uri, experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
-    from . import data as data_mod
-
-    bundle = data if data is not None else data_mod.load(cfg["dataset"], cfg["trainer"])
+    bundle = data if data is not None else load_data(cfg)
     from .modeling import check_compatible
 
     check_compatible(cfg["model"], bundle.meta)  # fail before a run is opened
@@ -155,10 +166,16 @@ def _run(
 
     meta, tcfg = bundle.meta, cfg["trainer"]
     reporting.log_params(run_id, cfg, meta)
+    if manager.get("model", cfg["model"]["name"]).fit == "estimator":  # fitted once, no epochs
+        from .estimators import fit_and_log
+
+        return fit_and_log(cfg, bundle, run_id, experiment_id, workdir, export=export)
 
     model = build_model(cfg["model"], meta)
-    optimizer = build_optimizer(cfg["optimizer"], model.parameters())
-    task = get_task(meta.task, meta.target_std)
+    # One optimizer over all parameters, or the model's own (e.g. a GAN's two).
+    optimizers = model.configure_optimizers(lambda params: build_optimizer(cfg["optimizer"], params))
+    optimizer = optimizers[0]
+    task = get_task(meta.task, meta=meta)
     mode = metric_mode(tcfg["monitor"], task) if tcfg["mode"] == "auto" else tcfg["mode"]
     scheduler, needs_metric = build_scheduler(cfg["scheduler"], optimizer, int(tcfg["epochs"]), mode)
     ctx = TrainContext(config=cfg, meta=meta, task=task, workdir=workdir, run_id=run_id, quiet=quiet, extras=extras)
@@ -167,7 +184,7 @@ def _run(
         cb = entry.spec.build(ctx)
         if cb is not None:
             built.append(cb)
-    trainer = Trainer(model, optimizer, task, tcfg, output_dim=meta.output_dim, callbacks=[*built, *callbacks],
+    trainer = Trainer(model, optimizers, task, tcfg, output_dim=meta.output_dim, callbacks=[*built, *callbacks],
                       scheduler=scheduler, scheduler_needs_metric=needs_metric)
     try:
         trainer.fit(bundle)
@@ -184,7 +201,7 @@ def _run(
     reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
 
     result = TrainResult(run_id, experiment_id, test, trainer.best_epoch, len(trainer.history), trainer.seconds,
-                         cfg, history=trainer.history)
+                         cfg, history=trainer.history, model=model)
     if export:
         reporting.export_and_log(result, model, task, meta, bundle, workdir)
     return result

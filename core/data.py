@@ -106,7 +106,11 @@ class DataBundle:
 def batches(
     split: Any, batch_size: int, *, shuffle: bool = False, generator: torch.Generator | None = None
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Yield ``(x, y)`` batches. ``TensorSplit`` is gathered by index; other datasets use a DataLoader."""
+    """Yield ``(x, y)`` batches.
+
+    ``TensorSplit`` is gathered by index; a split with ``iter_batches`` (e.g. a streamed table) batches
+    itself; any other torch Dataset goes through a DataLoader (where a DistributedSampler can slot in).
+    """
     if isinstance(split, TensorSplit):
         n = len(split)
         if shuffle:
@@ -118,6 +122,9 @@ def batches(
             for start in range(0, n, batch_size):
                 yield split.x[start : start + batch_size], split.y[start : start + batch_size]
         return
+    if hasattr(split, "iter_batches"):  # a split that batches itself (streamed tables: no per-row collation)
+        yield from split.iter_batches(batch_size, shuffle=shuffle, generator=generator)
+        return
     loader = torch.utils.data.DataLoader(
         split,
         batch_size=batch_size,
@@ -127,10 +134,12 @@ def batches(
     yield from loader
 
 
-def load(dataset_config: dict[str, Any], trainer_config: dict[str, Any]) -> DataBundle:
+def load(dataset_config: dict[str, Any], trainer_config: dict[str, Any], task: str | None = None) -> DataBundle:
     """Load the configured dataset, validate it and split it (seeded; stratified for classification).
 
-    Raises :class:`DataError` for non-finite or malformed data, :class:`ConfigError` for bad split settings.
+    ``task``: the task to build targets for (e.g. ``"reconstruction"`` on digits, see
+    :func:`trainforge.modeling.choose_task`); ``None`` keeps the data's own task. Raises
+    :class:`DataError` for non-finite or malformed data, :class:`ConfigError` for bad split settings.
     """
     name = dataset_config["name"]
     spec = manager.get("dataset", name)
@@ -142,11 +151,20 @@ def load(dataset_config: dict[str, Any], trainer_config: dict[str, Any]) -> Data
         return result
     if not isinstance(result, ArrayData):
         raise TypeError(f"dataset {name!r}: load() returned {type(result).__name__}, expected ArrayData")
-    return split_arrays(name, result, trainer_config)
+    return split_arrays(name, result, trainer_config, task=task)
+
+
+def target_kind(task: str) -> str:
+    """How ``task`` builds its targets (``TaskSpec.target``): label, value, input or none."""
+    return manager.get("task", task).target
 
 
 def validate(name: str, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
-    """Check shapes, dtypes and finiteness; return ``(features float32, target)``."""
+    """Check shapes, dtypes and finiteness; return ``(features float32, target)``.
+
+    The target is checked as the data's own task (``data.task``) defines it: int class indices for
+    ``label`` tasks, finite floats for ``value`` tasks; ``input``/``none`` tasks ignore it.
+    """
     where = data.source or f"dataset {name!r}"
     try:
         x = np.asarray(data.features, dtype=np.float32)
@@ -162,44 +180,79 @@ def validate(name: str, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
             f"{where}: row {row + 1}, column {col_name!r}: feature is NaN or infinite "
             f"({int(bad.sum())} such values); clean or impute the data first"
         )
+    kind = target_kind(data.task)
+    if kind in ("input", "none"):
+        return x, np.zeros((len(x), 0), dtype=np.float32)
     y = np.asarray(data.target)
     if len(y) != len(x):
         raise DataError(f"{where}: {len(x)} feature rows but {len(y)} targets")
-    if data.task == "classification":
+    if kind == "label":
         y = y.astype(np.int64)
         k = len(data.class_names) if data.class_names else int(y.max()) + 1
         if y.min() < 0 or y.max() >= k:
             raise DataError(f"{where}: class indices must lie in [0, {k}), got [{y.min()}, {y.max()}]")
-    elif data.task == "regression":
+    else:
         y = y.astype(np.float32)
         if not np.isfinite(y).all():
             row = int(np.argwhere(~np.isfinite(y.reshape(len(y), -1)))[0][0])
             raise DataError(f"{where}: row {row + 1}: target is NaN or infinite")
-    else:
-        raise DataError(f"{where}: unknown task {data.task!r}")
     return x, y
 
 
-def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> DataBundle:
-    """Seeded train/val/test split (stratified for classification) and train-only standardization."""
+def split_indices(name: str, n: int, y: np.ndarray, stratify: bool, trainer_config: dict[str, Any],
+                  ordered: bool = False, gap: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row indices of train, val and test.
+
+    Shuffled and seeded by default (stratified by ``y`` when ``stratify``); with ``ordered`` the split
+    is chronological: the first rows train, the next validate, the last test, never shuffled, with
+    ``gap`` rows dropped before val and before test so no target of one split lies in the next.
+    """
     from sklearn.model_selection import train_test_split
 
-    x, y = validate(name, data)
     seed = int(trainer_config["seed"])
     test_frac, val_frac = float(trainer_config["test_fraction"]), float(trainer_config["val_fraction"])
-    stratify = y if data.task == "classification" else None
-    idx = np.arange(len(x))
+    idx = np.arange(n)
+    if ordered:
+        n_test, n_val = max(1, round(n * test_frac)), max(1, round(n * val_frac))
+        n_train = n - n_test - n_val - 2 * int(gap)
+        if n_train < 1:
+            raise ConfigError(f"dataset {name!r}: {n} rows are too few for a chronological split "
+                              f"({n_val} val, {n_test} test, gap {gap})")
+        val_start = n_train + int(gap)
+        return idx[:n_train], idx[val_start:val_start + n_val], idx[n - n_test:]
+    strat = y if stratify else None
     try:
-        rest, test = train_test_split(idx, test_size=test_frac, random_state=seed, stratify=stratify)
-        strat_rest = y[rest] if stratify is not None else None
+        rest, test = train_test_split(idx, test_size=test_frac, random_state=seed, stratify=strat)
+        strat_rest = y[rest] if strat is not None else None
         train, val = train_test_split(
             rest, test_size=val_frac / (1.0 - test_frac), random_state=seed, stratify=strat_rest
         )
     except ValueError as exc:  # e.g. a class with a single member cannot be stratified
-        raise ConfigError(f"dataset {name!r}: cannot split {len(x)} rows: {exc}") from None
-    mean, std = standardization(x[train])
+        raise ConfigError(f"dataset {name!r}: cannot split {n} rows: {exc}") from None
+    return train, val, test
+
+
+def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], task: str | None = None) -> DataBundle:
+    """Train/val/test split and train-only standardization; targets built for ``task`` (default: the data's).
+
+    The split depends only on the rows, the data's own task and the seed: seeded and stratified when
+    the data has class labels (also when an autoencoder uses them), chronological when ``data.ordered``.
+    Raises :class:`DataError` when ``task`` needs targets the data does not have.
+    """
+    x, y = validate(name, data)
+    natural, task = target_kind(data.task), task or data.task
+    kind = target_kind(task)
+    train, val, test = split_indices(name, len(x), y, natural == "label", trainer_config,
+                                     ordered=data.ordered, gap=data.gap)
+    mean, std = standardization(x[train], data.layout)
     target_mean = target_std = None
-    if data.task == "classification":
+    if kind in ("label", "value") and kind != natural:
+        raise DataError(f"dataset {name!r} ({data.task}) has no {kind} targets for the {task} task")
+    if kind in ("input", "none"):
+        output_dim, class_names = int(np.prod(x.shape[1:])), None
+        y = x if kind == "input" else np.zeros((len(x), 0), dtype=np.float32)
+        target_mean, target_std = mean, std  # outputs live in input units
+    elif kind == "label":
         output_dim = len(data.class_names) if data.class_names else int(y.max()) + 1
         class_names = data.class_names or [str(i) for i in range(output_dim)]
         if y.ndim != 1:
@@ -211,7 +264,7 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> 
         target_mean, target_std = standardization(y[train])
     meta = DataMeta(
         dataset=name,
-        task=data.task,
+        task=task,
         input_shape=tuple(int(d) for d in x.shape[1:]),
         output_dim=output_dim,
         class_names=[str(c) for c in class_names] if class_names else None,
@@ -230,12 +283,16 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> 
     return DataBundle(part(train), part(val), part(test), meta)
 
 
-def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and std of training features: per feature for vectors, per channel for ``(N, C, ...)`` images.
+def standardization(x: np.ndarray, layout: str = "auto") -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std of training features: per feature for vectors, per channel for ``(N, C, ...)`` images,
+    per feature ``F`` over all steps for ``layout="sequence"`` windows ``(N, T, F)``.
 
     A constant feature gets std 1 so it passes through unscaled instead of dividing by zero.
     """
-    axes = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
+    if layout == "sequence":
+        axes: tuple[int, ...] = tuple(range(x.ndim - 1))
+    else:
+        axes = (0,) if x.ndim == 2 else (0, *range(2, x.ndim))
     mean = x.mean(axis=axes, keepdims=True)[0].astype(np.float32)
     std = x.std(axis=axes, keepdims=True)[0].astype(np.float32)
     std[std < 1e-8] = 1.0

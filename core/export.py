@@ -10,7 +10,11 @@ axis is dynamic. The file is self-contained (``external_data=False``): no ``mode
 ``trainforge.input_dtype``, ``trainforge.outputs``, ``trainforge.class_names``,
 ``trainforge.feature_names``, ``trainforge.normalization`` (mean/std, already applied inside the graph),
 ``trainforge.version``, ``trainforge.mlflow_run_id``, ``trainforge.model``, ``trainforge.dataset``,
-``trainforge.opset`` and ``trainforge.parity_max_abs_diff``.
+``trainforge.opset``, ``trainforge.parity_max_abs_diff`` and ``trainforge.part`` (empty for the whole
+model, e.g. ``encoder`` for an autoencoder's encoder exported alone).
+
+A generator (a model with ``example_input``, e.g. the GAN) is exported from its input code: the graph
+takes e.g. a latent ``(N, Z)`` float32 and returns ``samples`` ``(N, *input_shape)``.
 """
 
 from __future__ import annotations
@@ -64,26 +68,35 @@ def export_model(
     config: dict[str, Any] | None = None,
     opset: int | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    part: str | None = None,
 ) -> ExportReport:
     """Export ``model`` (a :class:`TrainforgeModel`) and verify it against torch.
 
-    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split) used for the parity
-      check at batch sizes 1 and ``N`` (``N`` capped at 256).
-    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails; a
-      file that fails the gate is deleted.
+    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split; for a generator its
+      ``example_input``, see :func:`export_sample`) used for the parity check at batch sizes 1 and ``N``
+      (``N`` capped at 256).
+    - ``part``: export only this part of the model (``model.export_parts()``, e.g. ``"encoder"``).
+    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails, or the
+      part is unknown; a file that fails the gate is deleted.
     """
     import onnx
     import torch
 
     from . import __version__
-    from .modeling import InferenceModel
+    from .modeling import InferenceModel, PartModel
 
     started = time.perf_counter()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
-    wrapped = InferenceModel(model, task).eval()
-    outputs = list(task.onnx_outputs)
+    if part:
+        parts = model.export_parts() if hasattr(model, "export_parts") else {}
+        if part not in parts:
+            raise ExportError(f"model has no part {part!r} to export; parts: {', '.join(sorted(parts)) or '(none)'}")
+        module, output_name = parts[part]
+        wrapped, outputs = PartModel(model, module).eval(), [output_name]
+    else:
+        wrapped, outputs = InferenceModel(model, task).eval(), list(task.onnx_outputs)
     sample = np.ascontiguousarray(sample[:256], dtype=np.float32)
     if len(sample) == 0:
         raise ExportError("cannot check the export: no sample rows")
@@ -127,14 +140,15 @@ def export_model(
             f"(per batch size: {diffs}); the file was not kept"
         )
 
+    generative = bool(getattr(model, "generative", False)) and not part
     metadata = {
         "task": meta.task,
         "input_name": INPUT_NAME,
-        "input_shape": json.dumps(["batch", *meta.input_shape]),
+        "input_shape": json.dumps(["batch", *(int(d) for d in sample.shape[1:])]),
         "input_dtype": "float32",
         "outputs": json.dumps(outputs),
         "class_names": json.dumps(meta.class_names),
-        "feature_names": json.dumps(meta.feature_names),
+        "feature_names": json.dumps(None if generative else meta.feature_names),
         "normalization": json.dumps({"mean": np.asarray(meta.mean).tolist(), "std": np.asarray(meta.std).tolist(),
                                      "applied_in_graph": True}),
         "version": __version__,
@@ -143,6 +157,7 @@ def export_model(
         "dataset": meta.dataset,
         "opset": str(opset_used),
         "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}),
+        "part": part or "",
     }
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -154,6 +169,13 @@ def export_model(
     seconds = time.perf_counter() - started
     log.info("exported %s (opset %d, parity %s) in %.1f s", path, opset_used, diffs, seconds)
     return ExportReport(path, opset_used, diffs, seconds, metadata)
+
+
+def export_sample(model: Any, rows: np.ndarray) -> np.ndarray:
+    """The parity sample: data rows, or for a generator its deterministic ``example_input`` of as many rows."""
+    if getattr(model, "generative", False):
+        return model.example_input(len(rows)).detach().cpu().numpy().astype(np.float32)
+    return rows
 
 
 def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str]) -> dict[int, float]:
@@ -203,12 +225,15 @@ def export(
     tracking_uri: str | None = None,
     opset: int | None = None,
     log_to_run: bool = False,
+    part: str | None = None,
 ) -> ExportReport:
     """Rebuild the model of MLflow run ``run_id`` from its ``checkpoints/best.pt`` and export it.
 
     The parity check uses the run's test split, re-created from the dataset and seed in the checkpoint's
-    config. ``output`` defaults to ``./<run_id>.onnx``. Raises :class:`TrainforgeError` subclasses when
-    the run, its checkpoint or the data cannot be found.
+    config. ``output`` defaults to ``./<run_id>.onnx`` (``./<run_id>.<part>.onnx`` with ``part``, e.g.
+    ``"encoder"``). A scikit-learn estimator run is re-exported from its pickled estimator (see
+    :mod:`trainforge.estimators`). Raises :class:`TrainforgeError` subclasses when the run, its
+    checkpoint, the part or the data cannot be found.
     """
     from . import data as data_mod
     from . import tracking
@@ -218,15 +243,20 @@ def export(
     from .tasks import get_task
 
     tracking.setup_uri(tracking_uri)
+    if tracking.get_run(run_id).data.tags.get("trainforge.fit") == "estimator":
+        from .estimators import export_run
+
+        return export_run(run_id, output, part=part, log_to_run=log_to_run)
     local = tracking.download(run_id, "checkpoints/best.pt")
     checkpoint = load_checkpoint(local)
     config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
     model = build_model(config["model"], meta)
     model.load_state_dict(checkpoint["state_dict"])
-    bundle = data_mod.load(config["dataset"], config["trainer"])
-    task = get_task(meta.task, meta.target_std)
-    path = Path(output) if output else Path(f"{run_id}.onnx")
-    report = export_model(model, task, meta, data_mod.sample_rows(bundle.test), path, run_id=run_id, config=config, opset=opset)
+    bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
+    task = get_task(meta.task, meta=meta)
+    path = Path(output) if output else Path(f"{run_id}.{part}.onnx" if part else f"{run_id}.onnx")
+    sample = export_sample(model, data_mod.sample_rows(bundle.test))
+    report = export_model(model, task, meta, sample, path, run_id=run_id, config=config, opset=opset, part=part)
     if log_to_run:
         import mlflow
 

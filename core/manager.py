@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -70,12 +71,29 @@ def _env_list(name: str) -> list[str] | None:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503 distribution-name normalization
+
+
+def _allowed_entrypoints(allow: list[str]) -> list[str]:
+    """Entry-point names of the allow-list: the names given plus every entry point of a named distribution."""
+    if not allow:
+        return []
+    from importlib import metadata
+
+    wanted, names = {_canonical(a) for a in allow}, list(allow)
+    for dist in metadata.distributions():
+        if _canonical(dist.metadata["Name"] or "") in wanted:
+            names += [ep.name for ep in dist.entry_points if ep.group == GROUP and ep.name not in names]
+    return names
+
+
 def _load_entrypoints(pm: pluggy.PluginManager) -> None:
     allow = _env_list("TRAINFORGE_LOAD_PLUGINS")
     try:
         if allow is None:
             pm.load_setuptools_entrypoints(GROUP)
-        for name in allow or []:
+        for name in _allowed_entrypoints(allow or []):
             pm.load_setuptools_entrypoints(GROUP, name=name)
     except Exception as exc:  # a broken third-party package must say which one it is
         raise PluginError(f"a plugin of entry-point group {GROUP!r} failed to load: {exc!r}") from exc
@@ -182,8 +200,15 @@ def register_plugin(plugin: object, name: str | None = None) -> str:
     """Register an in-process plugin object (a module or class with hookimpls) and rebuild registries."""
     global _registry
     pm = get_plugin_manager()
-    plugin_name = pm.register(plugin, name=name)
-    pm.check_pending()
+    try:
+        plugin_name = pm.register(plugin, name=name)
+        try:
+            pm.check_pending()
+        except pluggy.PluginValidationError:
+            pm.unregister(plugin)  # leave nothing half-registered behind
+            raise
+    except pluggy.PluginValidationError as exc:
+        raise PluginError(f"plugin {name or plugin!r}: {exc}") from exc
     _registry = None
     return plugin_name
 

@@ -16,10 +16,10 @@ def _pyplot():
     return plt
 
 
-def learning_curves(history: list[dict[str, float]], path: Path, task: str) -> Path:
-    """Loss and the task's main metric (accuracy or R²) per epoch, train vs validation."""
+def learning_curves(history: list[dict[str, float]], path: Path, task: str, main: str | None = None) -> Path:
+    """Loss and the task's main metric (``main``; by default accuracy or R²) per epoch, train vs validation."""
     plt = _pyplot()
-    main = "accuracy" if task == "classification" else "r2"
+    main = main or ("accuracy" if task == "classification" else "r2")
     epochs = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, metric in zip(axes, ("loss", main)):
@@ -63,6 +63,74 @@ def predicted_vs_actual(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> P
     ax.set_xlabel("actual")
     ax.set_ylabel("predicted")
     ax.set_title("test: predicted vs actual")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _as_images(rows: np.ndarray) -> np.ndarray:
+    """``(N, ...)`` samples as ``(N, H, W)`` grey images: the first channel of ``(N, C, H, W)``, a square
+    vector reshaped, anything else as a one-row strip."""
+    rows = np.asarray(rows, dtype=np.float32)
+    if rows.ndim == 4:
+        return rows[:, 0]
+    flat = rows.reshape(len(rows), -1)
+    side = int(round(flat.shape[1] ** 0.5))
+    if side * side == flat.shape[1]:
+        return flat.reshape(len(rows), side, side)
+    return flat[:, None, :]
+
+
+def image_grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") -> Path:
+    """One row of images per ``(label, samples)`` pair, e.g. originals above reconstructions.
+
+    ``samples``: ``(N, C, H, W)``, ``(N, H*W)`` or any ``(N, ...)`` array; at most 10 per row are drawn.
+    """
+    plt = _pyplot()
+    shown = [(label, _as_images(samples)[:10]) for label, samples in rows]
+    cols = max(len(images) for _, images in shown)
+    fig, axes = plt.subplots(len(shown), cols, figsize=(1.2 * cols + 1, 1.3 * len(shown) + 0.4), squeeze=False)
+    for r, (label, images) in enumerate(shown):
+        for c in range(cols):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c], cmap="gray_r", interpolation="nearest")
+            else:
+                ax.axis("off")
+        axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def forecast_vs_actual(actual: np.ndarray, forecast: np.ndarray, naive: np.ndarray | None, path: Path) -> Path:
+    """Forecasting: the first forecast step of each test window against the actual value, in time order.
+
+    ``actual``, ``forecast``: ``(N, H)``; ``naive``: ``(N,)`` last value of each window (or ``None``).
+    The last step ``H`` is drawn too when the horizon is longer than one.
+    """
+    plt = _pyplot()
+    actual, forecast = np.asarray(actual).reshape(len(actual), -1), np.asarray(forecast).reshape(len(forecast), -1)
+    steps = np.arange(len(actual))
+    fig, ax = plt.subplots(figsize=(10, 4))
+    ax.plot(steps, actual[:, 0], color="black", label="actual")
+    ax.plot(steps, forecast[:, 0], label="forecast, 1 step ahead")
+    if forecast.shape[1] > 1:
+        h = forecast.shape[1]
+        ax.plot(steps + h - 1, forecast[:, -1], label=f"forecast, {h} steps ahead", alpha=0.7)
+    if naive is not None:
+        ax.plot(steps, np.asarray(naive).ravel(), linestyle=":", color="grey", label="naive (last value)")
+    ax.set_xlabel("test window (time order)")
+    ax.set_ylabel("value")
+    ax.set_title("test: forecast vs actual")
+    ax.legend()
+    ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -218,8 +218,9 @@ def predict(
                 frame[f"prob_{name}"] = probs[:, i]
             if y is not None:
                 correct += int((labels.astype(str) == _labels(y)).sum())
-        else:
-            pred = result["prediction"]
+        else:  # regression/forecasting "prediction"; other tasks' first output, flattened per row
+            pred = result["prediction"] if "prediction" in result else result[outputs[0]]
+            pred = pred.reshape(len(pred), -1)
             cols = ["prediction"] if pred.shape[1] == 1 else [f"prediction_{i}" for i in range(pred.shape[1])]
             frame = pd.DataFrame(pred, columns=cols)
             if y is not None:

@@ -71,8 +71,30 @@ def predict_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -
     return np.concatenate(ys), np.concatenate(outs)
 
 
+def collect_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -> tuple[np.ndarray, ...]:
+    """``(x, y, outputs)`` of a whole split as numpy arrays; a generator's outputs are ``len(x)`` samples
+    from its ``example_input`` instead."""
+    import torch
+
+    from .data import batches
+
+    model.eval()
+    xs, ys, outs = [], [], []
+    with torch.inference_mode():
+        for x, y in batches(split, batch_size):
+            xs.append(x.cpu().numpy())
+            ys.append(y.cpu().numpy())
+            if not getattr(model, "generative", False):
+                outs.append(model(x.to(device)).float().cpu().numpy())
+        x_all = np.concatenate(xs)
+        if getattr(model, "generative", False):
+            outs = [model(model.example_input(len(x_all)).to(device)).float().cpu().numpy()]
+    return x_all, np.concatenate(ys), np.concatenate(outs)
+
+
 def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any, bundle: Any) -> None:
-    """Best checkpoint, resolved config (YAML), learning curves and a confusion matrix or a scatter plot."""
+    """Best checkpoint, resolved config (YAML), learning curves and the task's test plots (a confusion
+    matrix, predicted vs actual, forecast vs actual, a reconstruction or sample grid)."""
     import mlflow
 
     from . import plots
@@ -92,29 +114,34 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
 
     plot_dir = workdir / "plots"
     plot_dir.mkdir(exist_ok=True)
-    plots.learning_curves(trainer.history, plot_dir / "learning_curves.png", meta.task)
-    y_true, out = predict_split(trainer.model, bundle.test, trainer.device, int(cfg["trainer"]["eval_batch_size"]))
-    if meta.task == "classification":
-        plots.confusion_matrix(y_true, out.argmax(1), meta.class_names, plot_dir / "confusion_matrix.png")
-    else:
-        plots.predicted_vs_actual(y_true, out, plot_dir / "predicted_vs_actual.png")
+    plots.learning_curves(trainer.history, plot_dir / "learning_curves.png", meta.task,
+                          main=getattr(trainer.task, "main_metric", None))
+    x, y_true, out = collect_split(trainer.model, bundle.test, trainer.device, int(cfg["trainer"]["eval_batch_size"]))
+    trainer.task.plots(plot_dir, x, y_true, out, meta)
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots", run_id=run_id)
 
 
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path) -> None:
     """Export the verified ONNX file, log it as ``onnx/model.onnx`` and as an MLflow ONNX model."""
+    from .data import sample_rows
+    from .export import export_model, export_sample
+
+    sample = export_sample(model, sample_rows(bundle.test))
+    report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
+                          config=result.config)
+    log_onnx(result, report, sample)
+
+
+def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
+    """Log a verified ONNX file as ``onnx/model.onnx`` and as an MLflow ONNX model (signature, example);
+    fill ``result.model_uri``, ``onnx_path`` and ``parity``."""
     import mlflow
     import onnx
     from mlflow.models import infer_signature
 
     from . import tracking
-    from .data import sample_rows
-    from .export import export_model
     from .predict import usable_providers
 
-    sample = sample_rows(bundle.test)
-    report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
-                          config=result.config)
     mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
     mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
                        run_id=result.run_id)
@@ -123,7 +150,8 @@ def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, w
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
-    outputs = dict(zip(task.onnx_outputs, session.run(list(task.onnx_outputs), {"input": example})))
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, {"input": example})))
     signature = infer_signature({"input": example}, outputs)
     info = mlflow.onnx.log_model(onnx.load(str(report.path)), name="model", signature=signature,
                                  input_example={"input": example}, save_as_external_data=False,

@@ -295,3 +295,18 @@ def _describe(dist: Any) -> dict[str, Any]:
     if dist.step not in (None, 1) or isinstance(dist, FloatDistribution) and dist.step is not None:
         out["step"] = dist.step
     return out
+
+
+def merge_sample(base: dict[str, Any], sampled: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Overlay sampled sections on a base config tree (before ``config.resolve``).
+
+    The base's model/optimizer keys apply only when the base names the same plugin (or names none), so
+    ``--config`` values meant for ``mlp`` never reach ``cnn``.
+    """
+    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    for section, values in sampled.items():
+        given = dict(base.get(section) or {})
+        if section in ("model", "optimizer") and given.get("name") not in (None, values["name"]):
+            given = {}
+        out[section] = {**given, **values}
+    return out

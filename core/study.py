@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -88,8 +89,10 @@ def make_sampler(name: str, seed: int | None) -> Any:
     import optuna
 
     if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
-                                          n_startup_trials=8, warn_independent_sampling=False)
+        with warnings.catch_warnings():  # multivariate/group are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, group=True, constant_liar=True,
+                                              n_startup_trials=8)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":

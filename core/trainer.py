@@ -41,14 +41,17 @@ class Trainer:
     """Fit a model with an optimizer on a :class:`DataBundle` for a :class:`Task`.
 
     ``config`` is the ``trainer`` section of the resolved config (epochs, batch_size, precision, ...).
-    After :meth:`fit`: ``history`` (one metrics dict per epoch), ``best_epoch``, ``best_value`` and
+    ``optimizer`` may be a list (a model that owns its step, e.g. a GAN's two optimizers); the scheduler
+    steps the first. A model with ``has_custom_step`` (see :class:`~trainforge.modeling.TrainforgeModel`)
+    runs ``training_step`` / ``validation_step`` instead of the task's loss; their returned scalars,
+    averaged over the epoch, are its metrics. After :meth:`fit`: ``history`` (one metrics dict per epoch), ``best_epoch``, ``best_value`` and
     ``best_state`` (CPU copy of the best weights by ``monitor``).
     """
 
     def __init__(
         self,
         model: nn.Module,
-        optimizer: torch.optim.Optimizer,
+        optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer],
         task: Task,
         config: dict[str, Any],
         *,
@@ -57,7 +60,9 @@ class Trainer:
         scheduler: Any = None,
         scheduler_needs_metric: bool = False,
     ) -> None:
-        self.model, self.optimizer, self.task, self.config = model, optimizer, task, config
+        self.optimizers = list(optimizer) if isinstance(optimizer, (list, tuple)) else [optimizer]
+        self.model, self.optimizer, self.task, self.config = model, self.optimizers[0], task, config
+        self.custom_step = bool(getattr(model, "has_custom_step", False))
         self.output_dim = output_dim
         self.callbacks = list(callbacks)
         self.scheduler, self.scheduler_needs_metric = scheduler, scheduler_needs_metric
@@ -101,13 +106,16 @@ class Trainer:
     def evaluate(self, split: Any) -> dict[str, float]:
         """Metrics of the current weights on a split (no gradients), keys without a prefix."""
         self.model.eval()
-        state = self.task.new_state(self.output_dim, self.device)
+        state = {} if self.custom_step else self.task.new_state(self.output_dim, self.device)
         for x, y in batches(self._place(split), int(self.config["eval_batch_size"])):
             x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            if self.custom_step:
+                _accumulate(state, self.model.validation_step((x, y)), len(x))
+                continue
             with self._autocast():
                 out = self.model(x)
-            self.task.update(state, out.float(), y)
-        return self.task.compute(state)
+            self.task.update(state, out.float(), y, inputs=x)
+        return _average(state) if self.custom_step else self.task.compute(state)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, data: DataBundle) -> Trainer:
@@ -125,9 +133,12 @@ class Trainer:
                 # 1. One pass over the training split. The loss and the metric statistics stay on the
                 #    device: no .item() per step, one host sync per epoch in task.compute().
                 model.train()
-                state = task.new_state(self.output_dim, self.device)
+                state = {} if self.custom_step else task.new_state(self.output_dim, self.device)
                 for x, y in batches(train, int(cfg["batch_size"]), shuffle=True, generator=generator):
                     x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                    if self.custom_step:  # the model owns its step: backward, optimizer steps, metrics
+                        _accumulate(state, model.training_step((x, y), self.optimizers), len(x))
+                        continue
                     with self._autocast():
                         out = model(x)
                         loss = task.loss(out, y)
@@ -144,9 +155,10 @@ class Trainer:
                         scaler.update()
                     else:
                         optimizer.step()
-                    task.update(state, out.detach().float(), y, loss=loss.detach())
-                metrics = {f"train_{k}": v for k, v in task.compute(state).items()}
-                if not math.isfinite(metrics["train_loss"]):
+                    task.update(state, out.detach().float(), y, loss=loss.detach(), inputs=x)
+                computed = _average(state) if self.custom_step else task.compute(state)
+                metrics = {f"train_{k}": v for k, v in computed.items()}
+                if not math.isfinite(metrics.get("train_loss", math.nan)):
                     raise TrainforgeError(
                         f"training diverged: the training loss is {metrics['train_loss']} at epoch {epoch}; "
                         "lower the learning rate or set trainer.grad_clip"
@@ -190,3 +202,17 @@ class Trainer:
         """Load the best epoch's weights into the model (no-op before the first epoch)."""
         if self.best_state:
             self.model.load_state_dict(self.best_state)
+
+
+def _accumulate(state: dict[str, Any], values: dict[str, Any], n: int) -> None:
+    """Add a custom step's scalars, weighted by the batch size ``n`` (kept on the device: no sync)."""
+    for key, value in values.items():
+        value = value.detach().double() if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+        state[key] = state.get(key, 0.0) + value * n
+    state["_count"] = state.get("_count", 0) + n
+
+
+def _average(state: dict[str, Any]) -> dict[str, float]:
+    """Epoch means of a custom step's scalars (one host sync per value)."""
+    n = max(int(state.pop("_count", 0)), 1)
+    return {key: float(value) / n for key, value in state.items()}

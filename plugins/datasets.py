@@ -50,11 +50,21 @@ def infer_task(values) -> str:
     return "classification" if integral and len(np.unique(v)) <= MAX_CLASSES else "regression"
 
 
-def load_csv(path=None, target=None, features=None, task="auto", delimiter=","):
+def wants_streaming(file: Path, streaming) -> bool:
+    """``streaming``: true, false or ``"auto"`` (files above ``trainforge.streaming.AUTO_THRESHOLD`` bytes)."""
+    if isinstance(streaming, str) and streaming.lower() == "auto":
+        from trainforge.streaming import AUTO_THRESHOLD
+
+        return file.stat().st_size > AUTO_THRESHOLD
+    return bool(streaming)
+
+
+def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", streaming="auto", split=None):
     """A CSV file with a header row: ``target`` (default: the last column) and numeric feature columns.
 
     Errors name the file, the line and the column: a missing file, a missing column, a non-numeric feature
-    value, an empty cell or NaN in a feature.
+    value, an empty cell or NaN in a feature. With ``streaming`` the file is read in blocks through
+    pyarrow (see :mod:`trainforge.streaming`) instead of into memory.
     """
     import numpy as np
     import pandas as pd
@@ -64,6 +74,10 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=","):
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: no such file")
+    if split is not None and wants_streaming(file, streaming):
+        from trainforge.streaming import open_table
+
+        return open_table(file, target, features, task, split, name="csv", delimiter=delimiter)
     try:
         frame = pd.read_csv(file, sep=delimiter)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -178,10 +192,12 @@ def register_datasets(register):
         load=load_digits, tasks={"classification"}))
     register(trainforge.DatasetSpec(
         name="csv", description="A CSV file: numeric features and a target column (task inferred)",
-        load=load_csv, defaults={"path": None, "target": None, "features": None, "task": "auto", "delimiter": ","},
+        load=load_csv, defaults={"path": None, "target": None, "features": None, "task": "auto", "delimiter": ",",
+                                       "streaming": "auto"},
         param_help={"path": "CSV file with a header row", "target": "target column (default: the last one)",
                     "features": "feature columns (default: all others)",
-                    "task": "auto, classification or regression"}))
+                    "task": "auto, classification or regression",
+                    "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)"}))
     register(trainforge.DatasetSpec(
         name="mnist", description="MNIST from the four IDX files in a local directory (plain or .gz)",
         load=load_mnist, tasks={"classification"}, defaults={"path": None, "limit": 0},

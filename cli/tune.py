@@ -1,0 +1,104 @@
+"""``trainforge tune``: parse, call :func:`trainforge.tune.tune`, print a rich summary or one JSON object.
+
+Optuna, torch and MLflow are imported inside the command, so ``trainforge --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
+JSON_KEYS = ("study", "best_value", "best_params", "parent_run_id", "onnx_path", "model_version",
+             "n_complete", "n_pruned", "n_fail")
+
+
+@click.command(epilog="""\b
+Examples:
+  trainforge tune --model cnn --dataset digits --n-trials 30 --pruner median
+  trainforge tune --model cnn,mlp --optimizer adam,sgd --n-trials 40 --n-jobs 2 --study digits
+  trainforge tune --study digits --n-trials 10          # resume: same settings, trial numbers continue
+  trainforge tune --config space.yaml --storage sqlite:///optuna.db --json
+
+\b
+Parameter names: model / optimizer (when several are given), <model>.<param> (cnn.dropout1, mlp.width),
+<optimizer>.<param> (adam.lr, sgd.momentum), trainer.batch_size. A search_space: section in --config
+fixes (adam.lr: 0.001), narrows ({low:, high:, log:}) or replaces ({choices: [...]}) any of them.
+Default storage: the journal file mlruns/optuna/journal.log.""")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML config; its search_space: and tune: sections are read too.")
+@click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE",
+              help="Set a plugin or trainer option for every trial; VALUE is YAML. Repeatable.")
+@click.option("--model", help="Model plugin(s), comma-separated: several become a categorical choice.")
+@click.option("--dataset", help="Dataset plugin (default digits).")
+@click.option("--optimizer", help="Optimizer plugin(s), comma-separated (default adam).")
+@click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial (trainer.epochs).")
+@click.option("--n-trials", type=click.IntRange(min=1), help="Trials this command runs (default 20).")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after S seconds.")
+@click.option("--study", help="Study name; an existing one is resumed. Default: MODELS-DATASET-TIMESTAMP.")
+@click.option("--storage", help="Optuna storage: sqlite:///f.db, postgresql://..., mysql://..., or a *.log journal file.")
+@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes", "gp"]), help="Default tpe.")
+@click.option("--pruner", type=click.Choice(["median", "hyperband", "successive-halving", "none"]),
+              help="Default median.")
+@click.option("--metric", help="Validation metric to optimize (default val_accuracy, val_loss for regression).")
+@click.option("--direction", type=click.Choice(["maximize", "minimize"]), help="Default: from the metric.")
+@click.option("--n-jobs", type=click.IntRange(min=1), help="Worker processes on this machine (default 1).")
+@click.option("--seed", type=int, help="Sampler seed (worker i uses seed+i); the data split follows trainer.seed.")
+@click.option("--refit", is_flag=True, default=None, help="Retrain the best config on train+val before export.")
+@click.option("--register", help="Registered model name for the best model (default: the study name).")
+@click.option("--no-export", is_flag=True, help="Skip exporting and registering the best model.")
+@click.option("--experiment", help="MLflow experiment name (default: trainforge).")
+@click.option("--tracking-uri", help=TRACKING_HELP)
+@click.option("--quiet", "-q", is_flag=True, help="No per-trial log lines.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (study, best_value, best_params, ...).")
+def tune(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
+         optimizer: str | None, epochs: int | None, n_trials: int | None, timeout: float | None, study: str | None,
+         storage: str | None, sampler: str | None, pruner: str | None, metric: str | None, direction: str | None,
+         n_jobs: int | None, seed: int | None, refit: bool | None, register: str | None, no_export: bool,
+         experiment: str | None, tracking_uri: str | None, quiet: bool, as_json: bool) -> None:
+    """Search hyperparameters with Optuna; one MLflow parent run per study, one child run per trial."""
+    from trainforge.tune import tune as run_tune
+
+    result = run_tune(
+        config_file, overrides=params, models=model, optimizers=optimizer, dataset=dataset, epochs=epochs,
+        n_trials=n_trials, timeout=timeout, study=study, storage=storage, sampler=sampler, pruner=pruner,
+        metric=metric, direction=direction, n_jobs=n_jobs, seed=seed, refit=refit, register=register,
+        export=not no_export, tracking_uri=tracking_uri, experiment=experiment, quiet=quiet or as_json,
+    )
+    data = result.to_dict()
+    if as_json:
+        click.echo(json.dumps({**{k: data[k] for k in JSON_KEYS}, **data}, default=str))
+    else:
+        _summary(result)
+    if result.interrupted:
+        click.echo(f"interrupted: finished trials are kept; resume with --study {result.study}", err=True)
+        sys.exit(130)
+
+
+def _summary(result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title=f"study {result.study}", show_header=False, title_justify="left")
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    best = "-" if result.best_value is None else f"{result.best_value:.4f} (trial {result.best_trial})"
+    table.add_row(f"best {result.metric}", best)
+    for key, value in result.best_params.items():
+        table.add_row(f"  {key}", f"{value:.4g}" if isinstance(value, float) else str(value))
+    table.add_row("trials", f"{result.n_complete} complete, {result.n_pruned} pruned, {result.n_fail} failed"
+                  + (f", {result.n_running} running" if result.n_running else "")
+                  + f" ({result.n_trials_run} run now)")
+    table.add_row("wall time", f"{result.seconds:.1f} s")
+    for key, value in result.test_metrics.items():
+        table.add_row(f"exported {key}", f"{value:.4f}")
+    table.add_row("parent run", result.parent_run_id)
+    if result.onnx_path:
+        table.add_row("ONNX model", result.onnx_path)
+    if result.model_version:
+        table.add_row("registered", f"version {result.model_version}")
+    table.add_row("storage", result.storage)
+    console.print(table)

@@ -1,0 +1,417 @@
+"""``tune(...)``: hyperparameter search with Optuna; the CLI's ``trainforge tune`` calls exactly this.
+
+Order: resolve the settings (arguments > ``tune:`` config section > the stored study's settings >
+defaults) -> open the storage -> load the data once and check every model fits it -> build the search
+space (:mod:`trainforge.search`) -> create or resume the study -> attach to (or create) its MLflow parent
+run (:mod:`trainforge.study`) -> run the trials in this process or in ``n_jobs`` spawned worker
+processes (:mod:`trainforge.objective`) -> log the summary to the parent run, export the best model
+through the ONNX gate, register it (:mod:`trainforge.tune_report`).
+
+Counting: each process runs exactly its own ``n_trials`` (Optuna's ``optimize(n_trials=...)`` counts the
+trials it ran, whatever their state), split evenly over its ``n_jobs`` workers. Two processes asked for
+6 trials each on one study end with 12 finished trials.
+
+Ctrl-C: the running trial becomes FAIL and its MLflow run KILLED (Optuna marks a trial FAIL when
+``KeyboardInterrupt`` escapes the objective, then re-raises it); finished trials stay in the storage;
+``tune`` then logs what it has to the parent run (KILLED) and returns with ``interrupted=True``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError, TrainforgeError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_N_TRIALS = 20
+TUNE_KEYS = frozenset({"n_trials", "timeout", "study", "storage", "sampler", "pruner", "metric", "direction",
+                       "n_jobs", "seed", "refit", "register", "models", "optimizers"})
+#: settings that must match when a study is resumed
+FROZEN = ("models", "optimizers", "dataset", "metric", "direction")
+
+
+@dataclass
+class TuneResult:
+    """The outcome of a ``tune`` call; counts are over the whole study (every process, every resume)."""
+
+    study: str
+    storage: str
+    best_value: float | None
+    best_params: dict[str, Any]
+    parent_run_id: str
+    onnx_path: str | None
+    model_version: str | None
+    n_complete: int
+    n_pruned: int
+    n_fail: int
+    n_running: int = 0
+    n_trials_run: int = 0
+    best_trial: int | None = None
+    best_run_id: str | None = None
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    metric: str = ""
+    direction: str = ""
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Plan:
+    """What a worker process needs (picklable): the study, its settings and where to track."""
+
+    study: str
+    storage: str | None
+    settings: dict[str, Any]
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str | None
+    seed: int | None
+    quiet: bool
+    max_epochs: int
+    log_level: int = logging.WARNING
+
+
+def _names(value: Any) -> list[str] | None:
+    if value is None or value == "" or value == []:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [str(v).strip() for v in items if str(v).strip()]
+
+
+def _study_settings(storage: Any, name: str | None) -> dict[str, Any]:
+    import optuna
+
+    from .study import SETTINGS_ATTR, check_study_name
+
+    if name is None or check_study_name(name) not in optuna.get_all_study_names(storage):
+        return {}
+    return dict(optuna.load_study(study_name=name, storage=storage).user_attrs.get(SETTINGS_ATTR) or {})
+
+
+def tune(
+    config: dict[str, Any] | str | Path | None = None,
+    *,
+    overrides: Iterable[str] = (),
+    models: str | list[str] | None = None,
+    optimizers: str | list[str] | None = None,
+    dataset: str | None = None,
+    epochs: int | None = None,
+    n_trials: int | None = None,
+    timeout: float | None = None,
+    study: str | None = None,
+    storage: str | None = None,
+    sampler: str | None = None,
+    pruner: str | None = None,
+    metric: str | None = None,
+    direction: str | None = None,
+    n_jobs: int | None = None,
+    seed: int | None = None,
+    refit: bool | None = None,
+    register: str | None = None,
+    export: bool = True,
+    tracking_uri: str | None = None,
+    experiment: str | None = None,
+    quiet: bool = True,
+) -> TuneResult:
+    """Run (or resume) a study; see the module docstring. ``models``/``optimizers``: names or ``"a,b"``.
+
+    ``seed`` seeds the sampler (worker ``i`` of ``n_jobs`` uses ``seed + i``); the data split and weight
+    initialisation follow ``trainer.seed`` as in ``train``. Raises TrainforgeError subclasses for bad
+    settings, storages, study names or search spaces, before any trial runs.
+    """
+    import optuna
+
+    from . import config as config_mod
+    from . import data as data_mod
+    from . import study as study_mod
+    from . import tracking, tune_report
+    from .modeling import check_compatible
+    from .search import Recorder, SearchSpace, merge_sample
+    from .tasks import get_task, metric_mode
+
+    started = time.perf_counter()
+    if quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    raw = config_mod.load_file(config) if isinstance(config, (str, Path)) else copy.deepcopy(config or {})
+    section = dict(raw.pop("tune", None) or {})
+    if set(section) - TUNE_KEYS:
+        raise ConfigError(f"unknown key(s) in tune: {', '.join(sorted(set(section) - TUNE_KEYS))}; "
+                          f"valid: {', '.join(sorted(TUNE_KEYS))}")
+    space_overrides = raw.pop("search_space", None)
+    given = {"models": _names(models), "optimizers": _names(optimizers), "n_trials": n_trials, "timeout": timeout,
+             "study": study, "storage": storage, "sampler": sampler, "pruner": pruner, "metric": metric,
+             "direction": direction, "n_jobs": n_jobs, "seed": seed, "refit": refit, "register": register}
+    opts = {**section, **{k: v for k, v in given.items() if v is not None}}
+    opts["models"], opts["optimizers"] = _names(opts.get("models")), _names(opts.get("optimizers"))
+
+    # 1. Storage and, when resuming, the study's stored settings.
+    storage_obj = study_mod.open_storage(opts.get("storage"))
+    stored = _study_settings(storage_obj, opts.get("study"))
+    flags: dict[str, Any] = {"dataset": {"name": dataset}} if dataset else {}
+    if epochs:
+        flags["trainer"] = {"epochs": int(epochs)}
+    base = config_mod.merge(stored.get("base"), raw, config_mod.parse_overrides(list(overrides)), flags)
+    settings = {
+        "models": opts["models"] or stored.get("models") or [(raw.get("model") or {}).get("name")
+                                                            or config_mod.DEFAULT_SELECTION["model"]],
+        "optimizers": opts["optimizers"] or stored.get("optimizers") or [
+            (raw.get("optimizer") or {}).get("name") or config_mod.DEFAULT_SELECTION["optimizer"]],
+        "overrides": space_overrides if space_overrides is not None else stored.get("overrides") or {},
+        "sampler": opts.get("sampler") or stored.get("sampler") or "tpe",
+        "pruner": opts.get("pruner") or stored.get("pruner") or "median",
+    }
+    study_mod.make_sampler(settings["sampler"], None), study_mod.make_pruner(settings["pruner"], 1)  # validate
+
+    # 2. The data (once), model/data compatibility, the metric and its direction.
+    space = SearchSpace(list(settings["models"]), list(settings["optimizers"]), settings["overrides"])
+    first = merge_sample(base, space.sample(Recorder(), model=space.models[0], optimizer=space.optimizers[0]))
+    cfg0 = config_mod.resolve(first)
+    settings["dataset"] = cfg0["dataset"]["name"]
+    bundle = data_mod.load(cfg0["dataset"], cfg0["trainer"])
+    for name in space.models:
+        check_compatible({"name": name}, bundle.meta)
+    task = get_task(bundle.meta.task, bundle.meta.target_std)
+    computed = [f"val_{k}" for k in task.compute(task.new_state(bundle.meta.output_dim, _cpu()))]
+    metric = opts.get("metric") or stored.get("metric") or ("val_accuracy" if task.name == "classification"
+                                                            else "val_loss")
+    if metric not in computed:
+        raise ConfigError(f"unknown metric {metric!r} for {task.name}; choose one of {', '.join(computed)}")
+    direction = opts.get("direction") or stored.get("direction") or \
+        ("maximize" if metric_mode(metric, task) == "max" else "minimize")
+    if direction not in ("maximize", "minimize"):
+        raise ConfigError(f"direction must be maximize or minimize, got {direction!r}")
+    settings.update(metric=metric, direction=direction)
+    for key in FROZEN:
+        if stored.get(key) is not None and stored[key] != settings[key]:
+            raise ConfigError(f"study {opts['study']!r} was created with {key}={stored[key]!r}; "
+                              f"{settings[key]!r} conflicts (drop the option or start a new --study)")
+    base.setdefault("trainer", {}).update(monitor=metric, mode="max" if direction == "maximize" else "min")
+    settings["base"] = base
+    for model in space.models:  # every branch must resolve before the first trial runs
+        for optimizer in space.optimizers:
+            config_mod.resolve(merge_sample(base, space.sample(Recorder(), model=model, optimizer=optimizer)))
+    max_epochs = int(cfg0["trainer"]["epochs"])
+
+    # 3. The study and its parent run.
+    name = opts.get("study") or study_mod.check_study_name(
+        f"{'_'.join(space.models)}-{settings['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}")
+    sampler_seed = opts.get("seed")
+    the_study, created = study_mod.open_study(
+        storage_obj, name, direction, study_mod.make_sampler(settings["sampler"], sampler_seed),
+        study_mod.make_pruner(settings["pruner"], max_epochs))
+    if created:
+        the_study.set_user_attr(study_mod.SETTINGS_ATTR, _jsonable(settings))
+    else:
+        space.check_compatible(the_study.get_trials(deepcopy=False))
+    settings.update(study=name, storage=opts.get("storage") or study_mod.DEFAULT_STORAGE)
+    experiment_id = tracking.setup(tracking_uri, experiment)
+    parent = study_mod.ensure_parent_run(the_study, created, experiment_id, {"trainforge.dataset": settings["dataset"]})
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    experiment_name = client.get_experiment(client.get_run(parent).info.experiment_id).name
+    tune_report.log_study_start(parent, created, settings, space.describe())
+
+    # 4. Trials, here or in worker processes.
+    plan = Plan(name, opts.get("storage"), _jsonable(settings), parent, experiment_name, tracking_uri,
+                sampler_seed, quiet, max_epochs, logging.getLogger().getEffectiveLevel())
+    total = opts.get("n_trials")
+    total = None if total is None and opts.get("timeout") else int(total or DEFAULT_N_TRIALS)
+    jobs = max(1, int(opts.get("n_jobs") or 1))
+    interrupted, ran = False, 0
+    try:
+        if jobs == 1:
+            ran = run_trials(plan, total, opts.get("timeout"), 0, bundle=bundle, study=the_study)
+        else:
+            ran = run_workers(plan, total, opts.get("timeout"), jobs)
+    except KeyboardInterrupt:
+        interrupted = True
+        log.warning("interrupted: finished trials are kept in study %s", name)
+
+    # 5. Summary, best model, parent status.
+    counts = study_mod.trial_counts(the_study)
+    best = tune_report.best_trial(the_study)
+    exported = None
+    if best is not None and export and not interrupted:
+        source = best.user_attrs.get("mlflow_run_id")
+        if not source:
+            raise TrainforgeError(f"the best trial {best.number} of study {name!r} has no MLflow run")
+        if opts.get("refit"):
+            source = tune_report.refit(best, parent, bundle, study_name=name, tracking_uri=tracking_uri,
+                                       experiment=experiment_name)
+        exported = tune_report.export_best(source, parent, register=opts.get("register") or name, bundle=bundle,
+                                           tags={"trainforge.study": name, "trainforge.trial": str(best.number)})
+    tune_report.log_study_summary(the_study, parent, space.fixed, plots=not interrupted)
+    client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
+    return TuneResult(
+        study=name, storage=settings["storage"], best_value=None if best is None else float(best.value),
+        best_params={} if best is None else {**space.fixed, **best.params}, parent_run_id=parent,
+        onnx_path=exported.onnx_path if exported else None, model_version=exported.model_version if exported else None,
+        n_complete=counts["n_complete"], n_pruned=counts["n_pruned"], n_fail=counts["n_fail"],
+        n_running=counts["n_running"], n_trials_run=ran, best_trial=None if best is None else best.number,
+        best_run_id=None if best is None else best.user_attrs.get("mlflow_run_id"),
+        test_metrics=exported.test_metrics if exported else {}, metric=metric, direction=direction,
+        seconds=time.perf_counter() - started, interrupted=interrupted)
+
+
+def _cpu() -> Any:
+    import torch
+
+    return torch.device("cpu")
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(value, default=str))
+
+
+def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: int, *, bundle: Any = None,
+               study: Any = None) -> int:
+    """Run ``n_trials`` trials (or until ``timeout`` seconds) of ``plan`` in this process; returns how many ran.
+
+    ``KeyboardInterrupt`` propagates after Optuna has marked the running trial FAIL.
+    """
+    import optuna
+
+    from . import data as data_mod
+    from . import study as study_mod
+    from . import tracking
+    from .objective import Objective
+    from .search import SearchSpace
+
+    s = plan.settings
+    seed = None if plan.seed is None else plan.seed + index
+    sampler = study_mod.make_sampler(s["sampler"], seed)
+    pruner = study_mod.make_pruner(s["pruner"], plan.max_epochs)
+    if study is None:
+        study = optuna.load_study(study_name=plan.study, storage=study_mod.open_storage(plan.storage),
+                                  sampler=sampler, pruner=pruner)
+    space = SearchSpace(list(s["models"]), list(s["optimizers"]), s["overrides"])
+    tracking.setup(plan.tracking_uri, plan.experiment)
+    if bundle is None:
+        from . import config as config_mod
+        from .search import Recorder, merge_sample
+
+        cfg = config_mod.resolve(merge_sample(s["base"], space.sample(Recorder(), model=space.models[0],
+                                                                      optimizer=space.optimizers[0])))
+        bundle = data_mod.load(cfg["dataset"], cfg["trainer"])
+    objective = Objective(space, s["base"], s["metric"], plan.study, plan.parent_run_id, bundle,
+                          tracking_uri=plan.tracking_uri, experiment=plan.experiment, quiet=True,
+                          extra_tags={"trainforge.worker": str(index)})
+    ran = [0]
+
+    def count(_study: Any, _trial: Any) -> None:
+        ran[0] += 1
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[count])
+    return ran[0]
+
+
+def _worker_main(plan: Plan, n_trials: int | None, timeout: float | None, index: int, threads: int,
+                 queue: Any) -> None:
+    """Entry point of a spawned worker process: run trials, report ``(index, status, detail)``."""
+    logging.basicConfig(level=plan.log_level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+    import torch
+
+    torch.set_num_threads(threads)
+    if plan.quiet:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        queue.put((index, "ok", run_trials(plan, n_trials, timeout, index)))
+    except KeyboardInterrupt:
+        queue.put((index, "interrupted", ""))
+    except TrainforgeError as exc:
+        queue.put((index, "error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent process
+        log.exception("worker %d failed", index)
+        queue.put((index, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: int) -> int:
+    """Run trials in ``jobs`` spawned processes (not threads: the GIL) sharing the study's storage.
+
+    ``n_trials`` is split evenly (worker ``i`` gets ``n // jobs`` plus one of the remainder); each worker
+    uses ``cpu_count // jobs`` torch threads. On Ctrl-C the workers (which share the terminal's process
+    group) get 10 s to record their interrupted trials, then SIGINT, then termination.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    shares = [None] * jobs if n_trials is None else [n_trials // jobs + (i < n_trials % jobs) for i in range(jobs)]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    procs = [ctx.Process(target=_worker_main, args=(plan, n, timeout, i, threads, queue), name=f"trainforge-tune-{i}")
+             for i, n in enumerate(shares) if n is None or n > 0]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for proc in procs:
+                proc.join(timeout=0.5)
+            if deadline is not None and time.monotonic() > deadline + 3600:
+                break  # a worker hung far past the timeout: stop waiting
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    results = []
+    while len(results) < len(procs) and not queue.empty():
+        results.append(queue.get())
+    errors = [f"worker {i}: {detail}" for i, status, detail in results if status == "error"]
+    if any(status == "interrupted" for _, status, _ in results):
+        raise KeyboardInterrupt
+    if errors:
+        raise TrainforgeError("; ".join(errors))
+    return sum(int(detail) for _, status, detail in results if status == "ok")
+
+
+def _stop(procs: list[Any]) -> None:
+    for grace, action in ((10.0, None), (20.0, "int"), (5.0, "term")):
+        end = time.monotonic() + grace
+        while any(p.is_alive() for p in procs) and time.monotonic() < end:
+            time.sleep(0.2)
+        for proc in procs:
+            if proc.is_alive() and action == "int":
+                os.kill(proc.pid, signal.SIGINT)
+            elif proc.is_alive() and action == "term":
+                proc.terminate()
+
+
+def export_study_best(study: str, output: str | Path | None = None, *, storage: str | None = None,
+                      tracking_uri: str | None = None, opset: int | None = None, log_to_run: bool = False) -> Any:
+    """Re-export the current best trial of ``study`` through the ONNX gate (``output`` default ``./STUDY.onnx``).
+
+    ``log_to_run`` also logs the file to the study's parent run as ``onnx/model.onnx``. Returns the
+    :class:`~trainforge.export.ExportReport`. Raises TrainforgeError for an unknown study or one with no
+    complete trial.
+    """
+    from . import study as study_mod
+    from . import tune_report
+    from .export import export
+
+    the_study, _ = study_mod.open_study(study_mod.open_storage(storage), study, None)
+    best = tune_report.best_trial(the_study)
+    if best is None or not best.user_attrs.get("mlflow_run_id"):
+        raise TrainforgeError(f"study {study!r} has no complete trial to export yet")
+    report = export(best.user_attrs["mlflow_run_id"], output or f"{study}.onnx", tracking_uri=tracking_uri,
+                    opset=opset)
+    parent = the_study.user_attrs.get(study_mod.PARENT_ATTR)
+    if log_to_run and parent:
+        import mlflow
+
+        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=parent)
+    return report
