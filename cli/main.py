@@ -123,10 +123,14 @@ Example:
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
 @click.option("--log-to-run", is_flag=True, help="Also log the file to the run as onnx/model.onnx.")
 @click.option("--part", help="Export only this part of the model, e.g. encoder (autoencoders).")
+@click.option("--quantize", type=click.Choice(["int8"]),
+              help="Also write an int8 copy (OUTPUT.int8.onnx): dynamic for MLP/RNN, static QDQ calibrated on "
+                   "the training split for CNNs; prints the test accuracy of both.")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(run_id: str | None, study: str | None, storage: str | None, output: str | None, opset: int | None,
-           log_to_run: bool, part: str | None, tracking_uri: str | None, as_json: bool) -> None:
+           log_to_run: bool, part: str | None, quantize: str | None, tracking_uri: str | None,
+           as_json: bool) -> None:
     """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
     from trainforge.export import export as run_export
 
@@ -140,11 +144,23 @@ def export(run_id: str | None, study: str | None, storage: str | None, output: s
     else:
         report = run_export(run_id, output, tracking_uri=tracking_uri, opset=opset, log_to_run=log_to_run,
                             part=part)
+    quantized = None
+    if quantize:
+        from trainforge.quantize import quantize_run
+
+        source_run = report.metadata.get("mlflow_run_id") or run_id
+        quantized = quantize_run(source_run, report.path, tracking_uri=tracking_uri)
     if as_json:
-        _print_json(report.to_dict())
-    else:
-        diffs = ", ".join(f"batch {k}: {v:.2g}" for k, v in report.max_abs_diff.items())
-        click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs torch {diffs})")
+        _print_json({**report.to_dict(), **({"quantized": quantized.to_dict()} if quantized else {})})
+        return
+    diffs = ", ".join(f"batch {k}: {v:.2g}" for k, v in report.max_abs_diff.items())
+    click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs torch {diffs})")
+    if quantized:
+        m = quantized.metrics
+        change = (f"; test accuracy {m['fp32_accuracy']:.4f} -> {m['int8_accuracy']:.4f} "
+                  f"({m['accuracy_change_points']:+.2f} points)" if "accuracy_change_points" in m else "")
+        click.echo(f"wrote {quantized.path} (int8, {quantized.method}, {quantized.bytes_fp32 // 1024} KiB -> "
+                   f"{quantized.bytes_int8 // 1024} KiB{change})")
 
 
 @cli.command(epilog="""\b

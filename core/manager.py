@@ -36,6 +36,11 @@ DEFAULT_PLUGINS = (
     "trainforge.plugins.schedulers",
     "trainforge.plugins.callbacks",
     "trainforge.plugins.tasks",
+    "trainforge.plugins.sequence",
+    "trainforge.plugins.series",
+    "trainforge.plugins.autoencoder",
+    "trainforge.plugins.gan",
+    "trainforge.plugins.estimators",
 )
 #: kind -> (hook name, spec class)
 KINDS: dict[str, tuple[str, type]] = {

@@ -90,6 +90,8 @@ def image_grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") 
     plt = _pyplot()
     shown = [(label, _as_images(samples)[:10]) for label, samples in rows]
     cols = max(len(images) for _, images in shown)
+    values = np.concatenate([images.ravel() for _, images in shown])
+    lo, hi = float(values.min()), float(values.max())  # one grey scale for all rows: comparable images
     fig, axes = plt.subplots(len(shown), cols, figsize=(1.2 * cols + 1, 1.3 * len(shown) + 0.4), squeeze=False)
     for r, (label, images) in enumerate(shown):
         for c in range(cols):
@@ -97,7 +99,7 @@ def image_grid(rows: list[tuple[str, np.ndarray]], path: Path, title: str = "") 
             ax.set_xticks([])
             ax.set_yticks([])
             if c < len(images):
-                ax.imshow(images[c], cmap="gray_r", interpolation="nearest")
+                ax.imshow(images[c], cmap="gray_r", interpolation="nearest", vmin=lo, vmax=hi)
             else:
                 ax.axis("off")
         axes[r][0].set_ylabel(label, rotation=0, ha="right", va="center")

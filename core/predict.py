@@ -71,13 +71,53 @@ class PredictResult:
         return {"rows": self.rows, "provider": self.provider, "output": self.output, "metrics": self.metrics}
 
 
-def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool = True) -> tuple[Any, str]:
-    """An onnxruntime session and the provider it actually uses."""
+def session_options(threads: int | None = None, spinning: bool = False) -> Any:
+    """onnxruntime session options tuned for small (2-8 core), possibly shared CPUs.
+
+    - ``intra_op_num_threads``: ``threads``, else ``$TRAINFORGE_ORT_THREADS``, else the CPUs this process
+      may run on (``os.sched_getaffinity``); one inter-op thread, sequential execution (the graphs
+      are chains: nothing to run in parallel).
+    - ``session.intra_op.allow_spinning = "0"``: idle pool threads sleep instead of busy-waiting, so a
+      small machine's other cores stay free (onnxruntime's thread-management docs); a batch-1 call
+      needs no pool anyway and large batches spend their time in the kernels.
+    - ``ORT_ENABLE_ALL``: every graph optimisation, including layout transforms and fusions.
+
+    ``trainforge predict`` and ``benchmarks/bench_inference.py`` both use this function.
+    """
+    import os
+
+    import onnxruntime as ort
+
+    if threads is None:
+        env = os.environ.get("TRAINFORGE_ORT_THREADS", "").strip()
+        threads = int(env) if env.isdigit() and int(env) > 0 else _cores()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.intra_op_num_threads = int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return options
+
+
+def _cores() -> int:
+    import os
+
+    try:
+        available = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        available = os.cpu_count() or 1
+    return max(1, min(available, os.cpu_count() or available))
+
+
+def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool = True,
+                 threads: int | None = None) -> tuple[Any, str]:
+    """An onnxruntime session (options from :func:`session_options`) and the provider it actually uses."""
     import onnxruntime as ort
 
     requested = usable_providers(provider)
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
+    options = session_options(threads)
     try:
         session = ort.InferenceSession(str(model), options, providers=requested)
     except Exception as exc:
@@ -145,8 +185,10 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
         names = meta.get("feature_names") or []
         if names and len(names) == width and set(names) <= set(map(str, chunk.columns)):
             chunk = chunk[names]  # match by name, in the training order
+        from pandas.api.types import is_numeric_dtype
+
         for col in chunk.columns:
-            if not np.issubdtype(chunk[col].dtype, np.number):
+            if not is_numeric_dtype(chunk[col].dtype):  # also pandas' extension dtypes (str in pandas 3)
                 ok = chunk[col].map(_is_number).to_numpy(dtype=bool)
                 if not ok.all():
                     pos = int(np.flatnonzero(~ok)[0])  # row numbers count the header as row 1, like the file

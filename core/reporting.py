@@ -151,14 +151,34 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
 
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(names, {"input": example})))
+    outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
     signature = infer_signature({"input": example}, outputs)
     info = mlflow.onnx.log_model(onnx.load(str(report.path)), name="model", signature=signature,
                                  input_example={"input": example}, save_as_external_data=False,
-                                 onnx_execution_providers=usable_providers())
+                                 onnx_execution_providers=usable_providers(),
+                                 pip_requirements=_onnx_requirements())
     result.model_uri = info.model_uri
     from mlflow.tracking import MlflowClient
 
     MlflowClient().set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
     result.onnx_path = tracking.download(result.run_id, "onnx/model.onnx")
     result.parity = {str(k): v for k, v in report.max_abs_diff.items()}
+
+
+def _onnx_requirements() -> list[str]:
+    """What the logged ONNX model needs: onnx, numpy and the one onnxruntime distribution installed.
+
+    Given explicitly because MLflow's inference (a subprocess loading the model, several seconds per run)
+    lists both ``onnxruntime`` and ``onnxruntime-gpu``, which must never be installed together.
+    """
+    from importlib import metadata
+
+    found = []
+    for dist in ("onnx", "numpy", "onnxruntime-gpu", "onnxruntime"):
+        try:
+            found.append(f"{dist}=={metadata.version(dist)}")
+        except metadata.PackageNotFoundError:
+            continue
+        if dist == "onnxruntime-gpu":
+            break  # provides the onnxruntime module; never pin both
+    return found

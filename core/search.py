@@ -125,26 +125,36 @@ class Recorder:
     first choice is returned, so plugin code runs on valid values).
     """
 
+    number = 0  # a space may read trial.number; the probe is "trial 0"
+
     def __init__(self) -> None:
         self.distributions: dict[str, Any] = {}
+        self.params: dict[str, Any] = {}
+        self.user_attrs: dict[str, Any] = {}
+
+    def set_user_attr(self, key: str, value: Any) -> None:
+        self.user_attrs[key] = value
 
     def suggest_float(self, name: str, low: float, high: float, *, step: float | None = None,
                       log: bool = False) -> float:
         from optuna.distributions import FloatDistribution
 
         self.distributions[name] = FloatDistribution(low, high, step=step, log=log)
+        self.params[name] = float(low)
         return float(low)
 
     def suggest_int(self, name: str, low: int, high: int, *, step: int = 1, log: bool = False) -> int:
         from optuna.distributions import IntDistribution
 
         self.distributions[name] = IntDistribution(low, high, step=step, log=log)
+        self.params[name] = int(low)
         return int(low)
 
     def suggest_categorical(self, name: str, choices: Any) -> Any:
         from optuna.distributions import CategoricalDistribution
 
         self.distributions[name] = CategoricalDistribution(list(choices))
+        self.params[name] = list(choices)[0]
         return list(choices)[0]
 
 

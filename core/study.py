@@ -68,14 +68,16 @@ def open_storage(url: str | None = None) -> Any:
             return optuna.storages.JournalStorage(backend)
         scheme = url.split("://", 1)[0].lower()
         if scheme.startswith("sqlite"):
-            rest = url.split(":///", 1)[1] if ":///" in url else ""
-            if rest and rest != ":memory:" and not rest.startswith("/"):
+            rest = url.split(":///", 1)[1].partition("?")[0] if ":///" in url else ""
+            if rest and rest != ":memory:":  # a SQLite file: create its folder
                 Path(rest).parent.mkdir(parents=True, exist_ok=True)
             engine = {"connect_args": {"timeout": 60}}  # wait for a writer instead of "database is locked"
         else:
             engine = {"pool_pre_ping": True}
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                          grace_period=HEARTBEAT_GRACE)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                              grace_period=HEARTBEAT_GRACE)
     except TrainforgeError:
         raise
     except Exception as exc:  # SQLAlchemy ArgumentError / NoSuchModuleError / OperationalError, OSError

@@ -35,8 +35,6 @@ log = logging.getLogger(__name__)
 DEFAULT_N_TRIALS = 20
 TUNE_KEYS = frozenset({"n_trials", "timeout", "study", "storage", "sampler", "pruner", "metric", "direction",
                        "n_jobs", "seed", "refit", "register", "models", "optimizers"})
-#: settings that must match when a study is resumed
-FROZEN = ("models", "optimizers", "dataset", "metric", "direction")
 
 
 @dataclass
@@ -172,13 +170,14 @@ def tune(
         "sampler": opts.get("sampler") or stored.get("sampler") or "tpe",
         "pruner": opts.get("pruner") or stored.get("pruner") or "median",
     }
+    settings["dataset"] = (base.get("dataset") or {}).get("name") or config_mod.DEFAULT_SELECTION["dataset"]
+    _check_frozen(stored, settings, opts.get("study"), ("models", "optimizers", "dataset"))
     study_mod.make_sampler(settings["sampler"], None), study_mod.make_pruner(settings["pruner"], 1)  # validate
 
     # 2. The data (once), model/data compatibility, the metric and its direction.
     space = SearchSpace(list(settings["models"]), list(settings["optimizers"]), settings["overrides"])
     first = merge_sample(base, space.sample(Recorder(), model=space.models[0], optimizer=space.optimizers[0]))
     cfg0 = config_mod.resolve(first)
-    settings["dataset"] = cfg0["dataset"]["name"]
     bundle = data_mod.load(cfg0["dataset"], cfg0["trainer"])
     for name in space.models:
         check_compatible({"name": name}, bundle.meta)
@@ -193,10 +192,7 @@ def tune(
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"direction must be maximize or minimize, got {direction!r}")
     settings.update(metric=metric, direction=direction)
-    for key in FROZEN:
-        if stored.get(key) is not None and stored[key] != settings[key]:
-            raise ConfigError(f"study {opts['study']!r} was created with {key}={stored[key]!r}; "
-                              f"{settings[key]!r} conflicts (drop the option or start a new --study)")
+    _check_frozen(stored, settings, opts.get("study"), ("metric", "direction"))
     base.setdefault("trainer", {}).update(monitor=metric, mode="max" if direction == "maximize" else "min")
     settings["base"] = base
     for model in space.models:  # every branch must resolve before the first trial runs
@@ -264,6 +260,13 @@ def tune(
         best_run_id=None if best is None else best.user_attrs.get("mlflow_run_id"),
         test_metrics=exported.test_metrics if exported else {}, metric=metric, direction=direction,
         seconds=time.perf_counter() - started, interrupted=interrupted)
+
+
+def _check_frozen(stored: dict[str, Any], settings: dict[str, Any], study: str | None, keys: Iterable[str]) -> None:
+    for key in keys:
+        if stored.get(key) is not None and stored[key] != settings[key]:
+            raise ConfigError(f"study {study!r} was created with {key}={stored[key]!r}; "
+                              f"{settings[key]!r} conflicts (drop the option or start a new --study)")
 
 
 def _cpu() -> Any:

@@ -15,6 +15,7 @@ Parent run content:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import tempfile
@@ -161,7 +162,8 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
     """Retrain the best trial's config on train+val for its best epoch count; returns the refit run id.
 
     With no held-out data left, the checkpoint kept is the epoch with the lowest training loss
-    (``monitor=train_loss``, no early stopping). The validation metrics of this run are not held out.
+    (``monitor=train_loss``, no early stopping). The validation metrics of this run are not held out;
+    its ``data.train_size`` param counts train+val. Standardization keeps the training split's statistics.
     """
     import torch
     import yaml
@@ -175,8 +177,9 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
         cfg = yaml.safe_load(fh)
     epochs = max(1, int(best.user_attrs.get("best_epoch") or cfg["trainer"]["epochs"]))
     cfg["trainer"].update(epochs=epochs, patience=0, monitor="train_loss", mode="min")
+    sizes = {**bundle.meta.sizes, "train": len(bundle.train) + len(bundle.val)}
     merged = DataBundle(TensorSplit(torch.cat([bundle.train.x, bundle.val.x]), torch.cat([bundle.train.y, bundle.val.y])),
-                        bundle.val, bundle.test, bundle.meta)
+                        bundle.val, bundle.test, dataclasses.replace(bundle.meta, sizes=sizes))
     result = api.train(cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=f"{study_name}-refit",
                        parent_run_id=parent_run_id, export=False, quiet=True, data=merged,
                        tags={"trainforge.command": "tune", "trainforge.role": "refit", "trainforge.study": study_name,

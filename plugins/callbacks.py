@@ -33,10 +33,10 @@ def build_progress(ctx):
 @trainforge.hookimpl
 def register_callbacks(register):
     register(trainforge.CallbackSpec(name="checkpoint", order=10, build=build_checkpoint,
-                                     description="Write the best checkpoint whenever the monitored metric improves"))
+                                     description="Write the best checkpoint (at most every 10 s, and at the end)"))
     register(trainforge.CallbackSpec(name="early-stopping", order=20, build=build_early_stopping,
                                      description="Stop after trainer.patience epochs without improvement"))
     register(trainforge.CallbackSpec(name="mlflow", order=50, build=build_mlflow,
-                                     description="Log per-epoch metrics to the MLflow run (asynchronous, flushed)"))
+                                     description="Log per-epoch metrics to the MLflow run (batched every 10 s)"))
     register(trainforge.CallbackSpec(name="progress", order=90, build=build_progress,
                                      description="tqdm progress bar with live metrics (off with --quiet)"))

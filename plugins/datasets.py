@@ -66,7 +66,6 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
     value, an empty cell or NaN in a feature. With ``streaming`` the file is read in blocks through
     pyarrow (see :mod:`trainforge.streaming`) instead of into memory.
     """
-    import numpy as np
     import pandas as pd
 
     if not path:
@@ -82,6 +81,44 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
         frame = pd.read_csv(file, sep=delimiter)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{file}: not a readable CSV file: {exc}") from None
+    return frame_to_arrays(frame, file, target, features, task, "csv")
+
+
+def load_parquet(path=None, target=None, features=None, task="auto", streaming="auto", split=None):
+    """A Parquet file: ``target`` (default: the last column) and numeric feature columns, as ``csv``.
+
+    Errors name the file, the row (1-based) and the column. With ``streaming`` the file is read in
+    row groups through pyarrow (see :mod:`trainforge.streaming`) instead of into memory.
+    """
+    import pandas as pd
+
+    if not path:
+        raise DataError("dataset parquet needs a file: -p dataset.path=FILE.parquet -p dataset.target=COLUMN")
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{file}: no such file")
+    if split is not None and wants_streaming(file, streaming):
+        from trainforge.streaming import open_table
+
+        return open_table(file, target, features, task, split, name="parquet")
+    try:
+        frame = pd.read_parquet(file)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{file}: not a readable Parquet file: {exc}") from None
+    return frame_to_arrays(frame, file, target, features, task, "parquet")
+
+
+def frame_to_arrays(frame, file, target, features, task, kind):
+    """Validate a table read by ``csv``/``parquet`` and turn it into :class:`ArrayData`.
+
+    Errors say ``line N`` (the CSV line, header = line 1) or ``row N`` (1-based Parquet row).
+    """
+    import numpy as np
+    import pandas as pd
+
+    def where(i: int) -> str:
+        return f"line {i + 2}" if kind == "csv" else f"row {i + 1}"
+
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
     target = target or columns[-1]
@@ -96,18 +133,18 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
         bad = numeric.isna() & frame[col].notna()
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
-            raise DataError(f"{file}: line {row + 2}, column {col!r}: {frame[col].iloc[row]!r} is not a number")
+            raise DataError(f"{file}: {where(row)}, column {col!r}: {frame[col].iloc[row]!r} is not a number")
         if numeric.isna().any():
             row = int(np.flatnonzero(numeric.isna().to_numpy())[0])
-            raise DataError(f"{file}: line {row + 2}, column {col!r}: empty or NaN value")
+            raise DataError(f"{file}: {where(row)}, column {col!r}: empty or NaN value")
         frame[col] = numeric
     y_col = frame[target]
     if y_col.isna().any():
         row = int(np.flatnonzero(y_col.isna().to_numpy())[0])
-        raise DataError(f"{file}: line {row + 2}, column {target!r}: the target is empty")
+        raise DataError(f"{file}: {where(row)}, column {target!r}: the target is empty")
     task = infer_task(y_col) if task == "auto" else task
     if task not in ("classification", "regression"):
-        raise DataError(f"dataset csv: task must be auto, classification or regression, got {task!r}")
+        raise DataError(f"dataset {kind}: task must be auto, classification or regression, got {task!r}")
     class_names = None
     if task == "classification":
         codes, uniques = pd.factorize(y_col, sort=True)
@@ -117,7 +154,7 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
         y = pd.to_numeric(y_col, errors="coerce")
         if y.isna().any():
             row = int(np.flatnonzero(y.isna().to_numpy())[0])
-            raise DataError(f"{file}: line {row + 2}, column {target!r}: {y_col.iloc[row]!r} is not a number")
+            raise DataError(f"{file}: {where(row)}, column {target!r}: {y_col.iloc[row]!r} is not a number")
         y = y.to_numpy(dtype=np.float32)
     x = frame[feature_cols].to_numpy(dtype=np.float32)
     return ArrayData(features=x, target=y, task=task, class_names=class_names, feature_names=feature_cols,
@@ -186,15 +223,23 @@ def register_datasets(register):
         ("diabetes", "load_diabetes", "regression", "Efron et al. diabetes: 442 x 10, disease progression"),
     ]:
         register(trainforge.DatasetSpec(name=name, description=what, load=_sklearn(loader, task),
-                                        tasks={task}))
+                                        tasks={task, "reconstruction"}))
     register(trainforge.DatasetSpec(
         name="digits", description="UCI handwritten digits: 1797 images 1x8x8, 10 classes (scikit-learn)",
-        load=load_digits, tasks={"classification"}))
+        load=load_digits, tasks={"classification", "reconstruction", "generation"}))
     register(trainforge.DatasetSpec(
         name="csv", description="A CSV file: numeric features and a target column (task inferred)",
         load=load_csv, defaults={"path": None, "target": None, "features": None, "task": "auto", "delimiter": ",",
                                        "streaming": "auto"},
         param_help={"path": "CSV file with a header row", "target": "target column (default: the last one)",
+                    "features": "feature columns (default: all others)",
+                    "task": "auto, classification or regression",
+                    "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)"}))
+    register(trainforge.DatasetSpec(
+        name="parquet", description="A Parquet file: numeric features and a target column (task inferred)",
+        load=load_parquet, defaults={"path": None, "target": None, "features": None, "task": "auto",
+                                     "streaming": "auto"},
+        param_help={"path": "Parquet file", "target": "target column (default: the last one)",
                     "features": "feature columns (default: all others)",
                     "task": "auto, classification or regression",
                     "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)"}))

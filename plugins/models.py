@@ -92,6 +92,7 @@ def register_models(register):
         description="Multi-layer perceptron for vectors (images are flattened)",
         build=build_mlp,
         input="vector",
+        tasks={"classification", "regression", "forecasting"},
         defaults={"hidden_sizes": [128, 64], "activation": "relu", "dropout": 0.1, "batch_norm": False},
         param_help={
             "hidden_sizes": "units of each hidden layer, e.g. [256, 128]",

@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from trainforge import ConfigError
 from trainforge.tasks import Regression, Task
 

@@ -51,7 +51,7 @@ def test_installed_plugins_are_listed_with_distribution_and_version(installed, r
     assert {r["version"] for r in ours.values()} == {VERSION}
     assert {r["plugin"] for r in ours.values()} == {"example-models", "example-optimizers", "example-datasets"}
     text = run_cli("plugins").stdout
-    assert f"example-resmlp" in text and f"[{DIST} {VERSION}]" in text
+    assert "example-resmlp" in text and f"[{DIST} {VERSION}]" in text
 
 
 def test_installed_model_trains_exports_and_predicts(installed, run_cli, workdir):

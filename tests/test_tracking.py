@@ -120,6 +120,11 @@ def test_logged_mlflow_model_has_signature_and_runs(digits):
     pyfunc = mlflow.pyfunc.load_model(uri)
     out = pyfunc.predict({"input": np.zeros((3, 1, 8, 8), dtype=np.float32)})
     assert np.asarray(out["probabilities"]).shape == (3, 10)
+    # its environment names the one onnxruntime distribution installed (never both: they share a module)
+    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
+    runtimes = [r for r in requirements if r.split("==")[0] in ("onnxruntime", "onnxruntime-gpu")]
+    assert len(runtimes) == 1, requirements
+    assert any(r.startswith("onnx==") for r in requirements)
 
 
 def test_experiment_and_tracking_uri_options(cli, workdir):

@@ -1,0 +1,229 @@
+"""scikit-learn estimators (``ModelSpec(fit="estimator")``): fitted once, tracked, exported, predicted.
+
+The run looks like a one-epoch torch run in MLflow: the same params and tags (plus
+``trainforge.fit=estimator``), ``train_*``/``val_*`` metrics at step 1 and ``test_*`` metrics computed by
+the same :class:`~trainforge.tasks.Task` objects, ``config.yaml``, ``data_meta.json``, the task's plots
+and the fitted estimator (``checkpoints/estimator.pkl``, a pickle: load it only from stores you trust).
+
+Export (skl2onnx): the estimator sees flattened raw rows, so the graph starts with ``Flatten`` behind an
+input ``input`` ``(batch, *input_shape)`` float32, like every trainforge model. Outputs are renamed to
+``label`` (int64 ``(N,)``) and ``probabilities`` (float32 ``(N, K)``) for classifiers, ``prediction``
+(float32 ``(N, T)``) for regressors, and the same ``trainforge.*`` metadata is embedded, so
+``trainforge predict`` serves it unchanged. Parity with the estimator is checked on the sample rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import pickle
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ConfigError, ExportError
+
+log = logging.getLogger(__name__)
+PICKLE = "checkpoints/estimator.pkl"
+
+
+def split_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
+    """A split as numpy: features ``(N, D)`` float32 (flattened, raw) and targets as stored."""
+    from .data import TensorSplit, batches
+
+    if isinstance(split, TensorSplit):
+        x, y = split.x.cpu().numpy(), split.y.cpu().numpy()
+    else:
+        parts = [(bx.cpu().numpy(), by.cpu().numpy()) for bx, by in batches(split, 65536)]
+        x, y = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    return x.reshape(len(x), -1).astype(np.float32), y
+
+
+def outputs(estimator: Any, x: np.ndarray, meta: Any) -> np.ndarray:
+    """Task outputs: log-probabilities ``(N, K)`` (logits whose softmax is ``predict_proba``) or ``(N, T)``."""
+    if meta.task == "classification":
+        return np.log(np.clip(estimator.predict_proba(x), 1e-7, 1.0)).astype(np.float32)
+    return np.asarray(estimator.predict(x), dtype=np.float32).reshape(len(x), -1)
+
+
+def evaluate(estimator: Any, task: Any, split: Any, meta: Any) -> dict[str, float]:
+    """The task's metrics of ``estimator`` on a split (same formulas as for torch models)."""
+    import torch
+
+    x, y = split_arrays(split)
+    out = torch.from_numpy(outputs(estimator, x, meta))
+    state = task.new_state(meta.output_dim, torch.device("cpu"))
+    task.update(state, out, torch.from_numpy(y), inputs=torch.from_numpy(x))
+    return task.compute(state)
+
+
+def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: str, workdir: Path, *,
+                export: bool = True) -> Any:
+    """Fit the configured estimator on the training split, log it like a training run, export it.
+
+    Returns a :class:`~trainforge.api.TrainResult` (``best_epoch = epochs_run = 1``; ``seconds`` is the fit
+    time). Raises :class:`ConfigError` for bad hyperparameters, :class:`ExportError` from the ONNX gate.
+    """
+    import mlflow
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from . import manager, reporting
+    from .api import TrainResult
+    from .tasks import get_task
+
+    meta, tcfg = bundle.meta, cfg["trainer"]
+    spec = manager.get("model", cfg["model"]["name"])
+    params = {k: v for k, v in cfg["model"].items() if k != "name"}
+    try:
+        estimator = spec.build(input_shape=(math.prod(meta.input_shape),), output_dim=meta.output_dim,
+                               task=meta.task, seed=int(tcfg["seed"]), **params)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"model {spec.name!r} could not be built with {params}: {exc}") from exc
+    MlflowClient().set_tag(run_id, "trainforge.fit", "estimator")
+    x, y = split_arrays(bundle.train)
+    started = time.perf_counter()
+    estimator.fit(x, y.ravel() if y.ndim == 1 or y.shape[1] == 1 else y)
+    seconds = time.perf_counter() - started
+    if meta.task == "classification" and list(estimator.classes_) != list(range(meta.output_dim)):
+        raise ConfigError(f"the training split lacks classes: the estimator saw {list(estimator.classes_)} of "
+                          f"{meta.output_dim}; lower trainer.test_fraction / val_fraction")
+
+    task = get_task(meta.task, meta=meta)
+    history = {f"{split}_{k}": v for split in ("train", "val")
+               for k, v in evaluate(estimator, task, getattr(bundle, split), meta).items()}
+    mlflow.log_metrics(history, step=1, run_id=run_id)
+    test = {f"test_{k}": v for k, v in evaluate(estimator, task, bundle.test, meta).items()}
+    mlflow.log_metrics({**test, "best_epoch": 1, "epochs_run": 1, "train_seconds": seconds}, run_id=run_id)
+
+    (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
+    with open(workdir / PICKLE, "wb") as fh:
+        pickle.dump(estimator, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (workdir / "data_meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
+    for name in ("config.yaml", "data_meta.json"):
+        mlflow.log_artifact(str(workdir / name), run_id=run_id)
+    mlflow.log_artifact(str(workdir / PICKLE), artifact_path="checkpoints", run_id=run_id)
+    plot_dir = workdir / "plots"
+    plot_dir.mkdir(exist_ok=True)
+    tx, ty = split_arrays(bundle.test)
+    task.plots(plot_dir, tx.reshape(len(tx), *meta.input_shape), ty, outputs(estimator, tx, meta), meta)
+    if any(plot_dir.iterdir()):
+        mlflow.log_artifacts(str(plot_dir), artifact_path="plots", run_id=run_id)
+
+    result = TrainResult(run_id, experiment_id, test, 1, 1, seconds, cfg, history=[history], model=estimator)
+    if export:
+        sample = tx[:256].reshape(-1, *meta.input_shape)
+        report = export_estimator(estimator, meta, sample, workdir / "model.onnx", run_id=run_id, config=cfg)
+        reporting.log_onnx(result, report, sample)
+    return result
+
+
+def _rename(graph: Any, old: str, new: str) -> None:
+    for node in graph.node:
+        node.input[:] = [new if n == old else n for n in node.input]
+        node.output[:] = [new if n == old else n for n in node.output]
+    for value in (*graph.input, *graph.output):
+        if value.name == old:
+            value.name = new
+
+
+def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | Path, *, run_id: str | None = None,
+                     config: dict[str, Any] | None = None, tolerance: float = 1e-4) -> Any:
+    """Convert with skl2onnx, wrap the input and outputs (see the module docstring), verify, embed metadata.
+
+    ``sample``: raw rows ``(N, *input_shape)``; parity: max abs difference of probabilities (or predictions)
+    at batch 1 and N, and identical labels. Raises :class:`ExportError`; a file that fails is deleted.
+    """
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper
+    from skl2onnx import to_onnx
+
+    from . import __version__
+    from .export import INPUT_NAME, META_PREFIX, ExportReport
+
+    started, path = time.perf_counter(), Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    classifier = meta.task == "classification"
+    flat = np.ascontiguousarray(sample[:256], dtype=np.float32).reshape(len(sample[:256]), -1)
+    try:
+        proto = to_onnx(estimator, flat[:1], options={id(estimator): {"zipmap": False}} if classifier else None)
+        graph = proto.graph
+        old_input = graph.input[0].name
+        names = ["label", "probabilities"] if classifier else ["prediction"]
+        for out, name in zip(list(graph.output), names, strict=True):
+            _rename(graph, out.name, name)
+        _rename(graph, old_input, "flat_input")
+        del graph.input[:]
+        graph.input.append(helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT,
+                                                         ["batch", *(int(d) for d in meta.input_shape)]))
+        graph.node.insert(0, helper.make_node("Flatten", [INPUT_NAME], ["flat_input"], axis=1, name="trainforge_flatten"))
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"skl2onnx could not export {type(estimator).__name__}: {exc}") from exc
+
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = flat.reshape(len(flat), *meta.input_shape)
+    diffs: dict[int, float] = {}
+    for n in sorted({1, len(rows)}):
+        got = session.run(names, {INPUT_NAME: rows[:n]})
+        if classifier:
+            expected = estimator.predict_proba(flat[:n])
+            if not np.array_equal(got[0], estimator.predict(flat[:n])):
+                raise ExportError("ONNX labels differ from the estimator's; the file was not written")
+        else:
+            expected = np.asarray(estimator.predict(flat[:n])).reshape(n, -1)
+        diffs[n] = float(np.max(np.abs(got[-1] - expected)))
+    if not max(diffs.values()) <= tolerance:
+        raise ExportError(f"ONNX parity check failed: max abs difference {max(diffs.values()):.3g} > {tolerance:g}")
+
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    metadata = {
+        "task": meta.task, "input_name": INPUT_NAME, "input_shape": json.dumps(["batch", *meta.input_shape]),
+        "input_dtype": "float32", "outputs": json.dumps(names), "class_names": json.dumps(meta.class_names),
+        "feature_names": json.dumps(meta.feature_names),
+        "normalization": json.dumps({"mean": None, "std": None, "applied_in_graph": False}),
+        "version": __version__, "mlflow_run_id": run_id or "",
+        "model": (config or {}).get("model", {}).get("name", ""), "dataset": meta.dataset, "opset": str(opset),
+        "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}), "part": "",
+        "estimator": type(estimator).__name__,
+    }
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = META_PREFIX + key, str(value)
+    proto.producer_name, proto.producer_version = "trainforge", __version__
+    onnx.save(proto, str(path))
+    return ExportReport(path, opset, diffs, time.perf_counter() - started, metadata)
+
+
+def export_run(run_id: str, output: str | Path | None = None, *, part: str | None = None,
+               log_to_run: bool = False) -> Any:
+    """Re-export the pickled estimator of run ``run_id`` (see :func:`trainforge.export.export`)."""
+    import yaml
+
+    from . import data as data_mod
+    from . import tracking
+    from .data import DataMeta
+
+    if part:
+        raise ExportError(f"run {run_id} is a scikit-learn estimator: it has no part {part!r} to export")
+    with open(tracking.download(run_id, PICKLE), "rb") as fh:
+        estimator = pickle.load(fh)  # noqa: S301 - the run's own artifact, see the module docstring
+    with open(tracking.download(run_id, "config.yaml")) as fh:
+        config = yaml.safe_load(fh)
+    with open(tracking.download(run_id, "data_meta.json")) as fh:
+        meta = DataMeta.from_dict(json.load(fh))
+    bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
+    sample = data_mod.sample_rows(bundle.test)
+    report = export_estimator(estimator, meta, sample, Path(output) if output else Path(f"{run_id}.onnx"),
+                              run_id=run_id, config=config)
+    if log_to_run:
+        import mlflow
+
+        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=run_id)
+    return report
