@@ -76,8 +76,8 @@ def main() -> None:
             work = Path(tmp) / f"work_{rows}"
             work.mkdir()
             # RUSAGE_CHILDREN's max is over all children so far: run each size in its own child python
-            code = ("import json,sys; sys.path.insert(0, %r); import bench_streaming as b; "
-                    "print(json.dumps(b.run(b.Path(%r), b.Path(%r))))") % (str(Path(__file__).parent), str(path), str(work))
+            code = (f"import json,sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import bench_streaming as b; "
+                    f"print(json.dumps(b.run(b.Path({str(path)!r}), b.Path({str(work)!r}))))")
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(proc.stderr[-2000:])

@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 import click
-
 from trainforge import TrainforgeError, __version__
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
@@ -85,21 +84,40 @@ Examples:
 @click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
+@click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
+@click.option("--nproc", type=click.IntRange(min=1), default=1, help="Train with DDP in N local processes (torchrun).")
 def train(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
           optimizer: str | None, scheduler: str | None, epochs: int | None, batch_size: int | None,
           lr: float | None, seed: int | None, device: str | None, precision: str | None, patience: int | None,
           experiment: str | None, run_name: str | None, tracking_uri: str | None, no_export: bool, quiet: bool,
-          as_json: bool) -> None:
+          as_json: bool, resume: str | None, nproc: int) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
+    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from trainforge.distributed import launch
+
+        argv = sys.argv[1:]
+        for i, arg in enumerate(argv):  # the same command, minus --nproc, in N processes
+            if arg == "--nproc":
+                del argv[i:i + 2]
+                break
+            if arg.startswith("--nproc="):
+                del argv[i]
+                break
+        raise SystemExit(launch(argv, nproc))
+    from trainforge import distributed
     from trainforge.api import train as run_train
 
     result = run_train(
         config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-        export=not no_export, quiet=quiet,
+        export=not no_export, quiet=quiet, resume=resume,
         model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
         optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
         trainer__device=device, trainer__precision=precision, trainer__patience=patience,
     )
+    if not distributed.is_main():
+        distributed.shutdown()
+        return
+    distributed.shutdown()
     if as_json:
         _print_json(result.to_dict())
         return
@@ -240,7 +258,6 @@ def data(run_id: str | None, dataset: str | None, params: tuple[str, ...], split
 
     if run_id:
         import yaml
-
         from trainforge import tracking
 
         tracking.setup_uri(tracking_uri)
@@ -264,7 +281,8 @@ def ui(port: int, host: str, tracking_uri: str | None) -> None:
     import subprocess
     from pathlib import Path
 
-    from trainforge.tracking import ARTIFACT_ROOT, tracking_uri as resolve_uri
+    from trainforge.tracking import ARTIFACT_ROOT
+    from trainforge.tracking import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):  # a SQLite file: create its folder

@@ -12,9 +12,10 @@ from __future__ import annotations
 import logging
 import random
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from . import config as config_mod
 
@@ -114,6 +115,7 @@ def train(
     callbacks: Iterable[Any] = (),
     extras: dict[str, Any] | None = None,
     data: Any = None,
+    resume: str | None = None,
     **flags: Any,
 ) -> TrainResult:
     """Train one model and track it in MLflow; see the module docstring for the steps.
@@ -122,15 +124,30 @@ def train(
     - ``parent_run_id``: nest the run under this MLflow run (tuning trials).
     - ``callbacks``: extra :class:`~trainforge.callbacks.Callback` objects (e.g. Optuna pruning).
     - ``data``: a pre-loaded :class:`~trainforge.data.DataBundle` to reuse (tuning loads it once).
+    - ``resume``: an MLflow run id; continue that run from its ``checkpoints/last.pt`` (model, optimizer,
+      scheduler, epoch, RNG states) with its config, logging into the same run.
+    - Under torchrun (``WORLD_SIZE`` > 1) every rank trains a shard with DDP; only rank 0 tracks and
+      exports (see :mod:`trainforge.distributed`).
 
     Raises :class:`TrainforgeError` subclasses for user errors; the run is then marked FAILED.
     """
     import mlflow
 
-    from . import tracking
+    from . import distributed, tracking
 
-    cfg = config if isinstance(config, dict) and "trainer" in config and not overrides and not flags \
-        else build_config(config, overrides, **flags)
+    distributed.init_from_env()
+    resume_state = None
+    if resume:
+        cfg, resume_state = _resume_point(resume, tracking_uri)
+    else:
+        cfg = config if isinstance(config, dict) and "trainer" in config and not overrides and not flags \
+            else build_config(config, overrides, **flags)
+    if not distributed.is_main():  # other ranks train their shard; rank 0 tracks and exports
+        seed_everything(int(cfg["trainer"]["seed"]))
+        bundle = data if data is not None else load_data(cfg)
+        with tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
+            return _run(cfg, bundle, None, None, Path(tmp), export=False, quiet=True, callbacks=[],
+                        extras=extras or {}, resume_state=resume_state)
     experiment_id = tracking.setup(tracking_uri, experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     bundle = data if data is not None else load_data(cfg)
@@ -140,13 +157,17 @@ def train(
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
     run_tags = {"trainforge.command": "train", **(tags or {})}
-    run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
-                           nested=parent_run_id is not None, tags=run_tags)
+    if resume:
+        run = mlflow.start_run(run_id=resume)  # the same run, status RUNNING again
+        experiment_id = run.info.experiment_id
+    else:
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
+                               nested=parent_run_id is not None, tags=run_tags)
     run_id = run.info.run_id
     try:
         with tracking.run_status(run_id), tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
             return _run(cfg, bundle, run_id, experiment_id, Path(tmp), export=export, quiet=quiet,
-                        callbacks=list(callbacks), extras=extras or {})
+                        callbacks=list(callbacks), extras=extras or {}, resume_state=resume_state)
     finally:
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
             mlflow.end_run()
@@ -154,7 +175,7 @@ def train(
 
 def _run(
     cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: str, workdir: Path, *,
-    export: bool, quiet: bool, callbacks: list[Any], extras: dict[str, Any],
+    export: bool, quiet: bool, callbacks: list[Any], extras: dict[str, Any], resume_state: Any = None,
 ) -> TrainResult:
     import mlflow
 
@@ -165,7 +186,8 @@ def _run(
     from .trainer import Trainer
 
     meta, tcfg = bundle.meta, cfg["trainer"]
-    reporting.log_params(run_id, cfg, meta)
+    if run_id is not None and resume_state is None:
+        reporting.log_params(run_id, cfg, meta)
     if manager.get("model", cfg["model"]["name"]).fit == "estimator":  # fitted once, no epochs
         from .estimators import fit_and_log
 
@@ -186,15 +208,20 @@ def _run(
             built.append(cb)
     trainer = Trainer(model, optimizers, task, tcfg, output_dim=meta.output_dim, callbacks=[*built, *callbacks],
                       scheduler=scheduler, scheduler_needs_metric=needs_metric)
+    if resume_state is not None:
+        trainer.load_state_dict(resume_state)
     try:
         trainer.fit(bundle)
     except BaseException:
-        reporting.upload_checkpoint(run_id, workdir)  # keep the best epoch reached so far
+        if run_id is not None:
+            reporting.upload_checkpoint(run_id, workdir)  # keep the best epoch reached so far
         raise
 
     # The best epoch's weights are what test metrics, the checkpoint and the export use.
     trainer.restore_best()
     test = {f"test_{k}": v for k, v in trainer.evaluate(bundle.test).items()}
+    if run_id is None:  # a DDP rank other than 0: nothing to log or export
+        return TrainResult(None, None, test, trainer.best_epoch, len(trainer.history), trainer.seconds, cfg)
     summary = {**test, "best_epoch": trainer.best_epoch, "epochs_run": len(trainer.history),
                "train_seconds": trainer.seconds}
     mlflow.log_metrics(summary, run_id=run_id)
@@ -205,3 +232,24 @@ def _run(
     if export:
         reporting.export_and_log(result, model, task, meta, bundle, workdir)
     return result
+
+
+def _resume_point(run_id: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The config and trainer state in run ``run_id``'s ``checkpoints/last.pt``."""
+    from . import tracking
+    from .callbacks import load_checkpoint
+    from .errors import TrainforgeError
+
+    tracking.setup_uri(tracking_uri)
+    run = tracking.get_run(run_id)
+    if run.info.status == "FINISHED":
+        raise TrainforgeError(f"run {run_id} already FINISHED; nothing to resume")
+    try:
+        path = tracking.download(run_id, "checkpoints/last.pt")
+    except TrainforgeError:
+        raise TrainforgeError(
+            f"run {run_id} has no resumable checkpoint (checkpoints/last.pt); they are written every "
+            "trainer.resume_every_s seconds"
+        ) from None
+    saved = load_checkpoint(path)
+    return saved["config"], saved["trainer"]

@@ -182,3 +182,37 @@ class MLflowLogger(Callback):
                    for stamp, step, values in self.pending for key, value in values.items()]
         MlflowClient().log_batch(self.run_id, metrics=metrics)
         self.pending.clear()
+
+
+class ResumeCheckpoint(Callback):
+    """Upload ``checkpoints/last.pt`` (the trainer's full :meth:`~trainforge.trainer.Trainer.state_dict`
+    plus config and data metadata) to the MLflow run, at most every ``every_s`` seconds (0: every epoch).
+
+    ``trainforge train --resume RUN_ID`` continues from it into the same run. Metrics are flushed first,
+    so the run never holds a checkpoint newer than its logged metrics.
+    """
+
+    def __init__(self, run_id: str, path: Path, config: dict[str, Any], meta: dict[str, Any], every_s: float) -> None:
+        self.run_id, self.path, self.config, self.meta = run_id, Path(path), config, meta
+        self.every_s, self.last = float(every_s), 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        import time
+
+        self.last = time.monotonic()
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
+        import time
+
+        import mlflow
+
+        now = time.monotonic()
+        if now - self.last < self.every_s:
+            return
+        self.last = now
+        mlflow.flush_async_logging()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save({"format": 1, "trainer": trainer.state_dict(), "config": self.config, "meta": self.meta}, tmp)
+        tmp.replace(self.path)
+        mlflow.log_artifact(str(self.path), artifact_path="checkpoints", run_id=self.run_id)

@@ -41,6 +41,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "grad_clip": None,  # max global L2 norm of the gradients (torch.nn.utils.clip_grad_norm_)
     "val_fraction": 0.1,  # share of all rows held out for validation
     "test_fraction": 0.2,  # share of all rows held out for the final test
+    "resume_every_s": 60.0,  # seconds between resumable checkpoints (checkpoints/last.pt); 0 every epoch, -1 off
 }
 DEFAULT_SELECTION = {"model": "mlp", "optimizer": "adam", "dataset": "digits", "scheduler": "none"}
 

@@ -112,15 +112,21 @@ def batches(
     itself; any other torch Dataset goes through a DataLoader (where a DistributedSampler can slot in).
     """
     if isinstance(split, TensorSplit):
-        n = len(split)
+        from .distributed import world
+
+        rank, size = world()
         if shuffle:
-            order = torch.randperm(n, generator=generator).to(split.x.device)
+            order = torch.randperm(len(split), generator=generator).to(split.x.device)
+            if size > 1:  # every rank draws the same permutation and takes its own interleaved shard
+                order = order[rank::size]
+            n = len(order)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 yield split.x[idx], split.y[idx]
         else:
-            for start in range(0, n, batch_size):
-                yield split.x[start : start + batch_size], split.y[start : start + batch_size]
+            x, y = (split.x[rank::size], split.y[rank::size]) if size > 1 else (split.x, split.y)
+            for start in range(0, len(x), batch_size):
+                yield x[start : start + batch_size], y[start : start + batch_size]
         return
     if hasattr(split, "iter_batches"):  # a split that batches itself (streamed tables: no per-row collation)
         yield from split.iter_batches(batch_size, shuffle=shuffle, generator=generator)

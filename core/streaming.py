@@ -17,9 +17,10 @@ Memory stays bounded by one fragment plus the shuffle buffer, whatever the file 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

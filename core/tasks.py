@@ -86,6 +86,9 @@ class Classification(Task):
             "loss_sum": torch.zeros((), dtype=torch.float64, device=device),
             "count": torch.zeros((), dtype=torch.long, device=device),
             "pending": [],  # (target, prediction, batch-mean loss) per batch, not yet folded
+            # Under torch.distributed the states are summed across ranks before compute(), which sees
+            # only tensors: fold at every step there, so nothing is left pending.
+            "fold_every": 1 if _distributed() else self.FOLD_EVERY,
         }
 
     def update(
@@ -98,7 +101,7 @@ class Classification(Task):
             loss = F.cross_entropy(outputs.float(), target)
         loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=target.device)
         state["pending"].append((target, outputs.argmax(dim=1), loss))
-        if len(state["pending"]) >= self.FOLD_EVERY:
+        if len(state["pending"]) >= state["fold_every"]:
             self._fold(state)
 
     @staticmethod
@@ -211,6 +214,10 @@ class Regression(Task):
         from . import plots
 
         return [plots.predicted_vs_actual(y, outputs, folder / "predicted_vs_actual.png")]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression}

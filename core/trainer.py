@@ -11,11 +11,14 @@ import contextlib
 import logging
 import math
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import torch
 from torch import nn
+from torch.distributed.algorithms.join import Join
 
+from . import distributed
 from .callbacks import Callback
 from .data import DataBundle, TensorSplit, batches
 from .errors import ConfigError, TrainforgeError
@@ -78,6 +81,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] = {}
         self.epochs_without_improvement = 0
         self.should_stop = self.stopped_early = False
+        #: shuffles the training split; its state is part of a resumable checkpoint
+        self.generator = torch.Generator().manual_seed(int(config["seed"]))
         self.seconds = 0.0
         if self.precision == "16-mixed" and self.device.type != "cuda":
             raise ConfigError("precision 16-mixed needs a CUDA device (a GradScaler); use bf16-mixed on CPU")
@@ -115,48 +120,60 @@ class Trainer:
             with self._autocast():
                 out = self.model(x)
             self.task.update(state, out.float(), y, inputs=x)
-        return _average(state) if self.custom_step else self.task.compute(state)
+        return self._compute(state)
+
+    def _compute(self, state: dict[str, Any]) -> dict[str, float]:
+        # Under DDP every rank saw a shard: sum the statistics so metrics cover the whole split.
+        if self.custom_step:
+            return _average(state)
+        distributed.all_reduce_state(state)
+        return self.task.compute(state)
 
     # -- the loop --------------------------------------------------------------------------------
     def fit(self, data: DataBundle) -> Trainer:
         cfg = self.config
         model, optimizer, task = self.model.to(self.device), self.optimizer, self.task
         train, val = self._place(data.train), self._place(data.val)
-        generator = torch.Generator().manual_seed(int(cfg["seed"]))
+        generator = self.generator
+        train_model = distributed.wrap(model, self.device)  # DDP under torchrun, else the model itself
+        world_size = distributed.world()[1]
+        batch_size = max(1, int(cfg["batch_size"]) // world_size)  # trainer.batch_size is the global batch
         scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         grad_clip = cfg.get("grad_clip")
         started = time.perf_counter()
         self._emit("on_fit_start")
         try:
-            for epoch in range(1, int(cfg["epochs"]) + 1):
+            for epoch in range(self.epoch + 1, int(cfg["epochs"]) + 1):
                 self.epoch = epoch
                 # 1. One pass over the training split. The loss and the metric statistics stay on the
                 #    device: no .item() per step, one host sync per epoch in task.compute().
                 model.train()
                 state = {} if self.custom_step else task.new_state(self.output_dim, self.device)
-                for x, y in batches(train, int(cfg["batch_size"]), shuffle=True, generator=generator):
-                    x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-                    if self.custom_step:  # the model owns its step: backward, optimizer steps, metrics
-                        _accumulate(state, model.training_step((x, y), self.optimizers), len(x))
-                        continue
-                    with self._autocast():
-                        out = model(x)
-                        loss = task.loss(out, y)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.unscale_(optimizer)
-                    else:
-                        loss.backward()
-                    if grad_clip:
-                        nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
-                    if scaler is not None:
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        optimizer.step()
-                    task.update(state, out.detach().float(), y, loss=loss.detach(), inputs=x)
-                computed = _average(state) if self.custom_step else task.compute(state)
+                join = Join([train_model]) if world_size > 1 else contextlib.nullcontext()  # uneven shards
+                with join:
+                    for x, y in batches(train, batch_size, shuffle=True, generator=generator):
+                        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+                        if self.custom_step:  # the model owns its step: backward, optimizer steps, metrics
+                            _accumulate(state, model.training_step((x, y), self.optimizers), len(x))
+                            continue
+                        with self._autocast():
+                            out = train_model(x)
+                            loss = task.loss(out, y)
+                        optimizer.zero_grad(set_to_none=True)
+                        if scaler is not None:
+                            scaler.scale(loss).backward()
+                            scaler.unscale_(optimizer)
+                        else:
+                            loss.backward()
+                        if grad_clip:
+                            nn.utils.clip_grad_norm_(model.parameters(), float(grad_clip))
+                        if scaler is not None:
+                            scaler.step(optimizer)
+                            scaler.update()
+                        else:
+                            optimizer.step()
+                        task.update(state, out.detach().float(), y, loss=loss.detach(), inputs=x)
+                computed = self._compute(state)
                 metrics = {f"train_{k}": v for k, v in computed.items()}
                 if not math.isfinite(metrics.get("train_loss", math.nan)):
                     raise TrainforgeError(
@@ -188,6 +205,7 @@ class Trainer:
 
                 # 5. Callbacks: logging, checkpoints, early stopping, pruning.
                 self._emit("on_epoch_end", epoch, metrics)
+                self.should_stop = distributed.broadcast_flag(self.should_stop, self.device)  # rank 0 decides
                 if self.should_stop:
                     break
         except BaseException as exc:
@@ -197,6 +215,37 @@ class Trainer:
         self.seconds = time.perf_counter() - started
         self._emit("on_fit_end")
         return self
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this fit bit-for-bit (``torch.load(weights_only=True)``-safe):
+        weights, optimizer(s) and scheduler state, epoch, best-epoch tracking, history and RNG states."""
+        return {
+            "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "epoch": self.epoch,
+            "best_epoch": self.best_epoch,
+            "best_value": float(self.best_value),
+            "best_state": self.best_state,
+            "epochs_without_improvement": self.epochs_without_improvement,
+            "history": self.history,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`: the next :meth:`fit` starts at epoch ``state["epoch"] + 1``."""
+        self.model.load_state_dict(state["model"])
+        for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+            optimizer.load_state_dict(saved)
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.epoch, self.best_epoch = int(state["epoch"]), int(state["best_epoch"])
+        self.best_value, self.best_state = float(state["best_value"]), state["best_state"]
+        self.epochs_without_improvement = int(state["epochs_without_improvement"])
+        self.history = list(state["history"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
 
     def restore_best(self) -> None:
         """Load the best epoch's weights into the model (no-op before the first epoch)."""

@@ -134,7 +134,7 @@ def tune(
     from . import config as config_mod
     from . import data as data_mod
     from . import study as study_mod
-    from . import tracking, tune_report
+    from . import tune_report
     from .modeling import check_compatible
     from .search import Recorder, SearchSpace, merge_sample
     from .tasks import get_task, metric_mode
@@ -212,7 +212,7 @@ def tune(
     else:
         space.check_compatible(the_study.get_trials(deepcopy=False))
     settings.update(study=name, storage=opts.get("storage") or study_mod.DEFAULT_STORAGE)
-    experiment_id = tracking.setup(tracking_uri, experiment)
+    experiment_id = _setup_tracking(tracking_uri, experiment)
     parent = study_mod.ensure_parent_run(the_study, created, experiment_id, {"trainforge.dataset": settings["dataset"]})
     from mlflow.tracking import MlflowClient
 
@@ -260,6 +260,22 @@ def tune(
         best_run_id=None if best is None else best.user_attrs.get("mlflow_run_id"),
         test_metrics=exported.test_metrics if exported else {}, metric=metric, direction=direction,
         seconds=time.perf_counter() - started, interrupted=interrupted)
+
+
+def _setup_tracking(uri: str | None, experiment: str | None, attempts: int = 5) -> str:
+    """``tracking.setup`` retried: processes started at the same moment on a fresh SQLite store race to
+    create MLflow's tables and the experiment; the losers' errors ("table ... already exists",
+    a unique-constraint failure) clear once the winner is done."""
+    from . import tracking
+
+    for attempt in range(attempts):
+        try:
+            return tracking.setup(uri, experiment)
+        except TrainforgeError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(1.0 + attempt)
+    raise AssertionError("unreachable")
 
 
 def _check_frozen(stored: dict[str, Any], settings: dict[str, Any], study: str | None, keys: Iterable[str]) -> None:

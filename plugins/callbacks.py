@@ -30,6 +30,15 @@ def build_progress(ctx):
     return None if ctx.quiet else ProgressBar(int(ctx.config["trainer"]["epochs"]))
 
 
+def build_resume(ctx):
+    from trainforge.callbacks import ResumeCheckpoint
+
+    every = ctx.config["trainer"].get("resume_every_s")
+    if not ctx.run_id or every is None or float(every) < 0:
+        return None
+    return ResumeCheckpoint(ctx.run_id, ctx.workdir / "resume" / "last.pt", ctx.config, ctx.meta.to_dict(), every)
+
+
 @trainforge.hookimpl
 def register_callbacks(register):
     register(trainforge.CallbackSpec(name="checkpoint", order=10, build=build_checkpoint,
@@ -38,5 +47,7 @@ def register_callbacks(register):
                                      description="Stop after trainer.patience epochs without improvement"))
     register(trainforge.CallbackSpec(name="mlflow", order=50, build=build_mlflow,
                                      description="Log per-epoch metrics to the MLflow run (batched every 10 s)"))
+    register(trainforge.CallbackSpec(name="resume-checkpoint", order=60, build=build_resume,
+                                     description="Upload checkpoints/last.pt for --resume every trainer.resume_every_s"))
     register(trainforge.CallbackSpec(name="progress", order=90, build=build_progress,
                                      description="tqdm progress bar with live metrics (off with --quiet)"))

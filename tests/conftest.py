@@ -16,7 +16,6 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
-
 from trainforge import manager
 
 BIN = Path(sys.executable).parent

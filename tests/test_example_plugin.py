@@ -4,6 +4,7 @@ every step is a subprocess)."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ def test_installed_plugins_are_listed_with_distribution_and_version(installed, r
 def test_installed_model_trains_exports_and_predicts(installed, run_cli, workdir):
     train = last_json(run_cli("train", "--model", "example-resmlp", "--optimizer", "example-lion",
                               "--dataset", "example-moons", "--lr", "0.003", "--epochs", "15", "--patience", "0",
-                              "--quiet", "--json").stdout)
+                              "--no-export", "--quiet", "--json").stdout)  # `export` below makes the ONNX file
     run_id, test_accuracy = train["run_id"], train["metrics"]["test_accuracy"]
     assert test_accuracy >= 0.8  # two moons with noise 0.2: a linear model stays near 0.85
     assert train["config"]["optimizer"]["name"] == "example-lion"
@@ -65,7 +66,13 @@ def test_installed_model_trains_exports_and_predicts(installed, run_cli, workdir
     exported = last_json(run_cli("export", run_id, "--output", "moons.onnx", "--json").stdout)
     assert Path(workdir / "moons.onnx").is_file() and max(exported["max_abs_diff"].values()) <= 1e-4
 
-    run_cli("data", "--run", run_id, "--split", "test", "--output", "test.csv")
+    # the run's test rows, re-created in this process from the installed package's loader (same rows, seed)
+    importlib.invalidate_caches()
+    from trainforge import data as data_mod
+    from trainforge_example_plugin.datasets import load_moons
+
+    bundle = data_mod.split_arrays("example-moons", load_moons(), train["config"]["trainer"])
+    data_mod.write_split(bundle, "test", str(workdir / "test.csv"))
     summary = last_json(run_cli("predict", "moons.onnx", "--input", "test.csv", "--output", "pred.csv",
                                 "--target", "target", "--json").stdout)
     assert summary["rows"] == 120 and summary["metrics"]["accuracy"] == pytest.approx(test_accuracy)

@@ -10,9 +10,8 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import last_json, mlflow_client
-
 import trainforge
+from conftest import last_json, mlflow_client
 from trainforge import ExportError
 from trainforge.callbacks import load_checkpoint
 from trainforge.data import DataMeta
@@ -112,7 +111,7 @@ def test_export_command_rebuilds_the_same_model(digits_run, cli, workdir):
     x = np.random.default_rng(0).uniform(0, 16, size=(9, 1, 8, 8)).astype(np.float32)
     new = _session(path).run(None, {"input": x})
     old = _session(digits_run.result["onnx_path"]).run(None, {"input": x})
-    for a, b in zip(new, old):
+    for a, b in zip(new, old, strict=True):
         assert np.max(np.abs(a - b)) <= 1e-5
     assert _session(path).get_modelmeta().custom_metadata_map["trainforge.mlflow_run_id"] == digits_run.run_id
 

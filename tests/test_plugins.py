@@ -10,13 +10,11 @@ from __future__ import annotations
 import inspect
 import json
 import sys
-import textwrap
 
 import pluggy
 import pytest
-from conftest import error_line, last_json, mlflow_client
-
 import trainforge
+from conftest import error_line, last_json, mlflow_client
 from trainforge import hookspecs
 
 DIST, VERSION, MODULE, EP = "trainforge-tiny-plugin", "0.4.2", "tf_tiny_plugin", "tiny"

@@ -7,7 +7,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
 from trainforge.data import batches
 from trainforge.errors import DataError
 from trainforge.streaming import StreamingSplit, open_table, split_codes

@@ -10,7 +10,6 @@ import pandas as pd
 import pytest
 from conftest import last_json, mlflow_client
 from sklearn.datasets import load_diabetes, load_wine
-
 from trainforge.plugins.datasets import infer_task
 
 

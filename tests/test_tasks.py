@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from sklearn import metrics as skm
-
 from trainforge.tasks import Classification, Regression, metric_mode
 
 

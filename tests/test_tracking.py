@@ -12,7 +12,6 @@ import torch
 import yaml
 from conftest import last_json, mlflow_client
 from mlflow.tracking import MlflowClient
-
 from trainforge import config as config_mod
 
 

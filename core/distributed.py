@@ -1,0 +1,89 @@
+"""Multi-process training on torch.distributed (DDP): gloo on CPU, NCCL on GPU.
+
+``trainforge train --nproc N`` re-runs the same command under ``torch.distributed.run`` (torchrun), or
+the user runs ``torchrun --nproc-per-node N -m trainforge.cli.main train ...`` (multi-node: torchrun's
+``--nnodes``/``--rdzv-endpoint``). Each process reads ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` from the
+environment torchrun sets.
+
+Semantics:
+- ``trainer.batch_size`` stays the *global* batch: each rank takes ``batch_size // world_size`` rows
+  per step, so the optimizer sees the same batch size, step count and learning rate as one process
+  (no learning-rate scaling needed; if you raise the global batch instead, scale the learning rate
+  linearly: Goyal et al. 2017, "Accurate, Large Minibatch SGD").
+- In-memory splits are sharded by rank (``order[rank::world]``); metric statistics are all-reduced, so
+  the reported metrics are those of the whole split.
+- Only rank 0 logs to MLflow, writes checkpoints and exports; stop decisions (early stopping, pruning)
+  are taken on rank 0 and broadcast.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import torch
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world_size)`` of this process; ``(0, 1)`` outside torch.distributed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def init_from_env() -> bool:
+    """Join the process group torchrun describes in the environment; ``False`` when not under torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        torch.distributed.init_process_group(backend=backend)
+    return True
+
+
+def shutdown() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def all_reduce_state(state: dict[str, torch.Tensor]) -> None:
+    """Sum every tensor of a task's metric state across ranks, in place (one collective per tensor)."""
+    if world()[1] == 1:
+        return
+    for value in state.values():
+        if isinstance(value, torch.Tensor):
+            torch.distributed.all_reduce(value)
+
+
+def broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's value of ``flag`` on every rank."""
+    if world()[1] == 1:
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    torch.distributed.broadcast(t, src=0)
+    return bool(t.item())
+
+
+def wrap(model: torch.nn.Module, device: torch.device) -> Any:
+    """The model wrapped in DistributedDataParallel when running distributed, else unchanged."""
+    if world()[1] == 1:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def launch(argv: list[str], nproc: int) -> int:
+    """Run ``trainforge <argv>`` in ``nproc`` local processes under torchrun; returns its exit code."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", "trainforge.cli.main", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
+    return subprocess.call(cmd, env=env)
