@@ -38,8 +38,11 @@ test: install
 lint: install
 	$(VENV)/bin/ruff check core plugins cli tests benchmarks examples
 
+# Trainer overhead vs a raw loop and Lightning, ONNX Runtime vs torch eager (int8 too), start-up, predict
+# throughput and memory; writes benchmarks/RESULTS.md (~6-8 min on 2 cores). TORCH_SPEC is repeated so
+# that installing lightning cannot swap the installed torch build.
 bench: install
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]" "$(TORCH_SPEC)"
 	$(PY) benchmarks/run_all.py
 
 clean:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from common import Check, Section, Stats, log
@@ -61,7 +62,6 @@ def _torch_model(run_id: str) -> Any:
 def _contenders(onnx_path: str, int8_path: str, module: Any, x: np.ndarray, threads: int) -> dict[str, Callable]:
     import onnxruntime as ort
     import torch
-
     from trainforge.predict import session_options
 
     xt = torch.from_numpy(x)
@@ -101,7 +101,6 @@ def _measure(contenders: dict[str, Callable], batch: int, repeats: int) -> dict[
 def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: int) -> None:
     """CUDA provider with IO binding vs torch on CUDA; skipped, and said so, without a usable GPU."""
     import torch
-
     from trainforge.predict import cuda_usable
 
     ok, why = cuda_usable()
@@ -111,7 +110,6 @@ def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: 
         log(f"[inference] CUDA benchmark skipped: {reason}")
         return
     import onnxruntime as ort
-
     from trainforge.predict import session_options
 
     rows = []
@@ -126,16 +124,16 @@ def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: 
             for out in session.get_outputs():
                 binding.bind_output(out.name, "cuda")
 
-            def ort_cuda(binding: Any = binding) -> None:
+            def ort_cuda(binding: Any = binding, session: Any = session) -> None:
                 session.run_with_iobinding(binding)
 
-            def torch_cuda(xt: Any = xt) -> None:
+            def torch_cuda(xt: Any = xt, module: Any = module) -> None:
                 with torch.inference_mode():
                     module(xt)
                 torch.cuda.synchronize()
 
             res = _measure({"torch CUDA": torch_cuda, "ORT CUDA + IO binding": ort_cuda}, batch, repeats)
-            speed = Stats.of([a / b for a, b in zip(res["torch CUDA"]["p50"], res["ORT CUDA + IO binding"]["p50"])])
+            speed = Stats.of([a / b for a, b in zip(res["torch CUDA"]["p50"], res["ORT CUDA + IO binding"]["p50"], strict=True)])
             rows.append([name.upper(), batch, Stats.of(res["torch CUDA"]["p50"]).fmt(scale=1e6),
                          Stats.of(res["ORT CUDA + IO binding"]["p50"]).fmt(scale=1e6), speed.fmt()])
         info["module"].to("cpu")
@@ -149,7 +147,6 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
 
     import onnxruntime as ort
     import torch
-
     from trainforge import data as data_mod
     from trainforge.api import build_config
     from trainforge.quantize import quantize_run
@@ -177,7 +174,7 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
             res = _measure(_contenders(trained["onnx"], str(q.path), module, x, threads), batch, repeats)
             base = res["torch eager"]["p50"]
             for contender, vals in res.items():
-                speed = Stats.of([b / v for b, v in zip(base, vals["p50"])])
+                speed = Stats.of([b / v for b, v in zip(base, vals["p50"], strict=True)])
                 latency_rows.append([
                     name.upper(), batch, contender, Stats.of(vals["p50"]).fmt(scale=1e6),
                     Stats.of(vals["p99"]).fmt(scale=1e6), f"{Stats.of(vals['rows_per_s']).median:,.0f}",

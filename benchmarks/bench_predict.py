@@ -99,8 +99,8 @@ def run(repeats: int = 5, sizes: tuple[int, int] = (100_000, 1_000_000), workdir
             mib = files[n].stat().st_size / 2**20
             rows.append([f"{n:,}", f"{mib:.0f}", Stats.of(secs[n]).fmt(), f"{Stats.of([n / s for s in secs[n]]).median:,.0f}",
                          Stats.of(rss[n]).fmt()])
-        slope = Stats.of([(large - small) / (b - a) for a, b in zip(secs[small], secs[large]) if b > a])
-        ratio = Stats.of([b / a for a, b in zip(rss[small], rss[large])])
+        slope = Stats.of([(large - small) / (b - a) for a, b in zip(secs[small], secs[large], strict=True) if b > a])
+        ratio = Stats.of([b / a for a, b in zip(rss[small], rss[large], strict=True)])
     section.add(
         f"`trainforge predict MODEL --input FILE --output OUT --provider cpu` as a subprocess, {repeats} "
         "interleaved repeats (median (min–max)); digits MLP, 64 integer columns, output = label + 10 "

@@ -14,9 +14,10 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,7 +44,7 @@ class Stats:
 
 def paired_ratios(a: list[float], b: list[float]) -> Stats:
     """Statistics of ``a[i] / b[i]`` over repeats measured side by side."""
-    return Stats.of([x / y for x, y in zip(a, b) if y > 0])
+    return Stats.of([x / y for x, y in zip(a, b, strict=True) if y > 0])
 
 
 def interleave(contenders: dict[str, Callable[[], Any]], repeats: int, warmup: int = 1,

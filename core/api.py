@@ -154,6 +154,9 @@ def train(
     from .modeling import check_compatible
 
     check_compatible(cfg["model"], bundle.meta)  # fail before a run is opened
+    from .trainer import check_device
+
+    check_device(cfg["trainer"])
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
     run_tags = {"trainforge.command": "train", **(tags or {})}

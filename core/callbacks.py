@@ -210,6 +210,9 @@ class ResumeCheckpoint(Callback):
         if now - self.last < self.every_s:
             return
         self.last = now
+        for cb in trainer.callbacks:  # metrics first: the MLflow logger buffers epochs between its writes
+            if isinstance(cb, MLflowLogger):
+                cb.flush()
         mlflow.flush_async_logging()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")

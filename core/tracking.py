@@ -1,7 +1,7 @@
 """MLflow set-up and run lifecycle.
 
 Default store: ``sqlite:///mlruns/mlflow.db`` with artifacts under ``mlruns/artifacts``, relative to the
-working directory (MLflow 3.17+ refuses a plain ``./mlruns`` file store). ``--tracking-uri`` or
+working directory (for any SQLite store, artifacts go to ``artifacts/`` beside the database file) (MLflow 3.17+ refuses a plain ``./mlruns`` file store). ``--tracking-uri`` or
 ``MLFLOW_TRACKING_URI`` override it.
 
 MLflow ends a run FINISHED when an exception escapes outside a ``with start_run()`` block, and leaves
@@ -60,9 +60,11 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
                 raise TrainforgeError(f"experiment {name!r} is deleted; restore it or choose another name")
             return found.experiment_id
         location = None
-        if uri.startswith("sqlite:"):
+        if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
+            # artifacts live beside the database: sqlite:///mlruns/mlflow.db -> mlruns/artifacts/<experiment>
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
-            location = (Path.cwd() / ARTIFACT_ROOT / slug).resolve().as_uri()
+            db = Path(uri[len("sqlite:///"):].partition("?")[0])
+            location = (db.parent / ARTIFACT_ROOT.name / slug).resolve().as_uri()
         return mlflow.create_experiment(name, artifact_location=location)
     except TrainforgeError:
         raise

@@ -40,6 +40,14 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_device(config: dict[str, Any]) -> torch.device:
+    """The device for ``config`` (the trainer section); ConfigError when it or its precision cannot run here."""
+    device = resolve_device(str(config["device"]))
+    if str(config["precision"]) == "16-mixed" and device.type != "cuda":
+        raise ConfigError("precision 16-mixed needs a CUDA device (a GradScaler); use bf16-mixed on CPU")
+    return device
+
+
 class Trainer:
     """Fit a model with an optimizer on a :class:`DataBundle` for a :class:`Task`.
 
@@ -69,7 +77,7 @@ class Trainer:
         self.output_dim = output_dim
         self.callbacks = list(callbacks)
         self.scheduler, self.scheduler_needs_metric = scheduler, scheduler_needs_metric
-        self.device = resolve_device(str(config["device"]))
+        self.device = check_device(config)
         self.precision = str(config["precision"])
         self.monitor = str(config["monitor"])
         mode = config.get("mode", "auto")
@@ -84,8 +92,6 @@ class Trainer:
         #: shuffles the training split; its state is part of a resumable checkpoint
         self.generator = torch.Generator().manual_seed(int(config["seed"]))
         self.seconds = 0.0
-        if self.precision == "16-mixed" and self.device.type != "cuda":
-            raise ConfigError("precision 16-mixed needs a CUDA device (a GradScaler); use bf16-mixed on CPU")
 
     # -- helpers -------------------------------------------------------------------------------
     def _autocast(self) -> contextlib.AbstractContextManager:

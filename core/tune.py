@@ -181,7 +181,7 @@ def tune(
     bundle = data_mod.load(cfg0["dataset"], cfg0["trainer"])
     for name in space.models:
         check_compatible({"name": name}, bundle.meta)
-    task = get_task(bundle.meta.task, bundle.meta.target_std)
+    task = get_task(bundle.meta.task, meta=bundle.meta)
     computed = [f"val_{k}" for k in task.compute(task.new_state(bundle.meta.output_dim, _cpu()))]
     metric = opts.get("metric") or stored.get("metric") or ("val_accuracy" if task.name == "classification"
                                                             else "val_loss")

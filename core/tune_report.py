@@ -210,7 +210,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     model = build_model(cfg["model"], meta)
     model.load_state_dict(checkpoint["state_dict"])
     bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"])
-    task = get_task(meta.task, meta.target_std)
+    task = get_task(meta.task, meta=meta)
     result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
     active = mlflow.active_run()
     if active is not None and active.info.run_id != parent_run_id:

