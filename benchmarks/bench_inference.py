@@ -184,7 +184,7 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
         s1 = speedups[(1, "ORT fp32 (tuned)")]
         section.checks.append(Check(f"ORT fp32 / torch eager speed-up at batch 1, {name.upper()}", s1.median, 3.0,
                                     op=">=", note=f"min {s1.min:.2f}, max {s1.max:.2f}"))
-        drop = -m.get("accuracy_change_points", float("nan"))
+        drop = 0.0 - m.get("accuracy_change_points", float("nan")) + 0.0
         section.checks.append(Check(f"int8 accuracy loss (points), {name.upper()}", drop, 0.5,
                                     note=f"{q.method}; fp32 {m.get('fp32_accuracy', 0):.4f} -> int8 "
                                          f"{m.get('int8_accuracy', 0):.4f} on {int(m.get('rows', 0))} test rows"))

@@ -76,7 +76,7 @@ def _predict(model: str, csv: Path, out: Path) -> dict:
 def run(repeats: int = 5, sizes: tuple[int, int] = (100_000, 1_000_000), workdir: Path | None = None) -> Section:
     import tempfile
 
-    section = Section("Predict throughput and memory: 100k vs 1M rows")
+    section = Section(f"Predict throughput and memory: {sizes[0]:,} vs {sizes[1]:,} rows")
     with tempfile.TemporaryDirectory(prefix="trainforge-bench-predict-", dir=workdir) as tmp:
         tmp_path = Path(tmp)
         log("[predict] training a small MLP to predict with")

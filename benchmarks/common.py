@@ -38,8 +38,20 @@ class Stats:
         return cls(statistics.median(samples), min(samples), max(samples), len(samples))
 
     def fmt(self, digits: int = 3, scale: float = 1.0) -> str:
-        return (f"{self.median * scale:.{digits}g} ({self.min * scale:.{digits}g}–"
-                f"{self.max * scale:.{digits}g})")
+        """``median (min–max)``, each scaled by ``scale`` and shown to about ``digits`` significant digits."""
+        return f"{num(self.median * scale, digits)} ({num(self.min * scale, digits)}–{num(self.max * scale, digits)})"
+
+
+def num(value: float, digits: int = 3) -> str:
+    """A readable number: ``12,345``, ``123``, ``12.3``, ``1.23``, ``0.0123`` (no exponent above 1)."""
+    if value != value:  # NaN
+        return "n/a"
+    if abs(value) >= 10 ** digits:
+        return f"{value:,.0f}"
+    if abs(value) >= 1:
+        decimals = max(0, digits - len(str(int(abs(value)))))
+        return f"{value:.{decimals}f}"
+    return f"{value:.{digits}g}"
 
 
 def paired_ratios(a: list[float], b: list[float]) -> Stats:

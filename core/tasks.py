@@ -121,22 +121,24 @@ class Classification(Task):
     def compute(self, state: dict[str, Any]) -> dict[str, float]:
         self._fold(state)
         k = int(state["confusion"].numel() ** 0.5)
-        cm = state["confusion"].view(k, k).double().cpu()  # rows: true class, columns: predicted
-        tp = cm.diag()
+        # One host copy of the K*K counts; the arithmetic on them runs in numpy (float64, as before),
+        # about ten times cheaper than the same dozen tiny torch ops, twice per epoch.
+        cm = state["confusion"].view(k, k).cpu().numpy().astype(np.float64)  # rows: true, columns: predicted
+        tp = np.diag(cm)
         predicted, actual = cm.sum(0), cm.sum(1)
-        precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
-        recall = torch.where(actual > 0, tp / actual.clamp(min=1), torch.zeros_like(tp))
+        precision = np.where(predicted > 0, tp / np.maximum(predicted, 1), 0.0)
+        recall = np.where(actual > 0, tp / np.maximum(actual, 1), 0.0)
         denom = precision + recall
-        f1 = torch.where(denom > 0, 2 * precision * recall / denom.clamp(min=1e-12), torch.zeros_like(tp))
+        f1 = np.where(denom > 0, 2 * precision * recall / np.maximum(denom, 1e-12), 0.0)
         # sklearn's macro average runs over the labels present in y_true or y_pred
         present = (predicted + actual) > 0
         n = float(cm.sum())
         return {
             "loss": float(state["loss_sum"]) / max(n, 1.0),
             "accuracy": float(tp.sum()) / max(n, 1.0),
-            "precision": float(precision[present].mean()),
-            "recall": float(recall[present].mean()),
-            "f1": float(f1[present].mean()),
+            "precision": float(precision[present].mean()) if present.any() else float("nan"),
+            "recall": float(recall[present].mean()) if present.any() else float("nan"),
+            "f1": float(f1[present].mean()) if present.any() else float("nan"),
         }
 
     def head(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
