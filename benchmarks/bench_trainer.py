@@ -241,6 +241,7 @@ def run(repeats: int = 5, epochs: int = 30, short: int = 10, batch_size: int = 6
     if not has_lightning:
         section.add(f"PyTorch Lightning skipped: {why}.", "")
     rows, part_rows = [], []
+    previous_uri = mlflow.get_tracking_uri()
     with tempfile.TemporaryDirectory(prefix="trainforge-bench-") as tmp:
         store = Path(tmp)
         experiment_id = tracking.setup(f"sqlite:///{store / 'mlflow.db'}", "bench")
@@ -287,7 +288,7 @@ def run(repeats: int = 5, epochs: int = 30, short: int = 10, batch_size: int = 6
             section.checks.append(Check(f"trainforge/raw total {epochs}-epoch fit time, {name.upper()}",
                                         total_ratio.median, TARGETS[name],
                                         note=f"min {total_ratio.min:.3f}, max {total_ratio.max:.3f}"))
-        mlflow.set_tracking_uri(tracking.tracking_uri())  # off the temp store before it is deleted
+        mlflow.set_tracking_uri(previous_uri)  # off the temp store before it is deleted
     header = ["model", f"raw loop {epochs} ep, s", f"trainforge {epochs} ep, s", "trainforge / raw (total)",
               "trainforge / raw (per-epoch marginal)"]
     if has_lightning:

@@ -133,7 +133,8 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
 Example:
   trainforge export 3f2a9c... --output digits_cnn.onnx
   trainforge export --study digits --output best.onnx     # the current best trial of a tune study
-  trainforge export 3f2a9c... --part encoder -o encoder.onnx   # an autoencoder's encoder alone""")
+  trainforge export 3f2a9c... --part encoder -o encoder.onnx   # an autoencoder's encoder alone
+  trainforge export 3f2a9c... -o model.onnx --quantize int8     # also model.int8.onnx""")
 @click.argument("run_id", required=False)
 @click.option("--study", help="Export the current best trial of this Optuna study instead of RUN_ID.")
 @click.option("--storage", help="Optuna storage of --study (default: mlruns/optuna/journal.log).")

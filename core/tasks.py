@@ -110,12 +110,17 @@ class Classification(Task):
         if not pending:
             return
         k = int(state["confusion"].numel() ** 0.5)
-        target = torch.cat([p[0] for p in pending])
-        pred = torch.cat([p[1] for p in pending])
-        sizes = torch.tensor([p[0].numel() for p in pending], dtype=torch.float64).to(target.device)
-        state["confusion"] += torch.bincount(target * k + pred, minlength=k * k)
-        state["loss_sum"] += (torch.stack([p[2] for p in pending]).double() * sizes).sum()
-        state["count"] += target.numel()
+        if len(pending) == 1:  # e.g. a validation split in one batch: no concatenation
+            (target, pred, loss), n = pending[0], pending[0][0].numel()
+            state["loss_sum"].add_(loss, alpha=n)
+        else:
+            target = torch.cat([p[0] for p in pending])
+            pred = torch.cat([p[1] for p in pending])
+            n = target.numel()
+            sizes = torch.tensor([p[0].numel() for p in pending], dtype=torch.float64).to(target.device)
+            state["loss_sum"] += torch.dot(torch.stack([p[2] for p in pending]).double(), sizes)
+        state["confusion"] += torch.bincount(torch.add(pred, target, alpha=k), minlength=k * k)
+        state["count"] += n
         pending.clear()
 
     def compute(self, state: dict[str, Any]) -> dict[str, float]:

@@ -4,8 +4,8 @@ Order: resolve the settings (arguments > ``tune:`` config section > the stored s
 defaults) -> open the storage -> load the data once and check every model fits it -> build the search
 space (:mod:`trainforge.search`) -> create or resume the study -> attach to (or create) its MLflow parent
 run (:mod:`trainforge.study`) -> run the trials in this process or in ``n_jobs`` spawned worker
-processes (:mod:`trainforge.objective`) -> log the summary to the parent run, export the best model
-through the ONNX gate, register it (:mod:`trainforge.tune_report`).
+processes (:mod:`trainforge.workers`; one trial: :mod:`trainforge.objective`) -> log the summary to the
+parent run, export the best model through the ONNX gate, register it (:mod:`trainforge.tune_report`).
 
 Counting: each process runs exactly its own ``n_trials`` (Optuna's ``optimize(n_trials=...)`` counts the
 trials it ran, whatever their state), split evenly over its ``n_jobs`` workers. Two processes asked for
@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
-import signal
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -63,22 +61,6 @@ class TuneResult:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass
-class Plan:
-    """What a worker process needs (picklable): the study, its settings and where to track."""
-
-    study: str
-    storage: str | None
-    settings: dict[str, Any]
-    parent_run_id: str
-    experiment: str
-    tracking_uri: str | None
-    seed: int | None
-    quiet: bool
-    max_epochs: int
-    log_level: int = logging.WARNING
 
 
 def _names(value: Any) -> list[str] | None:
@@ -132,16 +114,17 @@ def tune(
     import optuna
 
     from . import config as config_mod
-    from . import data as data_mod
+    from .api import load_data
     from . import study as study_mod
     from . import tune_report
     from .modeling import check_compatible
     from .search import Recorder, SearchSpace, merge_sample
     from .tasks import get_task, metric_mode
+    from .workers import Plan, run_trials, run_workers
 
     started = time.perf_counter()
-    if quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if quiet:  # failed and interrupted trials are still recorded (Optuna, MLflow), just not logged
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
     raw = config_mod.load_file(config) if isinstance(config, (str, Path)) else copy.deepcopy(config or {})
     section = dict(raw.pop("tune", None) or {})
     if set(section) - TUNE_KEYS:
@@ -178,7 +161,7 @@ def tune(
     space = SearchSpace(list(settings["models"]), list(settings["optimizers"]), settings["overrides"])
     first = merge_sample(base, space.sample(Recorder(), model=space.models[0], optimizer=space.optimizers[0]))
     cfg0 = config_mod.resolve(first)
-    bundle = data_mod.load(cfg0["dataset"], cfg0["trainer"])
+    bundle = load_data(cfg0)  # with the targets of the task the model/dataset pair runs
     for name in space.models:
         check_compatible({"name": name}, bundle.meta)
     task = get_task(bundle.meta.task, meta=bundle.meta)
@@ -226,12 +209,12 @@ def tune(
     total = opts.get("n_trials")
     total = None if total is None and opts.get("timeout") else int(total or DEFAULT_N_TRIALS)
     jobs = max(1, int(opts.get("n_jobs") or 1))
-    interrupted, ran = False, 0
+    interrupted, ran = False, [0]
     try:
         if jobs == 1:
-            ran = run_trials(plan, total, opts.get("timeout"), 0, bundle=bundle, study=the_study)
+            run_trials(plan, total, opts.get("timeout"), 0, bundle=bundle, study=the_study, counter=ran)
         else:
-            ran = run_workers(plan, total, opts.get("timeout"), jobs)
+            run_workers(plan, total, opts.get("timeout"), jobs, counter=ran)
     except KeyboardInterrupt:
         interrupted = True
         log.warning("interrupted: finished trials are kept in study %s", name)
@@ -256,7 +239,7 @@ def tune(
         best_params={} if best is None else {**space.fixed, **best.params}, parent_run_id=parent,
         onnx_path=exported.onnx_path if exported else None, model_version=exported.model_version if exported else None,
         n_complete=counts["n_complete"], n_pruned=counts["n_pruned"], n_fail=counts["n_fail"],
-        n_running=counts["n_running"], n_trials_run=ran, best_trial=None if best is None else best.number,
+        n_running=counts["n_running"], n_trials_run=ran[0], best_trial=None if best is None else best.number,
         best_run_id=None if best is None else best.user_attrs.get("mlflow_run_id"),
         test_metrics=exported.test_metrics if exported else {}, metric=metric, direction=direction,
         seconds=time.perf_counter() - started, interrupted=interrupted)
@@ -295,119 +278,6 @@ def _jsonable(value: Any) -> Any:
     import json
 
     return json.loads(json.dumps(value, default=str))
-
-
-def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: int, *, bundle: Any = None,
-               study: Any = None) -> int:
-    """Run ``n_trials`` trials (or until ``timeout`` seconds) of ``plan`` in this process; returns how many ran.
-
-    ``KeyboardInterrupt`` propagates after Optuna has marked the running trial FAIL.
-    """
-    import optuna
-
-    from . import data as data_mod
-    from . import study as study_mod
-    from . import tracking
-    from .objective import Objective
-    from .search import SearchSpace
-
-    s = plan.settings
-    seed = None if plan.seed is None else plan.seed + index
-    sampler = study_mod.make_sampler(s["sampler"], seed)
-    pruner = study_mod.make_pruner(s["pruner"], plan.max_epochs)
-    if study is None:
-        study = optuna.load_study(study_name=plan.study, storage=study_mod.open_storage(plan.storage),
-                                  sampler=sampler, pruner=pruner)
-    space = SearchSpace(list(s["models"]), list(s["optimizers"]), s["overrides"])
-    tracking.setup(plan.tracking_uri, plan.experiment)
-    if bundle is None:
-        from . import config as config_mod
-        from .search import Recorder, merge_sample
-
-        cfg = config_mod.resolve(merge_sample(s["base"], space.sample(Recorder(), model=space.models[0],
-                                                                      optimizer=space.optimizers[0])))
-        bundle = data_mod.load(cfg["dataset"], cfg["trainer"])
-    objective = Objective(space, s["base"], s["metric"], plan.study, plan.parent_run_id, bundle,
-                          tracking_uri=plan.tracking_uri, experiment=plan.experiment, quiet=True,
-                          extra_tags={"trainforge.worker": str(index)})
-    ran = [0]
-
-    def count(_study: Any, _trial: Any) -> None:
-        ran[0] += 1
-
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[count])
-    return ran[0]
-
-
-def _worker_main(plan: Plan, n_trials: int | None, timeout: float | None, index: int, threads: int,
-                 queue: Any) -> None:
-    """Entry point of a spawned worker process: run trials, report ``(index, status, detail)``."""
-    logging.basicConfig(level=plan.log_level, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-    import torch
-
-    torch.set_num_threads(threads)
-    if plan.quiet:
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-    try:
-        queue.put((index, "ok", run_trials(plan, n_trials, timeout, index)))
-    except KeyboardInterrupt:
-        queue.put((index, "interrupted", ""))
-    except TrainforgeError as exc:
-        queue.put((index, "error", str(exc)))
-    except Exception as exc:  # noqa: BLE001 - reported by the parent process
-        log.exception("worker %d failed", index)
-        queue.put((index, "error", f"{type(exc).__name__}: {exc}"))
-
-
-def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: int) -> int:
-    """Run trials in ``jobs`` spawned processes (not threads: the GIL) sharing the study's storage.
-
-    ``n_trials`` is split evenly (worker ``i`` gets ``n // jobs`` plus one of the remainder); each worker
-    uses ``cpu_count // jobs`` torch threads. On Ctrl-C the workers (which share the terminal's process
-    group) get 10 s to record their interrupted trials, then SIGINT, then termination.
-    """
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    shares = [None] * jobs if n_trials is None else [n_trials // jobs + (i < n_trials % jobs) for i in range(jobs)]
-    threads = max(1, (os.cpu_count() or 1) // jobs)
-    deadline = None if timeout is None else time.monotonic() + float(timeout)
-    procs = [ctx.Process(target=_worker_main, args=(plan, n, timeout, i, threads, queue), name=f"trainforge-tune-{i}")
-             for i, n in enumerate(shares) if n is None or n > 0]
-    for proc in procs:
-        proc.start()
-    try:
-        while any(p.is_alive() for p in procs):
-            for proc in procs:
-                proc.join(timeout=0.5)
-            if deadline is not None and time.monotonic() > deadline + 3600:
-                break  # a worker hung far past the timeout: stop waiting
-    except KeyboardInterrupt:
-        _stop(procs)
-        raise
-    results = []
-    while len(results) < len(procs) and not queue.empty():
-        results.append(queue.get())
-    errors = [f"worker {i}: {detail}" for i, status, detail in results if status == "error"]
-    if any(status == "interrupted" for _, status, _ in results):
-        raise KeyboardInterrupt
-    if errors:
-        raise TrainforgeError("; ".join(errors))
-    return sum(int(detail) for _, status, detail in results if status == "ok")
-
-
-def _stop(procs: list[Any]) -> None:
-    for grace, action in ((10.0, None), (20.0, "int"), (5.0, "term")):
-        end = time.monotonic() + grace
-        while any(p.is_alive() for p in procs) and time.monotonic() < end:
-            time.sleep(0.2)
-        for proc in procs:
-            if proc.is_alive() and action == "int":
-                os.kill(proc.pid, signal.SIGINT)
-            elif proc.is_alive() and action == "term":
-                proc.terminate()
 
 
 def export_study_best(study: str, output: str | Path | None = None, *, storage: str | None = None,

@@ -209,7 +209,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     cfg, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
     model = build_model(cfg["model"], meta)
     model.load_state_dict(checkpoint["state_dict"])
-    bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"])
+    bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"], task=meta.task)
     task = get_task(meta.task, meta=meta)
     result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
     active = mlflow.active_run()

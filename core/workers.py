@@ -1,0 +1,155 @@
+"""Running trials: in this process, or in worker processes that share the study's storage.
+
+Workers are processes, not threads (the GIL): ``multiprocessing`` with the *spawn* start method, so
+a worker is a fresh interpreter (no forked torch/MLflow state) and works the same from a notebook.
+Each worker opens the storage itself, loads the data once, and runs exactly its share of the trials
+(``study.optimize(n_trials=...)`` counts the trials it ran, whatever their state).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import TrainforgeError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Plan:
+    """What a worker process needs (picklable): the study, its settings and where to track."""
+
+    study: str
+    storage: str | None
+    settings: dict[str, Any]
+    parent_run_id: str
+    experiment: str
+    tracking_uri: str | None
+    seed: int | None
+    quiet: bool
+    max_epochs: int
+    log_level: int = logging.WARNING
+
+
+def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: int, *, bundle: Any = None,
+               study: Any = None, counter: list[int] | None = None) -> int:
+    """Run ``n_trials`` trials (or until ``timeout`` seconds) of ``plan`` in this process; returns how many ran
+    (also kept in ``counter[0]``, which survives an interrupt).
+
+    ``KeyboardInterrupt`` propagates after Optuna has marked the running trial FAIL.
+    """
+    import optuna
+
+    from .api import load_data
+    from . import study as study_mod
+    from . import tracking
+    from .objective import Objective
+    from .search import SearchSpace
+
+    s = plan.settings
+    seed = None if plan.seed is None else plan.seed + index
+    sampler = study_mod.make_sampler(s["sampler"], seed)
+    pruner = study_mod.make_pruner(s["pruner"], plan.max_epochs)
+    if study is None:
+        study = optuna.load_study(study_name=plan.study, storage=study_mod.open_storage(plan.storage),
+                                  sampler=sampler, pruner=pruner)
+    space = SearchSpace(list(s["models"]), list(s["optimizers"]), s["overrides"])
+    tracking.setup(plan.tracking_uri, plan.experiment)
+    if bundle is None:
+        from . import config as config_mod
+        from .search import Recorder, merge_sample
+
+        cfg = config_mod.resolve(merge_sample(s["base"], space.sample(Recorder(), model=space.models[0],
+                                                                      optimizer=space.optimizers[0])))
+        bundle = load_data(cfg)
+    objective = Objective(space, s["base"], s["metric"], plan.study, plan.parent_run_id, bundle,
+                          tracking_uri=plan.tracking_uri, experiment=plan.experiment, quiet=True,
+                          extra_tags={"trainforge.worker": str(index)})
+    ran = counter if counter is not None else [0]
+
+    def count(_study: Any, _trial: Any) -> None:
+        ran[0] += 1
+
+    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[count])
+    return ran[0]
+
+
+def _worker_main(plan: Plan, n_trials: int | None, timeout: float | None, index: int, threads: int,
+                 queue: Any) -> None:
+    """Entry point of a spawned worker process: run trials, report ``(index, status, detail)``."""
+    logging.basicConfig(level=plan.log_level, format="%(levelname)s %(name)s: %(message)s")
+    import optuna
+    import torch
+
+    torch.set_num_threads(threads)
+    if plan.quiet:
+        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    ran = [0]
+    try:
+        queue.put((index, "ok", run_trials(plan, n_trials, timeout, index, counter=ran)))
+    except KeyboardInterrupt:
+        queue.put((index, "interrupted", ran[0]))
+    except TrainforgeError as exc:
+        queue.put((index, "error", str(exc)))
+    except Exception as exc:  # noqa: BLE001 - reported by the parent process
+        log.exception("worker %d failed", index)
+        queue.put((index, "error", f"{type(exc).__name__}: {exc}"))
+
+
+def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: int,
+                counter: list[int] | None = None) -> int:
+    """Run trials in ``jobs`` spawned processes (not threads: the GIL) sharing the study's storage.
+
+    ``n_trials`` is split evenly (worker ``i`` gets ``n // jobs`` plus one of the remainder); each worker
+    uses ``cpu_count // jobs`` torch threads. On Ctrl-C the workers (which share the terminal's process
+    group) get 10 s to record their interrupted trials, then SIGINT, then termination.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    shares = [None] * jobs if n_trials is None else [n_trials // jobs + (i < n_trials % jobs) for i in range(jobs)]
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    deadline = None if timeout is None else time.monotonic() + float(timeout)
+    procs = [ctx.Process(target=_worker_main, args=(plan, n, timeout, i, threads, queue), name=f"trainforge-tune-{i}")
+             for i, n in enumerate(shares) if n is None or n > 0]
+    for proc in procs:
+        proc.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            for proc in procs:
+                proc.join(timeout=0.5)
+            if deadline is not None and time.monotonic() > deadline + 3600:
+                break  # a worker hung far past the timeout: stop waiting
+    except KeyboardInterrupt:
+        _stop(procs)
+        raise
+    results = []
+    while len(results) < len(procs) and not queue.empty():
+        results.append(queue.get())
+    ran = sum(int(detail) for _, status, detail in results if status in ("ok", "interrupted"))
+    if counter is not None:
+        counter[0] = ran
+    errors = [f"worker {i}: {detail}" for i, status, detail in results if status == "error"]
+    if any(status == "interrupted" for _, status, _ in results):
+        raise KeyboardInterrupt
+    if errors:
+        raise TrainforgeError("; ".join(errors))
+    return ran
+
+
+def _stop(procs: list[Any]) -> None:
+    for grace, action in ((10.0, None), (20.0, "int"), (5.0, "term")):
+        end = time.monotonic() + grace
+        while any(p.is_alive() for p in procs) and time.monotonic() < end:
+            time.sleep(0.2)
+        for proc in procs:
+            if proc.is_alive() and action == "int":
+                os.kill(proc.pid, signal.SIGINT)
+            elif proc.is_alive() and action == "term":
+                proc.terminate()
