@@ -3,7 +3,7 @@
 Both models are trained here (digits, 30 epochs, the real ``trainforge.train`` path, which exports the
 verified ONNX file). torch eager runs :class:`~trainforge.modeling.InferenceModel` (the exact module that
 was exported: logits and softmax) under ``torch.inference_mode()``. onnxruntime runs with
-:func:`trainforge.predict.session_options` (what ``trainforge predict`` uses) and, for reference, with
+:func:`trainforge.predictor.session_options` (what ``trainforge predict`` uses) and, for reference, with
 onnxruntime's default options. The int8 model comes from :func:`trainforge.quantize.quantize_run`
 (``trainforge export --quantize int8``). Same thread count for torch and onnxruntime.
 """
@@ -62,7 +62,7 @@ def _torch_model(run_id: str) -> Any:
 def _contenders(onnx_path: str, int8_path: str, module: Any, x: np.ndarray, threads: int) -> dict[str, Callable]:
     import onnxruntime as ort
     import torch
-    from trainforge.predict import session_options
+    from trainforge.predictor import session_options
 
     xt = torch.from_numpy(x)
 
@@ -101,7 +101,7 @@ def _measure(contenders: dict[str, Callable], batch: int, repeats: int) -> dict[
 def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: int) -> None:
     """CUDA provider with IO binding vs torch on CUDA; skipped, and said so, without a usable GPU."""
     import torch
-    from trainforge.predict import cuda_usable
+    from trainforge.predictor import cuda_usable
 
     ok, why = cuda_usable()
     if not ok or not torch.cuda.is_available():
@@ -110,7 +110,7 @@ def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: 
         log(f"[inference] CUDA benchmark skipped: {reason}")
         return
     import onnxruntime as ort
-    from trainforge.predict import session_options
+    from trainforge.predictor import session_options
 
     rows = []
     for name, info in models.items():
@@ -200,7 +200,7 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
         f"Digits models trained here (30 epochs), batch sizes {', '.join(map(str, BATCHES))}; {repeats} "
         f"interleaved rounds of {CALLS[1]}/{CALLS[64]}/{CALLS[1024]} calls (batch 1/64/1024) per contender. "
         f"Cells: median over rounds (min–max). Threads: torch {threads}, onnxruntime {threads}. "
-        f"onnxruntime {ort.__version__}, tuned options (`trainforge.predict.session_options`): {opts}.", "")
+        f"onnxruntime {ort.__version__}, tuned options (`trainforge.predictor.session_options`): {opts}.", "")
     section.table(["model", "batch", "runtime", "p50 µs", "p99 µs", "rows/s", "speed-up vs torch (p50)"],
                   latency_rows)
     section.add("### int8 (`trainforge export RUN_ID --quantize int8`)", "",
@@ -218,7 +218,7 @@ def _int8_vs_fp32(speedups: dict[tuple[int, str], Stats], batch: int) -> str:
 
 
 def _describe(threads: int) -> dict[str, str]:
-    from trainforge.predict import session_options
+    from trainforge.predictor import session_options
 
     o = session_options(threads)
     return {"intra_op_num_threads": str(o.intra_op_num_threads), "inter_op_num_threads": str(o.inter_op_num_threads),

@@ -34,7 +34,6 @@ from common import log, machine  # noqa: E402
 def run_arm(pruner: str, args: argparse.Namespace) -> dict:
     """One study; returns its figures (epochs, pruned, seconds, best value, per-trial epochs)."""
     import optuna
-
     from trainforge.study import open_storage
     from trainforge.tune import tune
 

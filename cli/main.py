@@ -151,7 +151,7 @@ def export(run_id: str | None, study: str | None, storage: str | None, output: s
            log_to_run: bool, part: str | None, quantize: str | None, tracking_uri: str | None,
            as_json: bool) -> None:
     """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
-    from trainforge.export import export as run_export
+    from trainforge.exporter import export as run_export
 
     if (run_id is None) == (study is None):
         raise click.UsageError("give a RUN_ID or --study NAME (one of them)")
@@ -199,7 +199,7 @@ Examples:
 def predict(model: str, input_path: str, output: str | None, target: str | None, provider: str,
             no_fallback: bool, tracking_uri: str | None, as_json: bool) -> None:
     """Predict with an ONNX model (a .onnx path or runs:/RUN_ID) using onnxruntime."""
-    from trainforge.predict import predict as run_predict
+    from trainforge.predictor import predict as run_predict
 
     result = run_predict(model, input_path, output, target=target, provider=provider,
                          allow_fallback=not no_fallback, tracking_uri=tracking_uri)

@@ -9,8 +9,9 @@ streaming reader) goes through a ``DataLoader``, so a ``DistributedSampler`` can
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch

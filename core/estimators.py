@@ -144,7 +144,7 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
     from skl2onnx import to_onnx
 
     from . import __version__
-    from .export import INPUT_NAME, META_PREFIX, ExportReport
+    from .exporter import INPUT_NAME, META_PREFIX, ExportReport
 
     started, path = time.perf_counter(), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,7 +203,7 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
 
 def export_run(run_id: str, output: str | Path | None = None, *, part: str | None = None,
                log_to_run: bool = False) -> Any:
-    """Re-export the pickled estimator of run ``run_id`` (see :func:`trainforge.export.export`)."""
+    """Re-export the pickled estimator of run ``run_id`` (see :func:`trainforge.exporter.export`)."""
     import yaml
 
     from . import data as data_mod

@@ -6,7 +6,8 @@ plugins (pluggy passes an implementation just the arguments it names).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import pluggy
 

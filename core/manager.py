@@ -148,7 +148,8 @@ def _collect(pm: pluggy.PluginManager) -> dict[str, dict[str, Entry]]:
         for impl in reversed(caller.get_hookimpls()):
             distribution, version = _origin(pm, impl.plugin, impl.plugin_name)
 
-            def register(spec: Any, _impl=impl, _dist=distribution, _ver=version) -> None:
+            def register(spec: Any, _impl=impl, _dist=distribution, _ver=version, kind=kind, hook_name=hook_name,
+                         spec_cls=spec_cls) -> None:
                 if not isinstance(spec, spec_cls):
                     raise PluginError(
                         f"plugin {_impl.plugin_name!r} registered {type(spec).__name__} through "

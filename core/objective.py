@@ -32,14 +32,15 @@ TRIAL_TAG = "trainforge.trial"
 class OptunaPruning(Callback):
     """Report the monitored metric to the trial after every epoch and stop the fit if the pruner says so.
 
-    The value reported at epoch ``t`` is the best value of ``trainer.monitor`` over epochs ``1..t``
-    (``trainer.best_value``): the objective the trial would return if it stopped at ``t``, so pruners
-    compare like with like and a noisy epoch does not prune a trial that already did well.
-    Raises ``optuna.TrialPruned`` from ``on_epoch_end``.
+    The value reported at epoch ``t`` is ``metric`` at the best epoch so far of ``trainer.monitor``
+    (the checkpoint kept if the fit stopped at ``t``): the objective the trial would return if it
+    stopped at ``t``, so pruners compare like with like and a noisy epoch does not prune a trial that
+    already did well. Raises ``optuna.TrialPruned`` from ``on_epoch_end``.
     """
 
-    def __init__(self, trial: Any) -> None:
+    def __init__(self, trial: Any, metric: str) -> None:
         self.trial = trial
+        self.metric = metric
         self.run_id: str | None = None
         self.epoch = 0
 
@@ -55,12 +56,11 @@ class OptunaPruning(Callback):
         import optuna
 
         self.epoch = epoch
-        value = float(trainer.best_value)
-        if not math.isfinite(value):
-            value = float(metrics[trainer.monitor])
+        best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else metrics
+        value = float(best.get(self.metric, metrics[self.metric]))
         self.trial.report(value, epoch)
         if self.trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}: best {trainer.monitor} so far {value:.4f}")
+            raise optuna.TrialPruned(f"pruned at epoch {epoch}: {self.metric} {value:.4f} at the best epoch so far")
 
 
 @dataclass
@@ -91,7 +91,7 @@ class Objective:
         from . import config as config_mod
         from .search import merge_sample
 
-        pruning = OptunaPruning(trial)
+        pruning = OptunaPruning(trial, self.metric)
         tags = {"trainforge.command": "tune", "trainforge.study": self.study_name,
                 TRIAL_TAG: f"{self.study_name}#{trial.number}", "trainforge.trial_number": str(trial.number),
                 **self.extra_tags}
@@ -115,6 +115,8 @@ class Objective:
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
+        if result.best_epoch and "val_loss" in result.history[result.best_epoch - 1]:  # breaks ties on the metric
+            trial.set_user_attr("val_loss", float(result.history[result.best_epoch - 1]["val_loss"]))
         if not math.isfinite(value):
             finish_child(result.run_id, "FAIL", trial, reason=f"{self.metric} is {value}")
             trial.set_user_attr("fail_reason", f"{self.metric} is {value}")

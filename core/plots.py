@@ -22,7 +22,7 @@ def learning_curves(history: list[dict[str, float]], path: Path, task: str, main
     main = main or ("accuracy" if task == "classification" else "r2")
     epochs = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for ax, metric in zip(axes, ("loss", main)):
+    for ax, metric in zip(axes, ("loss", main), strict=True):
         for split in ("train", "val"):
             key = f"{split}_{metric}"
             if history and key in history[0]:

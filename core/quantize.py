@@ -135,7 +135,7 @@ def quantize_model(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .export import META_PREFIX, decode_metadata
+    from .exporter import META_PREFIX, decode_metadata
 
     started = time.perf_counter()
     source = Path(source)

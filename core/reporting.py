@@ -124,7 +124,7 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path) -> None:
     """Export the verified ONNX file, log it as ``onnx/model.onnx`` and as an MLflow ONNX model."""
     from .data import sample_rows
-    from .export import export_model, export_sample
+    from .exporter import export_model, export_sample
 
     sample = export_sample(model, sample_rows(bundle.test))
     report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
@@ -140,7 +140,7 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
     from mlflow.models import infer_signature
 
     from . import tracking
-    from .predict import usable_providers
+    from .predictor import usable_providers
 
     mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
     mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},

@@ -264,6 +264,43 @@ class SearchSpace:
                               f"valid: {', '.join(sorted(known))}")
         self.params, self.fixed = params, fixed
 
+    def default_params(self, base: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The first model/optimizer branch at its documented defaults, as Optuna params.
+
+        Values come from ``base`` (the tune config: ``-p``/``--config``), else the plugin's ``defaults``,
+        else the trainer defaults; a number outside its searched range is clamped to the nearest bound
+        (Adam's ``weight_decay`` 0.0 -> the log range's lower end), a categorical default not among the
+        choices is left out (Optuna samples it). ``tune`` enqueues this as a new study's first trial, so
+        the search starts from the configuration ``trainforge train`` would run.
+        """
+        from optuna.distributions import CategoricalDistribution
+
+        from .config import TRAINER_DEFAULTS
+
+        base = base or {}
+        model, optimizer = self.models[0], self.optimizers[0]
+        sources = {
+            model: {**manager.get("model", model).defaults, **_section(base, "model", model)},
+            optimizer: {**manager.get("optimizer", optimizer).defaults, **_section(base, "optimizer", optimizer)},
+            "trainer": {**TRAINER_DEFAULTS, **(base.get("trainer") or {})},
+        }
+        params: dict[str, Any] = {}
+        if len(self.models) > 1:
+            params["model"] = model
+        if len(self.optimizers) > 1:
+            params["optimizer"] = optimizer
+        for name, (_cond, dist) in self.params.items():
+            owner, _, key = name.partition(".")
+            if owner not in sources or key not in sources[owner]:
+                continue
+            value = sources[owner][key]
+            if isinstance(dist, CategoricalDistribution):
+                if value in dist.choices:
+                    params[name] = value
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                params[name] = type(dist.low)(min(max(value, dist.low), dist.high))
+        return params
+
     def check_compatible(self, trials: list[Any]) -> None:
         """Raise ConfigError if a parameter's distribution conflicts with the one of an existing trial.
 
@@ -293,6 +330,11 @@ class SearchSpace:
             "fixed": self.fixed,
             "overrides": self.overrides,
         }
+
+
+def _section(base: dict[str, Any], kind: str, name: str) -> dict[str, Any]:
+    section = dict(base.get(kind) or {})
+    return section if section.pop("name", name) == name else {}
 
 
 def _describe(dist: Any) -> dict[str, Any]:

@@ -7,8 +7,9 @@ Specs import nothing heavy, so ``trainforge plugins`` can list them without impo
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     import numpy as np

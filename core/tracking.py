@@ -14,8 +14,9 @@ import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import TrainforgeError
 
@@ -133,9 +134,9 @@ def get_run(run_id: str) -> Any:
 
 def download(run_id: str, artifact_path: str) -> str:
     """Local path of a run's artifact (the file itself for a local store, else a downloaded copy)."""
-    import mlflow
-
     from urllib.parse import unquote, urlparse
+
+    import mlflow
 
     run = get_run(run_id)
     uri = urlparse(run.info.artifact_uri)

@@ -114,9 +114,9 @@ def tune(
     import optuna
 
     from . import config as config_mod
-    from .api import load_data
     from . import study as study_mod
     from . import tune_report
+    from .api import load_data
     from .modeling import check_compatible
     from .search import Recorder, SearchSpace, merge_sample
     from .tasks import get_task, metric_mode
@@ -192,6 +192,8 @@ def tune(
         study_mod.make_pruner(settings["pruner"], max_epochs))
     if created:
         the_study.set_user_attr(study_mod.SETTINGS_ATTR, _jsonable(settings))
+        # Trial 0 is what `trainforge train` would run: the search never starts below the default.
+        the_study.enqueue_trial(space.default_params(base), user_attrs={"trainforge.defaults": True})
     else:
         space.check_compatible(the_study.get_trials(deepcopy=False))
     settings.update(study=name, storage=opts.get("storage") or study_mod.DEFAULT_STORAGE)
@@ -285,12 +287,12 @@ def export_study_best(study: str, output: str | Path | None = None, *, storage: 
     """Re-export the current best trial of ``study`` through the ONNX gate (``output`` default ``./STUDY.onnx``).
 
     ``log_to_run`` also logs the file to the study's parent run as ``onnx/model.onnx``. Returns the
-    :class:`~trainforge.export.ExportReport`. Raises TrainforgeError for an unknown study or one with no
+    :class:`~trainforge.exporter.ExportReport`. Raises TrainforgeError for an unknown study or one with no
     complete trial.
     """
     from . import study as study_mod
     from . import tune_report
-    from .export import export
+    from .exporter import export
 
     the_study, _ = study_mod.open_study(study_mod.open_storage(storage), study, None)
     best = tune_report.best_trial(the_study)

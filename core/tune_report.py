@@ -139,11 +139,24 @@ def write_plots(study: Any, folder: Path) -> list[str]:
 
 
 def best_trial(study: Any) -> Any:
-    """The best COMPLETE trial, or None when there is none yet."""
-    try:
-        return study.best_trial
-    except ValueError:
+    """The best COMPLETE trial, or None when there is none yet.
+
+    Ties on the objective are common with accuracies on a small validation split (180 rows on digits:
+    one row is 0.56 points); among the tied trials the one with the lowest validation loss at its best
+    epoch (user attr ``val_loss``) wins, then the earliest. A single-objective study only.
+    """
+    import math
+
+    import optuna
+
+    complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if t.value is not None and math.isfinite(t.value)]
+    if not complete:
         return None
+    sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+    top = max(sign * t.value for t in complete)
+    tied = [t for t in complete if sign * t.value >= top - 1e-12]
+    return min(tied, key=lambda t: (t.user_attrs.get("val_loss", math.inf), t.number))
 
 
 @dataclass

@@ -45,9 +45,9 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     """
     import optuna
 
-    from .api import load_data
     from . import study as study_mod
     from . import tracking
+    from .api import load_data
     from .objective import Objective
     from .search import SearchSpace
 

@@ -79,12 +79,12 @@ def main() -> None:
     session = ort.InferenceSession(args.model, options, providers=providers(args.provider))
     meta = read_metadata(session)
     x, y = read_rows(args.input, meta, args.target)
-    outputs = dict(zip(meta["outputs"], session.run(meta["outputs"], {meta["input_name"]: x})))
+    outputs = dict(zip(meta["outputs"], session.run(meta["outputs"], {meta["input_name"]: x}), strict=True))
     print(f"# {len(x)} rows on {session.get_providers()[0]}, task {meta['task']}", file=sys.stderr)
     if meta["task"] == "classification":
         labels = np.asarray(meta["class_names"])[outputs["probabilities"].argmax(1)]
         print("prediction," + ",".join(f"prob_{c}" for c in meta["class_names"]))
-        for label, probs in zip(labels, outputs["probabilities"]):
+        for label, probs in zip(labels, outputs["probabilities"], strict=True):
             print(label + "," + ",".join(f"{p:.6f}" for p in probs))
         if y is not None:
             print(f"# accuracy: {np.mean(labels == y):.4f}", file=sys.stderr)

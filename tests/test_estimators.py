@@ -10,7 +10,7 @@ import pytest
 import trainforge
 from conftest import last_json, mlflow_client
 from trainforge.api import load_data
-from trainforge.export import read_metadata
+from trainforge.exporter import read_metadata
 
 TORCH_METADATA = {"task", "input_name", "input_shape", "input_dtype", "outputs", "class_names", "feature_names",
                   "normalization", "version", "mlflow_run_id", "model", "dataset", "opset", "parity_max_abs_diff",

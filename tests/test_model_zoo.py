@@ -62,7 +62,7 @@ def test_model_trains_exports_and_predicts(name, workdir, cli):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == name and any(k.startswith("test_") for k in run.data.metrics)
     assert result.parity and max(result.parity.values()) <= 1e-4  # the export gate passed
-    from trainforge.export import read_metadata
+    from trainforge.exporter import read_metadata
 
     meta_onnx = read_metadata(result.onnx_path)
     assert meta_onnx["model"] == name and meta_onnx["mlflow_run_id"] == result.run_id

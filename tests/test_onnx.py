@@ -16,7 +16,7 @@ from trainforge import ExportError
 from trainforge.callbacks import load_checkpoint
 from trainforge.data import DataMeta
 from trainforge.data import load as load_data
-from trainforge.export import export_model
+from trainforge.exporter import export_model
 from trainforge.modeling import build_model
 from trainforge.tasks import Classification
 

@@ -54,3 +54,14 @@ def test_version(cli):
     import trainforge
 
     assert trainforge.__version__ in cli("--version").output
+
+
+def test_public_functions_are_not_shadowed_by_submodules():
+    """``trainforge.export``/``trainforge.predict`` stay the functions even after every submodule is imported
+    (a submodule named like a public function would replace it on the package)."""
+    code = ("import importlib, pkgutil, trainforge\n"
+            "for m in pkgutil.iter_modules(trainforge.__path__):\n"
+            "    importlib.import_module('trainforge.' + m.name)\n"
+            "print(trainforge.export.__module__, trainforge.predict.__module__, trainforge.train.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["trainforge.exporter", "trainforge.predictor", "trainforge.api"]

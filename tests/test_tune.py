@@ -200,7 +200,7 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
     assert "was created with models=['mlp']" in error_line(
         cli("tune", "--study", "iris-s", "--model", "cnn", "--dataset", "digits", "--n-trials", "1", ok=False))
     cli("export", "--study", "iris-s", "--output", "best.onnx")
-    meta = trainforge.export.read_metadata("best.onnx")
+    meta = trainforge.exporter.read_metadata("best.onnx")
     assert meta["mlflow_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
 
 

@@ -127,7 +127,7 @@ def export_model(
         path.unlink(missing_ok=True)
         raise ExportError(f"ONNX export of model {getattr(meta, 'dataset', '')!r} failed: {exc}") from exc
     finally:
-        for lg, level in zip(quiet_loggers, levels):
+        for lg, level in zip(quiet_loggers, levels, strict=True):
             lg.setLevel(level)
 
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -192,7 +192,7 @@ def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str]) ->
         with torch.inference_mode():
             expected = [t.numpy() for t in wrapped(torch.from_numpy(batch))]
         got = session.run(outputs, {INPUT_NAME: batch})
-        diffs[n] = float(max(np.max(np.abs(e - g)) if e.size else 0.0 for e, g in zip(expected, got)))
+        diffs[n] = float(max(np.max(np.abs(e - g)) if e.size else 0.0 for e, g in zip(expected, got, strict=True)))
     return diffs
 
 

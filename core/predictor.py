@@ -240,7 +240,7 @@ def predict(
     """
     import pandas as pd
 
-    from .export import decode_metadata
+    from .exporter import decode_metadata
 
     path = resolve_model(str(model), tracking_uri)
     session, active = open_session(path, provider, allow_fallback)
