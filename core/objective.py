@@ -159,5 +159,7 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
             client.set_terminated(run_id, status="FINISHED")
         elif reason:
             client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
+        if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
+            client.set_terminated(run_id, status="KILLED" if reason and "Ctrl-C" in reason else "FAILED")
     except Exception:  # bookkeeping must not hide the trial's own outcome
         log.exception("could not record state %s on MLflow run %s", state, run_id)

@@ -54,6 +54,31 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
         Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    with _sqlite_lock(uri):  # processes starting together must not both create the schema
+        return _experiment_id(mlflow, uri, name)
+
+
+@contextlib.contextmanager
+def _sqlite_lock(uri: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<db>.lock`` beside a SQLite store (no-op elsewhere or without fcntl)."""
+    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    lock = Path(uri[len("sqlite:///"):].partition("?")[0] + ".lock")
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
     try:
         found = mlflow.get_experiment_by_name(name)
         if found is not None:

@@ -333,6 +333,7 @@ def test_ctrl_c_fails_the_running_trial_kills_its_run_and_keeps_finished_ones(wo
 
 
 def test_timeout_is_honoured(cli):
-    out = last_json(cli("tune", *QUICK, "--epochs", "2", "--n-trials", "50", "--timeout", "1", "--no-export",
+    out = last_json(cli("tune", *QUICK, "--epochs", "2", "--n-trials", "200", "--timeout", "1", "--no-export",
                         "--json").output)
-    assert 1 <= out["n_trials_run"] <= 3  # optimize() starts no trial once 1 s has passed; 50 were allowed
+    # optimize() starts no trial once 1 s has passed (a few short trials fit in it); 200 were allowed
+    assert 1 <= out["n_trials_run"] < 20
