@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 DEFAULT_STORAGE = str(Path("mlruns") / "optuna" / "journal.log")
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
 HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120  # seconds (RDB storages only)
+MAX_RETRY = 2  # re-runs of a trial whose worker died
 PARENT_ATTR = "mlflow_parent_run_id"
 SETTINGS_ATTR = "trainforge.settings"
 PARENT_WAIT_SECONDS = 60.0
@@ -76,8 +77,11 @@ def open_storage(url: str | None = None) -> Any:
             engine = {"pool_pre_ping": True}
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # A trial whose worker died (no heartbeat for HEARTBEAT_GRACE s) is marked FAIL by the next
+            # worker, and RetryHeartbeatStaleTrialCallback (Optuna >= 4.9 name) enqueues it again.
+            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
             return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=HEARTBEAT_GRACE)
+                                              grace_period=HEARTBEAT_GRACE, heartbeat_stale_trial_callback=retry)
     except TrainforgeError:
         raise
     except Exception as exc:  # SQLAlchemy ArgumentError / NoSuchModuleError / OperationalError, OSError
