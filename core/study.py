@@ -56,6 +56,8 @@ def open_storage(url: str | None = None) -> Any:
     """An Optuna storage object for ``url`` (see the module docstring). Raises TrainforgeError on a bad URL."""
     import optuna
 
+    from .tracking import sqlite_lock
+
     url = url or DEFAULT_STORAGE
     try:
         if "://" not in url:
@@ -80,8 +82,10 @@ def open_storage(url: str | None = None) -> Any:
             # A trial whose worker died (no heartbeat for HEARTBEAT_GRACE s) is marked FAIL by the next
             # worker, and RetryHeartbeatStaleTrialCallback (Optuna >= 4.9 name) enqueues it again.
             retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=HEARTBEAT_GRACE, heartbeat_stale_trial_callback=retry)
+            with sqlite_lock(url):  # processes starting together must not both create the schema
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
+                                                  grace_period=HEARTBEAT_GRACE,
+                                                  heartbeat_stale_trial_callback=retry)
     except TrainforgeError:
         raise
     except Exception as exc:  # SQLAlchemy ArgumentError / NoSuchModuleError / OperationalError, OSError

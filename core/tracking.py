@@ -54,12 +54,12 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
         Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    with _sqlite_lock(uri):  # processes starting together must not both create the schema
+    with sqlite_lock(uri):  # processes starting together must not both create the schema
         return _experiment_id(mlflow, uri, name)
 
 
 @contextlib.contextmanager
-def _sqlite_lock(uri: str) -> Iterator[None]:
+def sqlite_lock(uri: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``<db>.lock`` beside a SQLite store (no-op elsewhere or without fcntl)."""
     if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
         yield
