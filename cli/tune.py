@@ -21,12 +21,14 @@ Examples:
   trainforge tune --model cnn,mlp --optimizer adam,sgd --n-trials 40 --n-jobs 2 --study digits
   trainforge tune --study digits --n-trials 10          # resume: same settings, trial numbers continue
   trainforge tune --config space.yaml --storage sqlite:///optuna.db --json
+  trainforge tune --study digits --storage postgresql://db/optuna --study-trials 50   # on each machine
 
 \b
 Parameter names: model / optimizer (when several are given), <model>.<param> (cnn.dropout1, mlp.width),
 <optimizer>.<param> (adam.lr, sgd.momentum), trainer.batch_size. A search_space: section in --config
 fixes (adam.lr: 0.001), narrows ({low:, high:, log:}) or replaces ({choices: [...]}) any of them.
-Default storage: the journal file mlruns/optuna/journal.log.""")
+Default storage: the journal file mlruns/optuna/journal.log. Dead workers are detected by heartbeats
+(RDB storages): $TRAINFORGE_HEARTBEAT_INTERVAL (default 30 s) and $TRAINFORGE_HEARTBEAT_GRACE (120 s).""")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False),
               help="YAML config; its search_space: and tune: sections are read too.")
 @click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE",
@@ -35,7 +37,11 @@ Default storage: the journal file mlruns/optuna/journal.log.""")
 @click.option("--dataset", help="Dataset plugin (default digits).")
 @click.option("--optimizer", help="Optimizer plugin(s), comma-separated (default adam).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial (trainer.epochs).")
-@click.option("--n-trials", type=click.IntRange(min=1), help="Trials this command runs (default 20).")
+@click.option("--n-trials", type=click.IntRange(min=1),
+              help="Trials this command runs (default 20; with --study-trials: an optional cap).")
+@click.option("--study-trials", type=click.IntRange(min=1), metavar="N",
+              help="Run trials until the study holds exactly N finished (complete or pruned) trials, counting "
+                   "every worker on every machine that shares it; dead workers' trials are retried.")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after S seconds.")
 @click.option("--study", help="Study name; an existing one is resumed. Default: MODELS-DATASET-TIMESTAMP.")
 @click.option("--storage", help="Optuna storage: sqlite:///f.db, postgresql://..., mysql://..., or a *.log journal file.")
@@ -54,7 +60,8 @@ Default storage: the journal file mlruns/optuna/journal.log.""")
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial log lines.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (study, best_value, best_params, ...).")
 def tune(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
-         optimizer: str | None, epochs: int | None, n_trials: int | None, timeout: float | None, study: str | None,
+         optimizer: str | None, epochs: int | None, n_trials: int | None, study_trials: int | None,
+         timeout: float | None, study: str | None,
          storage: str | None, sampler: str | None, pruner: str | None, metric: str | None, direction: str | None,
          n_jobs: int | None, seed: int | None, refit: bool | None, register: str | None, no_export: bool,
          experiment: str | None, tracking_uri: str | None, quiet: bool, as_json: bool) -> None:
@@ -63,7 +70,8 @@ def tune(config_file: str | None, params: tuple[str, ...], model: str | None, da
 
     result = run_tune(
         config_file, overrides=params, models=model, optimizers=optimizer, dataset=dataset, epochs=epochs,
-        n_trials=n_trials, timeout=timeout, study=study, storage=storage, sampler=sampler, pruner=pruner,
+        n_trials=n_trials, study_trials=study_trials, timeout=timeout, study=study, storage=storage,
+        sampler=sampler, pruner=pruner,
         metric=metric, direction=direction, n_jobs=n_jobs, seed=seed, refit=refit, register=register,
         export=not no_export, tracking_uri=tracking_uri, experiment=experiment, quiet=quiet or as_json,
     )

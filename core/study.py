@@ -8,8 +8,13 @@ Storage (``--storage``):
   storage"; RDB tutorial note on SQLite and concurrency).
 - a path ending in ``.log``, ``.journal`` or ``.jsonl``: a journal file there.
 - ``sqlite:///path.db``, ``postgresql://...``, ``mysql+pymysql://...`` (any SQLAlchemy URL): Optuna's
-  ``RDBStorage``, with heartbeats (a trial whose process died is marked FAIL by the next worker after
-  :data:`HEARTBEAT_GRACE` seconds; journal files have no heartbeat: such a trial stays RUNNING).
+  ``RDBStorage``, with heartbeats: a running trial's process records one every
+  ``TRAINFORGE_HEARTBEAT_INTERVAL`` seconds (default :data:`HEARTBEAT_INTERVAL`); a trial without one for
+  ``TRAINFORGE_HEARTBEAT_GRACE`` seconds (default :data:`HEARTBEAT_GRACE`) is marked FAIL by the next
+  worker that starts a trial, and :class:`StaleTrialCallback` enqueues a copy (at most :data:`MAX_RETRY`
+  times) and ends its MLflow child run FAILED. Journal files have no heartbeat: such a trial stays
+  RUNNING (``--study-trials`` workers on the same machine still recover it, see
+  :mod:`trainforge.study_target`).
 
 The study is the MLflow parent run: its id is the study user attr ``mlflow_parent_run_id``. The process
 that *creates* the study (an atomic step in every Optuna storage: a second creator gets
@@ -33,7 +38,8 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = str(Path("mlruns") / "optuna" / "journal.log")
 JOURNAL_SUFFIXES = (".log", ".journal", ".jsonl")
-HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120  # seconds (RDB storages only)
+HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120  # seconds (RDB storages only); env vars override them
+HEARTBEAT_ENV = ("TRAINFORGE_HEARTBEAT_INTERVAL", "TRAINFORGE_HEARTBEAT_GRACE")
 MAX_RETRY = 2  # re-runs of a trial whose worker died
 PARENT_ATTR = "mlflow_parent_run_id"
 SETTINGS_ATTR = "trainforge.settings"
@@ -52,13 +58,80 @@ def check_study_name(name: str) -> str:
     return name
 
 
+def heartbeat_settings() -> tuple[float, float]:
+    """``(interval, grace)`` in seconds for RDB storages: ``$TRAINFORGE_HEARTBEAT_INTERVAL`` and
+    ``$TRAINFORGE_HEARTBEAT_GRACE``, else :data:`HEARTBEAT_INTERVAL` (30) and :data:`HEARTBEAT_GRACE` (120).
+
+    A dead worker's trial is detected ``grace`` to ``grace + interval`` seconds after its last heartbeat; a
+    short interval costs one small write per running trial per interval. Raises ConfigError for a value
+    that is not a positive finite number, or a grace period not longer than the interval (a live trial
+    would be declared dead).
+    """
+    import math
+    import os
+
+    values = []
+    for env, default in zip(HEARTBEAT_ENV, (HEARTBEAT_INTERVAL, HEARTBEAT_GRACE), strict=True):
+        raw = os.environ.get(env, "").strip()
+        try:
+            value = float(raw) if raw else float(default)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{env}={raw!r}: give a positive number of seconds (default {default})")
+        values.append(int(value) if value.is_integer() else value)
+    interval, grace = values
+    if grace <= interval:
+        raise ConfigError(f"{HEARTBEAT_ENV[1]}={grace} must be longer than {HEARTBEAT_ENV[0]}={interval} "
+                          "(seconds), or live trials would be declared dead")
+    return interval, grace
+
+
+class StaleTrialCallback:
+    """Optuna's heartbeat-stale-trial callback, plus MLflow bookkeeping.
+
+    Called by ``optuna.storages.fail_stale_trials`` for each trial it marked FAIL because its worker
+    stopped sending heartbeats: Optuna's ``RetryHeartbeatStaleTrialCallback(max_retry)`` enqueues a WAITING
+    copy (same params, system attr ``failed_trial`` = the original trial's number), then the trial's MLflow
+    child run (user attr ``mlflow_run_id``) is tagged ``trainforge.trial_state=FAIL`` and, if still
+    RUNNING, ended FAILED. MLflow errors are logged, never raised.
+    """
+
+    def __init__(self, max_retry: int | None = MAX_RETRY) -> None:
+        import optuna
+
+        self.retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+
+    def __call__(self, study: Any, trial: Any) -> None:
+        self.retry(study, trial)
+        log.warning("trial %d of study %s: its worker stopped sending heartbeats; marked FAIL and retried",
+                    trial.number, study.study_name)
+        run_id = trial.user_attrs.get("mlflow_run_id")
+        if not run_id:
+            return
+        try:
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient()
+            client.set_tag(run_id, "trainforge.trial_state", "FAIL")
+            client.set_tag(run_id, "trainforge.fail_reason", "worker died (no heartbeat within the grace period)")
+            if client.get_run(run_id).info.status == "RUNNING":
+                client.set_terminated(run_id, status="FAILED")
+        except Exception:  # bookkeeping must not stop the worker that noticed
+            log.exception("could not mark MLflow run %s of stale trial %d FAILED", run_id, trial.number)
+
+
 def open_storage(url: str | None = None) -> Any:
-    """An Optuna storage object for ``url`` (see the module docstring). Raises TrainforgeError on a bad URL."""
+    """An Optuna storage object for ``url`` (see the module docstring).
+
+    Raises TrainforgeError on a bad URL, ConfigError on bad heartbeat settings (:func:`heartbeat_settings`).
+    """
     import optuna
 
-    from .tracking import sqlite_lock
+    from .locks import driver_url, storage_lock
 
     url = url or DEFAULT_STORAGE
+    interval, grace = heartbeat_settings()
     try:
         if "://" not in url:
             if not url.endswith(JOURNAL_SUFFIXES):
@@ -81,11 +154,10 @@ def open_storage(url: str | None = None) -> Any:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             # A trial whose worker died (no heartbeat for HEARTBEAT_GRACE s) is marked FAIL by the next
             # worker, and RetryHeartbeatStaleTrialCallback (Optuna >= 4.9 name) enqueues it again.
-            retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
-            with sqlite_lock(url):  # processes starting together must not both create the schema
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                                  grace_period=HEARTBEAT_GRACE,
-                                                  heartbeat_stale_trial_callback=retry)
+            with storage_lock(url):  # processes starting together must not both create the schema
+                return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine, heartbeat_interval=interval,
+                                                  grace_period=grace,
+                                                  heartbeat_stale_trial_callback=StaleTrialCallback(MAX_RETRY))
     except TrainforgeError:
         raise
     except Exception as exc:  # SQLAlchemy ArgumentError / NoSuchModuleError / OperationalError, OSError

@@ -60,22 +60,12 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
 
 @contextlib.contextmanager
 def sqlite_lock(uri: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<db>.lock`` beside a SQLite store (no-op elsewhere or without fcntl)."""
-    if not uri.startswith("sqlite:///") or uri.endswith(":memory:"):
+    """An exclusive ``flock`` on ``<db>.lock`` beside a SQLite store (no-op elsewhere or without fcntl);
+    see :func:`trainforge.locks.storage_lock`."""
+    from .locks import NullLock, storage_lock
+
+    with storage_lock(uri) if uri.startswith("sqlite:///") else NullLock():
         yield
-        return
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    lock = Path(uri[len("sqlite:///"):].partition("?")[0] + ".lock")
-    with open(lock, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _experiment_id(mlflow: Any, uri: str, name: str) -> str:

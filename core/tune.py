@@ -9,7 +9,11 @@ parent run, export the best model through the ONNX gate, register it (:mod:`trai
 
 Counting: each process runs exactly its own ``n_trials`` (Optuna's ``optimize(n_trials=...)`` counts the
 trials it ran, whatever their state), split evenly over its ``n_jobs`` workers. Two processes asked for
-6 trials each on one study end with 12 finished trials.
+6 trials each on one study end with 12 finished trials. With ``study_trials=N`` (``--study-trials``) the
+target is the study's instead: every process (and each of its workers) runs trials until the study holds
+exactly N finished (COMPLETE or PRUNED) trials, whoever ran them, picking up the retries of trials whose
+worker died (:mod:`trainforge.study_target`); ``n_trials``, if also given, caps the trials this command
+runs (split over its workers like without a target).
 
 Ctrl-C: the running trial becomes FAIL and its MLflow run KILLED (Optuna marks a trial FAIL when
 ``KeyboardInterrupt`` escapes the objective, then re-raises it); finished trials stay in the storage;
@@ -31,8 +35,8 @@ from .errors import ConfigError, TrainforgeError
 log = logging.getLogger(__name__)
 
 DEFAULT_N_TRIALS = 20
-TUNE_KEYS = frozenset({"n_trials", "timeout", "study", "storage", "sampler", "pruner", "metric", "direction",
-                       "n_jobs", "seed", "refit", "register", "models", "optimizers"})
+TUNE_KEYS = frozenset({"n_trials", "study_trials", "timeout", "study", "storage", "sampler", "pruner", "metric",
+                       "direction", "n_jobs", "seed", "refit", "register", "models", "optimizers"})
 
 
 @dataclass
@@ -89,6 +93,7 @@ def tune(
     dataset: str | None = None,
     epochs: int | None = None,
     n_trials: int | None = None,
+    study_trials: int | None = None,
     timeout: float | None = None,
     study: str | None = None,
     storage: str | None = None,
@@ -108,8 +113,14 @@ def tune(
     """Run (or resume) a study; see the module docstring. ``models``/``optimizers``: names or ``"a,b"``.
 
     ``seed`` seeds the sampler (worker ``i`` of ``n_jobs`` uses ``seed + i``); the data split and weight
-    initialisation follow ``trainer.seed`` as in ``train``. Raises TrainforgeError subclasses for bad
-    settings, storages, study names or search spaces, before any trial runs.
+    initialisation follow ``trainer.seed`` as in ``train``.
+
+    ``n_trials``: trials this call runs (default 20; unlimited with only ``timeout``). ``study_trials``:
+    run until the study holds exactly this many finished (COMPLETE or PRUNED) trials, counting every
+    process sharing the study; then ``n_trials`` is an optional cap for this call. ``timeout`` (seconds):
+    start no trial after it. Raises TrainforgeError subclasses for bad settings, storages, study names or
+    search spaces, before any trial runs, and TrainforgeError when a ``study_trials`` study accumulates more
+    than ``study_trials + 3`` failed trials.
     """
     import optuna
 
@@ -131,11 +142,15 @@ def tune(
         raise ConfigError(f"unknown key(s) in tune: {', '.join(sorted(set(section) - TUNE_KEYS))}; "
                           f"valid: {', '.join(sorted(TUNE_KEYS))}")
     space_overrides = raw.pop("search_space", None)
-    given = {"models": _names(models), "optimizers": _names(optimizers), "n_trials": n_trials, "timeout": timeout,
+    given = {"models": _names(models), "optimizers": _names(optimizers), "n_trials": n_trials,
+             "study_trials": study_trials, "timeout": timeout,
              "study": study, "storage": storage, "sampler": sampler, "pruner": pruner, "metric": metric,
              "direction": direction, "n_jobs": n_jobs, "seed": seed, "refit": refit, "register": register}
     opts = {**section, **{k: v for k, v in given.items() if v is not None}}
     opts["models"], opts["optimizers"] = _names(opts.get("models")), _names(opts.get("optimizers"))
+    target = opts.get("study_trials")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 1):
+        raise ConfigError(f"study_trials must be a whole number >= 1, got {target!r}")
 
     # 1. Storage and, when resuming, the study's stored settings.
     storage_obj = study_mod.open_storage(opts.get("storage"))
@@ -207,9 +222,12 @@ def tune(
 
     # 4. Trials, here or in worker processes.
     plan = Plan(name, opts.get("storage"), _jsonable(settings), parent, experiment_name, tracking_uri,
-                sampler_seed, quiet, max_epochs, logging.getLogger().getEffectiveLevel())
+                sampler_seed, quiet, max_epochs, logging.getLogger().getEffectiveLevel(), study_trials=target)
     total = opts.get("n_trials")
-    total = None if total is None and opts.get("timeout") else int(total or DEFAULT_N_TRIALS)
+    if total is None and (target is not None or opts.get("timeout")):
+        total = None  # no per-command count: the study target or the timeout decides
+    else:
+        total = int(total or DEFAULT_N_TRIALS)
     jobs = max(1, int(opts.get("n_jobs") or 1))
     interrupted, ran = False, [0]
     try:

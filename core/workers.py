@@ -3,7 +3,10 @@
 Workers are processes, not threads (the GIL): ``multiprocessing`` with the *spawn* start method, so
 a worker is a fresh interpreter (no forked torch/MLflow state) and works the same from a notebook.
 Each worker opens the storage itself, loads the data once, and runs exactly its share of the trials
-(``study.optimize(n_trials=...)`` counts the trials it ran, whatever their state).
+(``study.optimize(n_trials=...)`` counts the trials it ran, whatever their state) or, with a study-wide
+target (``Plan.study_trials``), runs trials until the study holds that many finished ones
+(:mod:`trainforge.study_target`). Every trial records its process in the user attrs ``trainforge.host``
+and ``trainforge.pid``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ class Plan:
     quiet: bool
     max_epochs: int
     log_level: int = logging.WARNING
+    study_trials: int | None = None  # run until the study holds this many finished trials (all workers)
 
 
 def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: int, *, bundle: Any = None,
@@ -41,7 +45,10 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     """Run ``n_trials`` trials (or until ``timeout`` seconds) of ``plan`` in this process; returns how many ran
     (also kept in ``counter[0]``, which survives an interrupt).
 
-    ``KeyboardInterrupt`` propagates after Optuna has marked the running trial FAIL.
+    With ``plan.study_trials``: run trials until the study holds that many finished trials, at most
+    ``n_trials`` here (``None``: no cap), see :func:`trainforge.study_target.run_until`.
+    ``KeyboardInterrupt`` propagates after Optuna has marked the running trial FAIL; TrainforgeError when
+    a ``study_trials`` study has too many failed trials.
     """
     import optuna
 
@@ -75,7 +82,22 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     def count(_study: Any, _trial: Any) -> None:
         ran[0] += 1
 
-    study.optimize(objective, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[count])
+    if plan.study_trials is not None:
+        from .locks import storage_lock
+        from .study_target import run_until
+
+        lock = storage_lock(plan.storage or study_mod.DEFAULT_STORAGE, f"study-{plan.study}")
+        run_until(study, objective, plan.study_trials, lock, max_trials=n_trials, timeout=timeout,
+                  callbacks=[count])
+        return ran[0]
+
+    from .study_target import mark_owner
+
+    def owned(trial: Any) -> float:
+        mark_owner(trial)
+        return objective(trial)
+
+    study.optimize(owned, n_trials=n_trials, timeout=timeout, catch=(Exception,), callbacks=[count])
     return ran[0]
 
 
@@ -105,7 +127,8 @@ def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: i
                 counter: list[int] | None = None) -> int:
     """Run trials in ``jobs`` spawned processes (not threads: the GIL) sharing the study's storage.
 
-    ``n_trials`` is split evenly (worker ``i`` gets ``n // jobs`` plus one of the remainder); each worker
+    ``n_trials`` is split evenly (worker ``i`` gets ``n // jobs`` plus one of the remainder; ``None``: no
+    per-worker limit, e.g. with ``plan.study_trials``); each worker
     uses ``cpu_count // jobs`` torch threads. On Ctrl-C the workers (which share the terminal's process
     group) get 10 s to record their interrupted trials, then SIGINT, then termination.
     """

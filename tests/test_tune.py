@@ -44,6 +44,13 @@ def study_runs(client, name: str) -> tuple[object, list]:
     return parents[0], children
 
 
+def tie_broken_best(study):
+    """The best trial as documented for export: among trials tied on the value, the lower ``val_loss``
+    user attr, then the earlier number (Optuna's ``best_trial`` takes the first of the tied ones)."""
+    tied = [t for t in study.trials if t.state == TrialState.COMPLETE and t.value == study.best_value]
+    return min(tied, key=lambda t: (t.user_attrs["val_loss"], t.number))
+
+
 def artifacts(client, run_id: str, path: str | None = None) -> set[str]:
     out: set[str] = set()
     for info in client.list_artifacts(run_id, path):
@@ -176,7 +183,7 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
                            "--output", "pred.csv", "--json").output)
     assert scored["metrics"]["accuracy"] == pytest.approx(out["test_metrics"]["test_accuracy"])
     assert out["test_metrics"]["test_accuracy"] == pytest.approx(
-        client.get_run(study.best_trial.user_attrs["mlflow_run_id"]).data.metrics["test_accuracy"], abs=1e-6)
+        client.get_run(tie_broken_best(study).user_attrs["mlflow_run_id"]).data.metrics["test_accuracy"], abs=1e-6)
 
     # resume: stored settings, trial numbers continue, same parent, refit on train+val, a new version
     again = last_json(cli("tune", "--study", "iris-s", "--n-trials", "2", "--refit", "--quiet", "--json").output)
@@ -192,7 +199,8 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
     trial_run = client.get_run(study.trials[0].user_attrs["mlflow_run_id"])
     assert int(refits[0].data.params["data.train_size"]) == \
         int(trial_run.data.params["data.train_size"]) + int(trial_run.data.params["data.val_size"])
-    assert int(refits[0].data.params["trainer.epochs"]) == study.best_trial.user_attrs["best_epoch"]
+    best = tie_broken_best(study)
+    assert int(refits[0].data.params["trainer.epochs"]) == best.user_attrs["best_epoch"]
     v2 = client.get_model_version("iris-s", "2")
     assert v2.tags["trainforge.source_run_id"] == refits[0].info.run_id
 
@@ -201,7 +209,7 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
         cli("tune", "--study", "iris-s", "--model", "cnn", "--dataset", "digits", "--n-trials", "1", ok=False))
     cli("export", "--study", "iris-s", "--output", "best.onnx")
     meta = trainforge.exporter.read_metadata("best.onnx")
-    assert meta["mlflow_run_id"] == study.best_trial.user_attrs["mlflow_run_id"]
+    assert meta["mlflow_run_id"] == best.user_attrs["mlflow_run_id"]
 
 
 # -- pruned and failed trials, recorded on both sides ---------------------------------------------------
