@@ -98,6 +98,18 @@ def _measure(contenders: dict[str, Callable], batch: int, repeats: int) -> dict[
     return out
 
 
+def _idle_cpu(fn: Callable[[], Any], idle: float = 0.1, rounds: int = 10) -> float:
+    """CPU seconds this process burns while idle for ``idle`` s right after one call (thread-pool spinning);
+    median over ``rounds``."""
+    out = []
+    for _ in range(rounds):
+        fn()
+        started = time.process_time()
+        time.sleep(idle)
+        out.append(time.process_time() - started)
+    return statistics.median(out)
+
+
 def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: int) -> None:
     """CUDA provider with IO binding vs torch on CUDA; skipped, and said so, without a usable GPU."""
     import torch
@@ -159,7 +171,7 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
     test = bundle.test.x.numpy()
     pool = np.ascontiguousarray(np.concatenate([test] * (1024 // len(test) + 1))[:1024])
     info: dict[str, dict[str, Any]] = {}
-    quant_rows, latency_rows = [], []
+    quant_rows, latency_rows, idle_rows = [], [], []
     for name in models:
         log(f"[inference] training and exporting {name} ({epochs} epochs)")
         trained = _train(name, epochs)
@@ -181,6 +193,9 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
                     "1" if contender == "torch eager" else speed.fmt(),
                 ])
                 speedups[(batch, contender)] = speed
+        x1 = np.ascontiguousarray(pool[:1])
+        for contender, fn in _contenders(trained["onnx"], str(q.path), module, x1, threads).items():
+            idle_rows.append([name.upper(), contender, f"{_idle_cpu(fn) * 1e3:.1f}"])
         s1 = speedups[(1, "ORT fp32 (tuned)")]
         section.checks.append(Check(f"ORT fp32 / torch eager speed-up at batch 1, {name.upper()}", s1.median, 3.0,
                                     op=">=", note=f"min {s1.min:.2f}, max {s1.max:.2f}"))
@@ -203,6 +218,11 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
         f"onnxruntime {ort.__version__}, tuned options (`trainforge.predictor.session_options`): {opts}.", "")
     section.table(["model", "batch", "runtime", "p50 µs", "p99 µs", "rows/s", "speed-up vs torch (p50)"],
                   latency_rows)
+    section.add("CPU left busy after a call: milliseconds of CPU this process used during the 100 ms of idle "
+                "time right after one batch-1 call (median of 10). onnxruntime's default options keep the pool "
+                "threads spinning after a call; the tuned options spin only inside a call "
+                "(`session.force_spinning_stop`).", "")
+    section.table(["model", "runtime", "CPU ms in 100 ms idle after a call"], idle_rows)
     section.add("### int8 (`trainforge export RUN_ID --quantize int8`)", "",
                 "Accuracy on the run's test split (360 rows: one row is 0.28 points). Speed-up is p50 latency "
                 "vs torch eager (and vs ORT fp32) at batch 1 / 64 / 1024.", "")
@@ -223,6 +243,7 @@ def _describe(threads: int) -> dict[str, str]:
     o = session_options(threads)
     return {"intra_op_num_threads": str(o.intra_op_num_threads), "inter_op_num_threads": str(o.inter_op_num_threads),
             "allow_spinning": o.get_session_config_entry("session.intra_op.allow_spinning"),
+            "force_spinning_stop": o.get_session_config_entry("session.force_spinning_stop"),
             "graph_optimization_level": str(o.graph_optimization_level).rsplit(".", 1)[-1]}
 
 

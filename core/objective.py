@@ -111,12 +111,13 @@ class Objective:
             trial.set_user_attr("epochs_run", pruning.epoch)
             finish_child(pruning.run_id or self._last_run(trial), "FAIL", trial, reason=reason)
             raise
-        value = float(result.history[result.best_epoch - 1][self.metric]) if result.best_epoch else math.nan
+        best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+        value = float(best.get(self.metric, math.nan))
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epochs_run", result.epochs_run)
         trial.set_user_attr("best_epoch", result.best_epoch)
-        if result.best_epoch and "val_loss" in result.history[result.best_epoch - 1]:  # breaks ties on the metric
-            trial.set_user_attr("val_loss", float(result.history[result.best_epoch - 1]["val_loss"]))
+        if "val_loss" in best:  # breaks ties on the metric between trials
+            trial.set_user_attr("val_loss", float(best["val_loss"]))
         if not math.isfinite(value):
             finish_child(result.run_id, "FAIL", trial, reason=f"{self.metric} is {value}")
             trial.set_user_attr("fail_reason", f"{self.metric} is {value}")

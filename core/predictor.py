@@ -82,9 +82,14 @@ def session_options(threads: int | None = None, spinning: bool = False) -> Any:
     - ``intra_op_num_threads``: ``threads``, else ``$TRAINFORGE_ORT_THREADS``, else the CPUs this process
       may run on (``os.sched_getaffinity``); one inter-op thread, sequential execution (the graphs
       are chains: nothing to run in parallel).
-    - ``session.intra_op.allow_spinning = "0"``: idle pool threads sleep instead of busy-waiting, so a
-      small machine's other cores stay free (onnxruntime's thread-management docs); a batch-1 call
-      needs no pool anyway and large batches spend their time in the kernels.
+    - Spinning only inside a call: ``session.intra_op.allow_spinning = "1"`` with
+      ``session.force_spinning_stop = "1"`` (onnxruntime's session config keys; the second "forces any
+      thread-pool threads spinning stop immediately when the last of concurrent Run() calls returns").
+      Pool threads busy-wait between the operators of one call, so a batch-1 call pays no thread
+      wake-up per operator (turning spinning off entirely made the digits CNN's batch-1 latency 2x
+      slower, benchmarks/RESULTS.md), and they sleep between calls, so an idle or infrequently called
+      session leaves a small machine's cores free (onnxruntime's thread-management docs).
+      ``spinning=True`` keeps onnxruntime's default (threads also spin for a while after a call).
     - ``ORT_ENABLE_ALL``: every graph optimisation, including layout transforms and fusions.
 
     ``trainforge predict`` and ``benchmarks/bench_inference.py`` both use this function.
@@ -102,7 +107,8 @@ def session_options(threads: int | None = None, spinning: bool = False) -> Any:
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+    options.add_session_config_entry("session.force_spinning_stop", "0" if spinning else "1")
     return options
 
 

@@ -83,6 +83,8 @@ class Trainer:
         mode = config.get("mode", "auto")
         self.mode = metric_mode(self.monitor, task) if mode == "auto" else mode
         self.min_delta = float(config.get("min_delta", 0.0))
+        tie_break = config.get("tie_break", "val_loss")
+        self.tie_break = None if tie_break in (None, "", "none", self.monitor) else str(tie_break)
         self.epoch = 0
         self.history: list[dict[str, float]] = []
         self.best_epoch, self.best_value = 0, math.inf if self.mode == "min" else -math.inf
@@ -104,10 +106,19 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, event)(self, *args)
 
-    def _improved(self, value: float) -> bool:
-        if self.mode == "min":
-            return value < self.best_value - self.min_delta
-        return value > self.best_value + self.min_delta
+    def _improved(self, value: float, metrics: dict[str, float]) -> bool:
+        """Better than the best epoch by more than ``min_delta``; or, when ``tie_break`` is set, exactly equal
+        with a lower ``tie_break`` value (e.g. the same val_accuracy at a lower val_loss)."""
+        if self.mode == "min" and value < self.best_value - self.min_delta:
+            return True
+        if self.mode == "max" and value > self.best_value + self.min_delta:
+            return True
+        if self.tie_break is None or not self.best_epoch or value != self.best_value:
+            return False
+        if self.tie_break not in metrics:
+            raise ConfigError(f"trainer.tie_break metric {self.tie_break!r} is not computed; choose one of "
+                              f"{', '.join(metrics)} or none")
+        return metrics[self.tie_break] < self.history[self.best_epoch - 1][self.tie_break]
 
     def _place(self, split: Any) -> Any:
         # Small in-memory splits live on the device for the whole fit: one copy, no per-batch transfer.
@@ -198,7 +209,7 @@ class Trainer:
                         f"monitored metric {self.monitor!r} is not computed; choose one of {', '.join(metrics)}"
                     )
                 value = metrics[self.monitor]
-                if self._improved(value):
+                if self._improved(value, metrics):
                     self.best_value, self.best_epoch = value, epoch
                     self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
                     self.epochs_without_improvement = 0

@@ -35,6 +35,11 @@ from .errors import ConfigError, TrainforgeError
 log = logging.getLogger(__name__)
 
 DEFAULT_N_TRIALS = 20
+#: ``trainer.val_fraction`` for tuning unless set: the best of many trials is picked on the validation split,
+#: and on a small one the pick follows noise (digits: 180 rows at train's 0.1, one row = 0.56 points; the
+#: best of 30 trials scored 0.994 there but 0.972 on the test split). 0.2 doubles it; the test split,
+#: drawn first, is the same as ``train``'s. ``--refit`` gives the held-out rows back to the final model.
+TUNE_VAL_FRACTION = 0.2
 TUNE_KEYS = frozenset({"n_trials", "study_trials", "timeout", "study", "storage", "sampler", "pruner", "metric",
                        "direction", "n_jobs", "seed", "refit", "register", "models", "optimizers"})
 
@@ -159,6 +164,8 @@ def tune(
     if epochs:
         flags["trainer"] = {"epochs": int(epochs)}
     base = config_mod.merge(stored.get("base"), raw, config_mod.parse_overrides(list(overrides)), flags)
+    # Trials are chosen on the validation split: hold out more than train's 10% unless told otherwise.
+    base.setdefault("trainer", {}).setdefault("val_fraction", TUNE_VAL_FRACTION)
     settings = {
         "models": opts["models"] or stored.get("models") or [(raw.get("model") or {}).get("name")
                                                             or config_mod.DEFAULT_SELECTION["model"]],

@@ -127,3 +127,29 @@ def test_csv_task_override_and_feature_subset(cli, workdir):
 ])
 def test_infer_task(values, task):
     assert infer_task(pd.Series(values)) == task
+
+
+@pytest.mark.parametrize("tie_break", ["val_loss", "none"])
+def test_ties_of_the_monitored_metric_are_broken_by_validation_loss(tie_break):
+    """iris has 15 validation rows: val_accuracy ties between epochs all the time. With the default
+    ``tie_break: val_loss`` the kept epoch is the best by (accuracy, then lower loss); without, the first
+    epoch that reached the best accuracy."""
+    import torch
+    from trainforge.api import build_config, load_data
+    from trainforge.modeling import build_model, build_optimizer
+    from trainforge.tasks import get_task
+    from trainforge.trainer import Trainer
+
+    cfg = build_config(dataset__name="iris", model__name="mlp", trainer__epochs=40, trainer__patience=0,
+                       trainer__monitor="val_accuracy", trainer__tie_break=tie_break, trainer__device="cpu")
+    bundle = load_data(cfg)
+    torch.manual_seed(0)
+    model = build_model(cfg["model"], bundle.meta)
+    optimizer = build_optimizer({"name": "adam", "lr": 0.01}, model.parameters())
+    trainer = Trainer(model, optimizer, get_task("classification"), cfg["trainer"], output_dim=3).fit(bundle)
+    acc = [h["val_accuracy"] for h in trainer.history]
+    loss = [h["val_loss"] for h in trainer.history]
+    tied = [e for e, a in enumerate(acc) if a == max(acc)]
+    assert len(tied) > 1, "no tie to break: the test would not test anything"
+    expected = min(tied, key=lambda e: loss[e]) if tie_break != "none" else tied[0]
+    assert trainer.best_epoch == expected + 1
