@@ -9,6 +9,7 @@ either way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import tempfile
@@ -222,19 +223,34 @@ def _run(
 
     # The best epoch's weights are what test metrics, the checkpoint and the export use.
     trainer.restore_best()
-    test = {f"test_{k}": v for k, v in trainer.evaluate(bundle.test).items()}
-    if run_id is None:  # a DDP rank other than 0: nothing to log or export
-        return TrainResult(None, None, test, trainer.best_epoch, len(trainer.history), trainer.seconds, cfg)
-    summary = {**test, "best_epoch": trainer.best_epoch, "epochs_run": len(trainer.history),
-               "train_seconds": trainer.seconds}
-    mlflow.log_metrics(summary, run_id=run_id)
-    reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
+    try:  # meanwhile the MLflow logger writes the last epochs' metrics in the background
+        test = {f"test_{k}": v for k, v in trainer.evaluate(bundle.test).items()}
+        if run_id is None:  # a DDP rank other than 0: nothing to log or export
+            return TrainResult(None, None, test, trainer.best_epoch, len(trainer.history), trainer.seconds, cfg)
+        summary = {**test, "best_epoch": trainer.best_epoch, "epochs_run": len(trainer.history),
+                   "train_seconds": trainer.seconds}
+        mlflow.log_metrics(summary, run_id=run_id)
+        reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
+    except BaseException:
+        with contextlib.suppress(Exception):  # keep the original error
+            _wait_for_writers(trainer)
+        raise
+    _wait_for_writers(trainer)
 
     result = TrainResult(run_id, experiment_id, test, trainer.best_epoch, len(trainer.history), trainer.seconds,
                          cfg, history=trainer.history, model=model)
     if export:
         reporting.export_and_log(result, model, task, meta, bundle, workdir)
     return result
+
+
+def _wait_for_writers(trainer: Any) -> None:
+    """Join the MLflow logger's background write of the last epochs (re-raising its error)."""
+    from .callbacks import MLflowLogger
+
+    for cb in trainer.callbacks:
+        if isinstance(cb, MLflowLogger):
+            cb.wait()
 
 
 def _resume_point(run_id: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

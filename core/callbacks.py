@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -149,12 +150,18 @@ class MLflowLogger(Callback):
     the UI lags by at most ``flush_every`` seconds. Per-epoch calls (even MLflow's asynchronous ones,
     whose writer thread competes with the training loop for the GIL) cost small models several
     percent of their fit time (``benchmarks/``).
+
+    The end-of-fit write runs in a background thread while the caller evaluates the test split and logs
+    the run's artifacts; :meth:`wait` joins it and re-raises its error (``trainforge.train`` calls it
+    before the run ends). Writes after an exception are synchronous.
     """
 
     def __init__(self, run_id: str, flush_every: float = 10.0) -> None:
         self.run_id, self.flush_every = run_id, float(flush_every)
         self.pending: list[tuple[int, int, dict[str, float]]] = []
         self.last_flush = time.monotonic()
+        self._writer: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.last_flush = time.monotonic()
@@ -165,23 +172,49 @@ class MLflowLogger(Callback):
             self.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.flush()
+        self.flush(background=True)
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
         self.flush()
 
-    def flush(self) -> None:
-        """Write the buffered epochs now (one synchronous ``log_batch``)."""
+    def flush(self, background: bool = False) -> None:
+        """Write the buffered epochs now: one ``log_batch``, in this thread or (``background``) in a
+        writer thread that :meth:`wait` joins."""
+        self.wait()
         self.last_flush = time.monotonic()
         if not self.pending:
             return
         from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
 
         metrics = [Metric(key, float(value), stamp, step)
                    for stamp, step, values in self.pending for key, value in values.items()]
+        self.pending = []
+        if not background:
+            self._write(metrics)
+            return
+        self._writer = threading.Thread(target=self._write_catching, args=(metrics,),
+                                        name="trainforge-mlflow-writer", daemon=True)
+        self._writer.start()
+
+    def wait(self) -> None:
+        """Join the background write, if any; raises what it raised (e.g. an unreachable tracking server)."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.join()
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    def _write(self, metrics: list[Any]) -> None:
+        from mlflow.tracking import MlflowClient
+
         MlflowClient().log_batch(self.run_id, metrics=metrics)
-        self.pending.clear()
+
+    def _write_catching(self, metrics: list[Any]) -> None:
+        try:
+            self._write(metrics)
+        except BaseException as exc:  # noqa: BLE001 - re-raised by wait() in the caller's thread
+            self._error = exc
 
 
 class ResumeCheckpoint(Callback):

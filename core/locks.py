@@ -132,6 +132,16 @@ def driver_url(url: str) -> str:
     return f"postgresql://{rest}"
 
 
+def sqlite_file(url: str) -> str | None:
+    """The database file of a SQLAlchemy SQLite URL (``sqlite:///rel/f.db`` -> ``rel/f.db``,
+    ``sqlite:////abs/f.db`` -> ``/abs/f.db``, query string dropped); ``None`` for in-memory SQLite and for
+    any other URL."""
+    if "://" not in url or not url.split("://", 1)[0].lower().startswith("sqlite") or ":///" not in url:
+        return None
+    db = url.split(":///", 1)[1].partition("?")[0]
+    return db if db and db != ":memory:" else None
+
+
 def storage_lock(url: str, name: str | None = None) -> NullLock:
     """The lock called ``name`` (``None``: the store-wide lock) shared by all users of storage ``url``.
 
@@ -146,8 +156,8 @@ def storage_lock(url: str, name: str | None = None) -> NullLock:
         return FileLock(url + suffix)
     scheme = url.split("://", 1)[0].lower()
     if scheme.startswith("sqlite"):
-        db = url.split(":///", 1)[1].partition("?")[0] if ":///" in url else ""
-        return FileLock(db + suffix) if db and db != ":memory:" else NullLock()
+        db = sqlite_file(url)
+        return FileLock(db + suffix) if db else NullLock()
     if scheme.startswith(("postgresql", "postgres")):
         return PostgresLock(url, f"trainforge:{name}" if name else "trainforge")
     return NullLock()

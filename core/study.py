@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, TrainforgeError
+from .locks import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -144,9 +145,8 @@ def open_storage(url: str | None = None) -> Any:
             return optuna.storages.JournalStorage(backend)
         scheme = url.split("://", 1)[0].lower()
         if scheme.startswith("sqlite"):
-            rest = url.split(":///", 1)[1].partition("?")[0] if ":///" in url else ""
-            if rest and rest != ":memory:":  # a SQLite file: create its folder
-                Path(rest).parent.mkdir(parents=True, exist_ok=True)
+            if db := sqlite_file(url):  # a SQLite file: create its folder
+                Path(db).parent.mkdir(parents=True, exist_ok=True)
             engine = {"connect_args": {"timeout": 60}}  # wait for a writer instead of "database is locked"
         else:
             engine = {"pool_pre_ping": True}

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TrainforgeError
+from .locks import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,8 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
     import mlflow
 
     uri = tracking_uri(uri)
-    if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):  # a SQLite file: create its folder
-        Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
+    if db := sqlite_file(uri):  # a SQLite file: create its folder
+        Path(db).parent.mkdir(parents=True, exist_ok=True)
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     with sqlite_lock(uri):  # processes starting together must not both create the schema
@@ -64,7 +65,7 @@ def sqlite_lock(uri: str) -> Iterator[None]:
     see :func:`trainforge.locks.storage_lock`."""
     from .locks import NullLock, storage_lock
 
-    with storage_lock(uri) if uri.startswith("sqlite:///") else NullLock():
+    with storage_lock(uri) if sqlite_file(uri) else NullLock():
         yield
 
 
@@ -76,11 +77,10 @@ def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
                 raise TrainforgeError(f"experiment {name!r} is deleted; restore it or choose another name")
             return found.experiment_id
         location = None
-        if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):
+        if db := sqlite_file(uri):
             # artifacts live beside the database: sqlite:///mlruns/mlflow.db -> mlruns/artifacts/<experiment>
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
-            db = Path(uri[len("sqlite:///"):].partition("?")[0])
-            location = (db.parent / ARTIFACT_ROOT.name / slug).resolve().as_uri()
+            location = (Path(db).parent / ARTIFACT_ROOT.name / slug).resolve().as_uri()
         return mlflow.create_experiment(name, artifact_location=location)
     except TrainforgeError:
         raise
