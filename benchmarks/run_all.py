@@ -89,7 +89,7 @@ def _run_one(name: str, repeats: int, args: argparse.Namespace) -> Section:
     if name == "trainer":
         import bench_trainer
 
-        return bench_trainer.run(repeats=2 * repeats - 1, threads=args.threads)  # short fits: more rounds
+        return bench_trainer.run(repeats=3 * repeats, threads=args.threads)  # noisy short fits: more rounds
     if name == "inference":
         import bench_inference
 
