@@ -183,7 +183,7 @@ def _run(
 ) -> TrainResult:
     import mlflow
 
-    from . import manager, reporting
+    from . import manager, reporting, tracking
     from .context import TrainContext
     from .modeling import build_model, build_optimizer, build_scheduler
     from .tasks import get_task, metric_mode
@@ -191,7 +191,8 @@ def _run(
 
     meta, tcfg = bundle.meta, cfg["trainer"]
     if run_id is not None and resume_state is None:
-        reporting.log_params(run_id, cfg, meta)
+        with tracking.deferred_interrupt():
+            reporting.log_params(run_id, cfg, meta)
     if manager.get("model", cfg["model"]["name"]).fit == "estimator":  # fitted once, no epochs
         from .estimators import fit_and_log
 
@@ -229,8 +230,9 @@ def _run(
             return TrainResult(None, None, test, trainer.best_epoch, len(trainer.history), trainer.seconds, cfg)
         summary = {**test, "best_epoch": trainer.best_epoch, "epochs_run": len(trainer.history),
                    "train_seconds": trainer.seconds}
-        mlflow.log_metrics(summary, run_id=run_id)
-        reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
+        with tracking.deferred_interrupt():  # see its docstring: no Ctrl-C inside a database write
+            mlflow.log_metrics(summary, run_id=run_id)
+            reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             _wait_for_writers(trainer)

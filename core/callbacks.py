@@ -208,7 +208,10 @@ class MLflowLogger(Callback):
     def _write(self, metrics: list[Any]) -> None:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient().log_batch(self.run_id, metrics=metrics)
+        from .tracking import deferred_interrupt
+
+        with deferred_interrupt():
+            MlflowClient().log_batch(self.run_id, metrics=metrics)
 
     def _write_catching(self, metrics: list[Any]) -> None:
         try:

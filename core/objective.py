@@ -147,20 +147,23 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
         return
     from mlflow.tracking import MlflowClient
 
+    from .tracking import deferred_interrupt
+
     client = MlflowClient()
     try:
-        client.set_tag(run_id, STATE_TAG, state)
-        if trial.params:
-            from mlflow.entities import Param
+        with deferred_interrupt():
+            client.set_tag(run_id, STATE_TAG, state)
+            if trial.params:
+                from mlflow.entities import Param
 
-            client.log_batch(run_id, params=[Param(f"optuna.{k}", str(v)[:6000]) for k, v in trial.params.items()])
-        if state == "PRUNED":
-            client.set_tag(run_id, "trainforge.pruned_epoch", str(epoch))
-            client.delete_tag(run_id, "trainforge.error")
-            client.set_terminated(run_id, status="FINISHED")
-        elif reason:
-            client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
-        if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
-            client.set_terminated(run_id, status="KILLED" if reason and "Ctrl-C" in reason else "FAILED")
+                client.log_batch(run_id, params=[Param(f"optuna.{k}", str(v)[:6000]) for k, v in trial.params.items()])
+            if state == "PRUNED":
+                client.set_tag(run_id, "trainforge.pruned_epoch", str(epoch))
+                client.delete_tag(run_id, "trainforge.error")
+                client.set_terminated(run_id, status="FINISHED")
+            elif reason:
+                client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
+            if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
+                client.set_terminated(run_id, status="KILLED" if reason and "Ctrl-C" in reason else "FAILED")
     except Exception:  # bookkeeping must not hide the trial's own outcome
         log.exception("could not record state %s on MLflow run %s", state, run_id)

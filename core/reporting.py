@@ -142,9 +142,10 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
     from . import tracking
     from .predictor import usable_providers
 
-    mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
-    mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
-                       run_id=result.run_id)
+    with tracking.deferred_interrupt():
+        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
+        mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
+                           run_id=result.run_id)
 
     example = sample[:5]
     import onnxruntime as ort
@@ -153,14 +154,15 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
     signature = infer_signature({"input": example}, outputs)
-    info = mlflow.onnx.log_model(onnx.load(str(report.path)), name="model", signature=signature,
-                                 input_example={"input": example}, save_as_external_data=False,
-                                 onnx_execution_providers=usable_providers(),
-                                 pip_requirements=_onnx_requirements())
-    result.model_uri = info.model_uri
     from mlflow.tracking import MlflowClient
 
-    MlflowClient().set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
+    with tracking.deferred_interrupt():
+        info = mlflow.onnx.log_model(onnx.load(str(report.path)), name="model", signature=signature,
+                                     input_example={"input": example}, save_as_external_data=False,
+                                     onnx_execution_providers=usable_providers(),
+                                     pip_requirements=_onnx_requirements())
+        MlflowClient().set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
+    result.model_uri = info.model_uri
     result.onnx_path = tracking.download(result.run_id, "onnx/model.onnx")
     result.parity = {str(k): v for k, v in report.max_abs_diff.items()}
 

@@ -14,6 +14,8 @@ import contextlib
 import logging
 import os
 import re
+import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,21 +110,67 @@ def run_status(run_id: str) -> Iterator[None]:
     _end(client, run_id, "FINISHED", None)
 
 
+@contextlib.contextmanager
+def deferred_interrupt() -> Iterator[None]:
+    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``.
+
+    For MLflow writes: a ``KeyboardInterrupt`` raised inside a SQLite transaction can leave the store locked
+    for the rest of the process, so the run could not then be marked KILLED ("database is locked").
+    A no-op outside the main thread and when SIGINT does not have Python's default handler (e.g. nested
+    blocks). If the block raises, its exception propagates and a held Ctrl-C is dropped.
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _end(client: Any, run_id: str, status: str, error: str | None) -> None:
     import mlflow
 
     with contextlib.suppress(Exception):
         mlflow.flush_async_logging()
+    for attempt in (1, 2):
+        try:
+            with deferred_interrupt():
+                if error:
+                    client.set_tag(run_id, "trainforge.error", error[:5000])
+                active = mlflow.active_run()
+                if active is not None and active.info.run_id == run_id:
+                    mlflow.end_run(status=status)
+                else:
+                    client.set_terminated(run_id, status=status)
+            return
+        except Exception:  # the run must not hide the original error
+            if attempt == 1 and _reset_store():
+                continue  # e.g. a connection an interrupt left inside a transaction: retry on fresh ones
+            log.exception("could not mark MLflow run %s as %s", run_id, status)
+            return
+
+
+def _reset_store() -> bool:
+    """Close the tracking store's pooled database connections (rolling back what they hold); True if it could."""
+    import gc
+
     try:
-        if error:
-            client.set_tag(run_id, "trainforge.error", error[:5000])
-        active = mlflow.active_run()
-        if active is not None and active.info.run_id == run_id:
-            mlflow.end_run(status=status)
-        else:
-            client.set_terminated(run_id, status=status)
-    except Exception:  # the run must not hide the original error
-        log.exception("could not mark MLflow run %s as %s", run_id, status)
+        from mlflow.tracking._tracking_service.utils import _get_store
+
+        engine = getattr(_get_store(), "engine", None)
+        if engine is None:
+            return False
+        gc.collect()  # sessions dropped by an exception return their connections to the pool
+        engine.dispose()
+        return True
+    except Exception:  # noqa: BLE001 - best effort
+        return False
 
 
 def setup_uri(uri: str | None = None) -> str:

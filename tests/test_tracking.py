@@ -137,3 +137,21 @@ def test_experiment_and_tracking_uri_options(cli, workdir):
     assert client.get_experiment(run.info.experiment_id).name == "my-exp"
     assert run.info.status == "FINISHED"
     assert not (workdir / "mlruns" / "mlflow.db").exists()
+
+
+def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
+    """A Ctrl-C inside an MLflow write is delivered after it: the block completes, then KeyboardInterrupt."""
+    import os
+    import signal
+    import time
+
+    from trainforge.tracking import deferred_interrupt
+
+    finished = []
+    with pytest.raises(KeyboardInterrupt):
+        with deferred_interrupt():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.2)  # the signal has been handled by now: without the shield this line never ends
+            finished.append(True)
+    assert finished == [True]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
