@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import log, machine  # noqa: E402
+from trainforge.tune import TUNE_VAL_FRACTION  # noqa: E402
 
 
 def run_arm(pruner: str, args: argparse.Namespace) -> dict:
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"Digits (sklearn, 8x8), model `{args.model}`, TPE sampler seed {args.seed} in both arms, up to "
         f"{args.epochs} epochs per trial, early-stopping patience {args.patience}, metric val_accuracy "
-        "(180 validation images). See the script's docstring for the method.",
+        f"(validation split: {TUNE_VAL_FRACTION:.0%} of the 1797 images, tune's default). See the script's "
+        "docstring for the method.",
         "",
         *table,
         "",
