@@ -107,19 +107,10 @@ class StaleTrialCallback:
         self.retry(study, trial)
         log.warning("trial %d of study %s: its worker stopped sending heartbeats; marked FAIL and retried",
                     trial.number, study.study_name)
-        run_id = trial.user_attrs.get("mlflow_run_id")
-        if not run_id:
-            return
-        try:
-            from mlflow.tracking import MlflowClient
+        from .objective import finish_child  # logs MLflow errors itself, never raises them
 
-            client = MlflowClient()
-            client.set_tag(run_id, "trainforge.trial_state", "FAIL")
-            client.set_tag(run_id, "trainforge.fail_reason", "worker died (no heartbeat within the grace period)")
-            if client.get_run(run_id).info.status == "RUNNING":
-                client.set_terminated(run_id, status="FAILED")
-        except Exception:  # bookkeeping must not stop the worker that noticed
-            log.exception("could not mark MLflow run %s of stale trial %d FAILED", run_id, trial.number)
+        finish_child(trial.user_attrs.get("mlflow_run_id"), "FAIL", trial,
+                     reason="worker died (no heartbeat within the grace period)")
 
 
 def open_storage(url: str | None = None) -> Any:
@@ -152,8 +143,6 @@ def open_storage(url: str | None = None) -> Any:
             engine = {"pool_pre_ping": True}
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna 5
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            # A trial whose worker died (no heartbeat for HEARTBEAT_GRACE s) is marked FAIL by the next
-            # worker, and RetryHeartbeatStaleTrialCallback (Optuna >= 4.9 name) enqueues it again.
             with storage_lock(url):  # processes starting together must not both create the schema
                 return optuna.storages.RDBStorage(driver_url(url), engine_kwargs=engine, heartbeat_interval=interval,
                                                   grace_period=grace,
