@@ -40,8 +40,8 @@ def build_mlp(input_shape, output_dim, hidden_sizes=(128, 64), activation="relu"
 def build_cnn(input_shape, output_dim, filters1=32, filters2=64, kernel_size=3, dense=128,
               dropout1=0.25, dropout2=0.5, translate=0.125):
     """The Keras MNIST convnet (keras-io/examples/vision/mnist_convnet, 2015 version):
-    conv(filters1) -> conv(filters2) -> maxpool 2 -> dropout1 -> dense -> dropout2 -> output, behind a
-    :class:`~trainforge.plugins.layers.RandomTranslation` that shifts each training image by up to
+    conv(filters1) -> conv(filters2) -> maxpool 2 -> dropout1 -> dense -> dropout2 -> output, as a
+    :class:`~trainforge.plugins.layers.TranslatedSequential` that shifts each training image by up to
     ``translate`` of its size (0.125: one pixel of an 8x8 digit; 0 disables it; identity in eval mode and in
     the exported graph). On the digits split (tuning's 20% validation) the shift raised the mean test accuracy
     of 6 seeds from 0.978 to 0.995.
@@ -53,7 +53,7 @@ def build_cnn(input_shape, output_dim, filters1=32, filters2=64, kernel_size=3, 
     import torch
     from torch import nn
 
-    from .layers import RandomTranslation
+    from .layers import TranslatedSequential
 
     channels, height, width = (int(d) for d in input_shape)
     k = int(kernel_size)
@@ -65,9 +65,9 @@ def build_cnn(input_shape, output_dim, filters1=32, filters2=64, kernel_size=3, 
     )
     with torch.no_grad():
         flat = features(torch.zeros(1, channels, height, width)).shape[1]
-    return nn.Sequential(
-        RandomTranslation(float(translate)), features,
-        nn.Linear(flat, int(dense)), nn.ReLU(), nn.Dropout(float(dropout2)), nn.Linear(int(dense), output_dim),
+    return TranslatedSequential(
+        translate, features, nn.Linear(flat, int(dense)), nn.ReLU(), nn.Dropout(float(dropout2)),
+        nn.Linear(int(dense), output_dim),
     )
 
 
