@@ -7,13 +7,6 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 
-def check_translate(translate: float) -> float:
-    """``translate`` as a float; raises ``ValueError`` unless ``0 <= translate < 0.5``."""
-    if not 0.0 <= float(translate) < 0.5:
-        raise ValueError(f"translate must be in [0, 0.5), got {translate}")
-    return float(translate)
-
-
 def random_translation(x: torch.Tensor, translate: float) -> torch.Tensor:
     """Shift each image of ``x`` ``(N, C, H, W)`` (float) by its own random offset; same shape and dtype.
 
@@ -43,7 +36,9 @@ class TranslatedSequential(nn.Sequential):
 
     def __init__(self, translate: float, *layers: nn.Module) -> None:
         super().__init__(*layers)
-        self.translate = check_translate(translate)
+        if not 0.0 <= float(translate) < 0.5:
+            raise ValueError(f"translate must be in [0, 0.5), got {translate}")
+        self.translate = float(translate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.translate > 0.0:
