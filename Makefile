@@ -11,7 +11,7 @@ TF := $(VENV)/bin/trainforge
 TORCH_SPEC ?= $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo "torch>=2.6" || echo "torch==2.13.0")
 DEMO := mlruns/demo
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint layers bench clean
 
 install: $(VENV)/.installed
 
@@ -32,11 +32,19 @@ demo: install
 	$(TF) predict runs:/$$RUN --input $(DEMO)/digits_test.csv --target target --output $(DEMO)/predictions.csv && \
 	echo "open the MLflow UI with: $(TF) ui   (http://127.0.0.1:5000)"
 
-test: install
+test: install layers
 	$(PY) -m pytest -q
 
-lint: install
+lint: install layers
 	$(VENV)/bin/ruff check core plugins cli tests benchmarks examples
+
+# The import-linter contracts in pyproject.toml (layers, no plugin or CLI import from core, plugins on the
+# floor only). grimp reads the package from disk, and the editable install maps trainforge.plugins and
+# trainforge.cli to folders outside core/, so the check runs on the installed layout assembled in build/.
+layers: install
+	rm -rf build/layers && mkdir -p build/layers
+	cp -r core build/layers/trainforge && cp -r plugins build/layers/trainforge/plugins && cp -r cli build/layers/trainforge/cli
+	cd build/layers && PYTHONPATH=. ../../$(VENV)/bin/lint-imports --config ../../pyproject.toml --no-cache
 
 # Trainer overhead vs a raw loop and Lightning, ONNX Runtime vs torch eager (int8 too), start-up, predict
 # throughput and memory; writes benchmarks/RESULTS.md (~6-8 min on 2 cores). TORCH_SPEC is repeated so

@@ -1,10 +1,10 @@
 """Inference: the exported model in onnxruntime (fp32 and int8) vs the same model in torch eager.
 
 Both models are trained here (digits, 30 epochs, the real ``trainforge.train`` path, which exports the
-verified ONNX file). torch eager runs :class:`~trainforge.modeling.InferenceModel` (the exact module that
+verified ONNX file). torch eager runs :class:`~trainforge.training.modeling.InferenceModel` (the exact module that
 was exported: logits and softmax) under ``torch.inference_mode()``. onnxruntime runs with
-:func:`trainforge.predictor.session_options` (what ``trainforge predict`` uses) and, for reference, with
-onnxruntime's default options. The int8 model comes from :func:`trainforge.quantize.quantize_run`
+:func:`trainforge.exporting.predictor.session_options` (what ``trainforge predict`` uses) and, for reference, with
+onnxruntime's default options. The int8 model comes from :func:`trainforge.exporting.quantize.quantize_run`
 (``trainforge export --quantize int8``). Same thread count for torch and onnxruntime.
 """
 
@@ -38,7 +38,7 @@ def _p(samples: list[float], q: float) -> float:
 
 
 def _train(name: str, epochs: int) -> dict[str, Any]:
-    from trainforge.api import train
+    from trainforge.run.api import train
 
     result = train(model__name=name, dataset__name="digits", trainer__epochs=epochs, trainer__patience=0,
                    trainer__device="cpu", experiment="bench-inference", quiet=True)
@@ -46,11 +46,11 @@ def _train(name: str, epochs: int) -> dict[str, Any]:
 
 
 def _torch_model(run_id: str) -> Any:
-    from trainforge import tracking
-    from trainforge.callbacks import load_checkpoint
-    from trainforge.data import DataMeta
-    from trainforge.modeling import InferenceModel, build_model
-    from trainforge.tasks import get_task
+    from trainforge.contracts import DataMeta
+    from trainforge.tracking import store as tracking
+    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.modeling import InferenceModel, build_model
+    from trainforge.training.tasks import get_task
 
     ckpt = load_checkpoint(tracking.download(run_id, "checkpoints/best.pt"))
     meta = DataMeta.from_dict(ckpt["meta"])
@@ -62,7 +62,8 @@ def _torch_model(run_id: str) -> Any:
 def _contenders(onnx_path: str, int8_path: str, module: Any, x: np.ndarray, threads: int) -> dict[str, Callable]:
     import onnxruntime as ort
     import torch
-    from trainforge.predictor import session_options
+
+    from trainforge.exporting.predictor import session_options
 
     xt = torch.from_numpy(x)
 
@@ -113,7 +114,8 @@ def _idle_cpu(fn: Callable[[], Any], idle: float = 0.1, rounds: int = 10) -> flo
 def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: int) -> None:
     """CUDA provider with IO binding vs torch on CUDA; skipped, and said so, without a usable GPU."""
     import torch
-    from trainforge.predictor import cuda_usable
+
+    from trainforge.exporting.predictor import cuda_usable
 
     ok, why = cuda_usable()
     if not ok or not torch.cuda.is_available():
@@ -122,7 +124,8 @@ def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: 
         log(f"[inference] CUDA benchmark skipped: {reason}")
         return
     import onnxruntime as ort
-    from trainforge.predictor import session_options
+
+    from trainforge.exporting.predictor import session_options
 
     rows = []
     for name, info in models.items():
@@ -159,9 +162,10 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
 
     import onnxruntime as ort
     import torch
-    from trainforge import data as data_mod
-    from trainforge.api import build_config
-    from trainforge.quantize import quantize_run
+
+    from trainforge.exporting.quantize import quantize_run
+    from trainforge.run.api import build_config
+    from trainforge.training import data as data_mod
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -215,7 +219,7 @@ def run(repeats: int = 5, epochs: int = 30, threads: int | None = None, models: 
         f"Digits models trained here (30 epochs), batch sizes {', '.join(map(str, BATCHES))}; {repeats} "
         f"interleaved rounds of {CALLS[1]}/{CALLS[64]}/{CALLS[1024]} calls (batch 1/64/1024) per contender. "
         f"Cells: median over rounds (min–max). Threads: torch {threads}, onnxruntime {threads}. "
-        f"onnxruntime {ort.__version__}, tuned options (`trainforge.predictor.session_options`): {opts}.", "")
+        f"onnxruntime {ort.__version__}, tuned options (`trainforge.exporting.predictor.session_options`): {opts}.", "")
     section.table(["model", "batch", "runtime", "p50 µs", "p99 µs", "rows/s", "speed-up vs torch (p50)"],
                   latency_rows)
     section.add("CPU left busy after a call: milliseconds of CPU this process used during the 100 ms of idle "
@@ -238,7 +242,7 @@ def _int8_vs_fp32(speedups: dict[tuple[int, str], Stats], batch: int) -> str:
 
 
 def _describe(threads: int) -> dict[str, str]:
-    from trainforge.predictor import session_options
+    from trainforge.exporting.predictor import session_options
 
     o = session_options(threads)
     return {"intra_op_num_threads": str(o.intra_op_num_threads), "inter_op_num_threads": str(o.inter_op_num_threads),

@@ -51,7 +51,7 @@ def make_csv(path: Path, rows: int, block: int = 100_000, seed: int = 0) -> int:
 
 
 def _model(workdir: Path) -> str:
-    from trainforge.api import train
+    from trainforge.run.api import train
 
     result = train(model__name="mlp", dataset__name="digits", trainer__epochs=3, trainer__patience=0,
                    trainer__device="cpu", experiment="bench-predict", quiet=True)

@@ -4,7 +4,7 @@
     python benchmarks/bench_pruning.py --model cnn --n-trials 30 --epochs 50
     python benchmarks/bench_pruning.py --n-trials 8 --epochs 15 # a smoke run
 
-Both arms run ``trainforge.tune.tune`` with the same TPE sampler seed, the same trial count, the same
+Both arms run ``trainforge.tuning.tune.tune`` with the same TPE sampler seed, the same trial count, the same
 search space, data split and epoch budget per trial (early stopping stays on, as in a normal ``tune``).
 Only the pruner differs: ``median`` (MedianPruner, 4 startup trials, 3 warm-up epochs) vs ``none``.
 The sampler sees the pruned trials, so after its startup trials the two arms sample different points:
@@ -29,14 +29,16 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from common import log, machine  # noqa: E402
-from trainforge.tune import TUNE_VAL_FRACTION  # noqa: E402
+
+from trainforge.tuning.tune import TUNE_VAL_FRACTION  # noqa: E402
 
 
 def run_arm(pruner: str, args: argparse.Namespace) -> dict:
     """One study; returns its figures (epochs, pruned, seconds, best value, per-trial epochs)."""
     import optuna
-    from trainforge.study import open_storage
-    from trainforge.tune import tune
+
+    from trainforge.tuning.study import open_storage
+    from trainforge.tuning.tune import tune
 
     started = time.perf_counter()
     result = tune(models=args.model, dataset="digits", n_trials=args.n_trials, epochs=args.epochs,

@@ -44,8 +44,8 @@ def timed(callback: Any) -> Any:
 
 
 def _setup(model_name: str, epochs: int, batch_size: int, seed: int) -> dict[str, Any]:
-    from trainforge import data as data_mod
-    from trainforge.api import build_config
+    from trainforge.run.api import build_config
+    from trainforge.training import data as data_mod
 
     cfg = build_config(model__name=model_name, dataset__name="digits", trainer__epochs=epochs,
                        trainer__batch_size=batch_size, trainer__seed=seed, trainer__patience=0,
@@ -56,8 +56,8 @@ def _setup(model_name: str, epochs: int, batch_size: int, seed: int) -> dict[str
 
 def _fresh(cfg: dict[str, Any], meta: Any) -> tuple[Any, Any]:
     """A model with the seeded initial weights and a fresh optimizer (built through the registry)."""
-    from trainforge.api import seed_everything
-    from trainforge.modeling import build_model, build_optimizer
+    from trainforge.run.api import seed_everything
+    from trainforge.training.modeling import build_model, build_optimizer
 
     seed_everything(int(cfg["trainer"]["seed"]))
     model = build_model(cfg["model"], meta)
@@ -67,10 +67,11 @@ def _fresh(cfg: dict[str, Any], meta: Any) -> tuple[Any, Any]:
 def trainforge_fit(env: dict[str, Any], store: Path) -> dict[str, float]:
     """trainforge's Trainer with the default callbacks; returns fit seconds and per-part costs."""
     import mlflow
+
     from trainforge import manager
-    from trainforge.context import TrainContext
-    from trainforge.tasks import get_task
-    from trainforge.trainer import Trainer
+    from trainforge.contracts import TrainContext
+    from trainforge.training.tasks import get_task
+    from trainforge.training.trainer import Trainer
 
     cfg, bundle = env["cfg"], env["bundle"]
     model, optimizer = _fresh(cfg, bundle.meta)
@@ -154,7 +155,8 @@ def lightning_fit(env: dict[str, Any]) -> dict[str, float]:
     import torch
     from torch.nn import functional as F  # noqa: N812
     from torch.utils.data import DataLoader, TensorDataset
-    from trainforge.modeling import build_optimizer
+
+    from trainforge.training.modeling import build_optimizer
 
     cfg, bundle = env["cfg"], env["bundle"]
     model, _ = _fresh(cfg, bundle.meta)
@@ -224,7 +226,8 @@ def run(repeats: int = 5, epochs: int = 30, short: int = 10, batch_size: int = 6
 
     import mlflow
     import torch
-    from trainforge import tracking
+
+    from trainforge.tracking import store as tracking
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)

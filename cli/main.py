@@ -14,6 +14,7 @@ import sys
 from typing import Any
 
 import click
+
 from trainforge import TrainforgeError, __version__
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
@@ -93,7 +94,7 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
           as_json: bool, resume: str | None, nproc: int) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from trainforge.distributed import launch
+        from trainforge.training.distributed import launch
 
         argv = sys.argv[1:]
         for i, arg in enumerate(argv):  # the same command, minus --nproc, in N processes
@@ -104,8 +105,8 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
                 del argv[i]
                 break
         raise SystemExit(launch(argv, nproc))
-    from trainforge import distributed
-    from trainforge.api import train as run_train
+    from trainforge.run.api import train as run_train
+    from trainforge.training import distributed
 
     result = run_train(
         config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
@@ -151,12 +152,12 @@ def export(run_id: str | None, study: str | None, storage: str | None, output: s
            log_to_run: bool, part: str | None, quantize: str | None, tracking_uri: str | None,
            as_json: bool) -> None:
     """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
-    from trainforge.exporter import export as run_export
+    from trainforge.exporting.exporter import export as run_export
 
     if (run_id is None) == (study is None):
         raise click.UsageError("give a RUN_ID or --study NAME (one of them)")
     if study:
-        from trainforge.tune import export_study_best
+        from trainforge.tuning.tune import export_study_best
 
         report = export_study_best(study, output, storage=storage, tracking_uri=tracking_uri, opset=opset,
                                    log_to_run=log_to_run)
@@ -165,7 +166,7 @@ def export(run_id: str | None, study: str | None, storage: str | None, output: s
                             part=part)
     quantized = None
     if quantize:
-        from trainforge.quantize import quantize_run
+        from trainforge.exporting.quantize import quantize_run
 
         source_run = report.metadata.get("mlflow_run_id") or run_id
         quantized = quantize_run(source_run, report.path, tracking_uri=tracking_uri)
@@ -199,7 +200,7 @@ Examples:
 def predict(model: str, input_path: str, output: str | None, target: str | None, provider: str,
             no_fallback: bool, tracking_uri: str | None, as_json: bool) -> None:
     """Predict with an ONNX model (a .onnx path or runs:/RUN_ID) using onnxruntime."""
-    from trainforge.predictor import predict as run_predict
+    from trainforge.exporting.predictor import predict as run_predict
 
     result = run_predict(model, input_path, output, target=target, provider=provider,
                          allow_fallback=not no_fallback, tracking_uri=tracking_uri)
@@ -254,12 +255,13 @@ Examples:
 def data(run_id: str | None, dataset: str | None, params: tuple[str, ...], split: str, output: str,
          tracking_uri: str | None) -> None:
     """Write a split of a dataset (raw features plus a `target` column) to CSV or Parquet."""
-    from trainforge import data as data_mod
-    from trainforge.api import build_config
+    from trainforge.run.api import build_config
+    from trainforge.training import data as data_mod
 
     if run_id:
         import yaml
-        from trainforge import tracking
+
+        from trainforge.tracking import store as tracking
 
         tracking.setup_uri(tracking_uri)
         with open(tracking.download(run_id, "config.yaml")) as fh:
@@ -282,8 +284,8 @@ def ui(port: int, host: str, tracking_uri: str | None) -> None:
     import subprocess
     from pathlib import Path
 
-    from trainforge.tracking import ARTIFACT_ROOT
-    from trainforge.tracking import tracking_uri as resolve_uri
+    from trainforge.tracking.store import ARTIFACT_ROOT
+    from trainforge.tracking.store import tracking_uri as resolve_uri
 
     uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):  # a SQLite file: create its folder

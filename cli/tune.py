@@ -1,4 +1,4 @@
-"""``trainforge tune``: parse, call :func:`trainforge.tune.tune`, print a rich summary or one JSON object.
+"""``trainforge tune``: parse, call :func:`trainforge.tuning.tune.tune`, print a rich summary or one JSON object.
 
 Optuna, torch and MLflow are imported inside the command, so ``trainforge --help`` stays fast.
 """
@@ -66,7 +66,7 @@ def tune(config_file: str | None, params: tuple[str, ...], model: str | None, da
          n_jobs: int | None, seed: int | None, refit: bool | None, register: str | None, no_export: bool,
          experiment: str | None, tracking_uri: str | None, quiet: bool, as_json: bool) -> None:
     """Search hyperparameters with Optuna; one MLflow parent run per study, one child run per trial."""
-    from trainforge.tune import tune as run_tune
+    from trainforge.tuning.tune import tune as run_tune
 
     result = run_tune(
         config_file, overrides=params, models=model, optimizers=optimizer, dataset=dataset, epochs=epochs,

@@ -16,24 +16,36 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-from .errors import ConfigError, DataError, ExportError, PluginError, TrainforgeError
-from .hookspecs import hookimpl, hookspec
-from .specs import ArrayData, CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TaskSpec
+from trainforge.errors import ConfigError, DataError, ExportError, PluginError, TrainforgeError
+from trainforge.hookspecs import hookimpl, hookspec
+from trainforge.specs import (
+    STREAMING_AUTO_BYTES,
+    ArrayData,
+    CallbackSpec,
+    DatasetSpec,
+    ModelSpec,
+    OptimizerSpec,
+    SchedulerSpec,
+    TableFile,
+    TaskSpec,
+)
 
 __version__ = "0.1.0"
 
 # name -> module that defines it, imported on first access (PEP 562) to keep start-up light.
 _LAZY = {
-    "train": "api",
-    "build_config": "api",
-    "TrainResult": "api",
-    "export": "exporter",
-    "predict": "predictor",
-    "Callback": "callbacks",
-    "Trainer": "trainer",
-    "Task": "tasks",
-    "TrainContext": "context",
-    "DataMeta": "data",
+    "train": "run.api",
+    "build_config": "run.api",
+    "TrainResult": "contracts",
+    "export": "exporting.exporter",
+    "predict": "exporting.predictor",
+    "Callback": "contracts",
+    "Trainer": "training.trainer",
+    "Task": "contracts",
+    "TrainContext": "contracts",
+    "DataMeta": "contracts",
+    "DataBundle": "contracts",
+    "TensorSplit": "contracts",
     "get_plugin_manager": "manager",
 }
 
@@ -47,7 +59,9 @@ __all__ = [
     "ModelSpec",
     "OptimizerSpec",
     "PluginError",
+    "STREAMING_AUTO_BYTES",
     "SchedulerSpec",
+    "TableFile",
     "TaskSpec",
     "TrainforgeError",
     "__version__",

@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from trainforge.errors import ConfigError
 
 PLUGIN_SECTIONS = ("model", "optimizer", "dataset", "scheduler")
 SECTIONS = (*PLUGIN_SECTIONS, "trainer")
@@ -114,7 +114,7 @@ def resolve(tree: dict[str, Any]) -> dict[str, Any]:
     Raises :class:`ConfigError` for an unknown hyperparameter (listing the valid ones) and
     :class:`PluginError` for an unknown plugin name (listing the available ones).
     """
-    from . import manager
+    from trainforge import manager
 
     out: dict[str, Any] = {}
     for section in PLUGIN_SECTIONS:

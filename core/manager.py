@@ -22,9 +22,9 @@ from typing import Any
 
 import pluggy
 
-from . import hookspecs
-from .errors import PluginError
-from .specs import CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TaskSpec
+from trainforge import hookspecs
+from trainforge.errors import PluginError
+from trainforge.specs import CallbackSpec, DatasetSpec, ModelSpec, OptimizerSpec, SchedulerSpec, TaskSpec
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,8 @@ DEFAULT_PLUGINS = (
     "trainforge.plugins.optimizers",
     "trainforge.plugins.datasets",
     "trainforge.plugins.schedulers",
-    "trainforge.plugins.callbacks",
-    "trainforge.plugins.tasks",
+    "trainforge.training.hooks",
+    "trainforge.tracking.hooks",
     "trainforge.plugins.sequence",
     "trainforge.plugins.series",
     "trainforge.plugins.autoencoder",
@@ -134,7 +134,7 @@ def _origin(pm: pluggy.PluginManager, plugin: object, plugin_name: str) -> tuple
         if registered is plugin:
             return dist.project_name, dist.version
     if plugin_name.startswith("trainforge."):
-        from . import __version__
+        from trainforge import __version__
 
         return "trainforge", __version__
     return "(local)", ""

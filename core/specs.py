@@ -16,10 +16,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     import optuna
     import torch
 
-    from .callbacks import Callback
-    from .context import TrainContext
-    from .data import DataMeta
-    from .tasks import Task
+    from trainforge.contracts import Callback, DataMeta, Task, TrainContext
 
 SearchSpace = Callable[["optuna.Trial"], dict[str, Any]]
 TASKS = ("classification", "regression")
@@ -185,3 +182,32 @@ class ArrayData:
     ordered: bool = False
     gap: int = 0
     layout: Literal["auto", "sequence"] = "auto"
+
+
+#: a table file larger than this streams when its dataset's ``streaming`` setting is ``"auto"`` (bytes: 1 GiB)
+STREAMING_AUTO_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class TableFile:
+    """A CSV or Parquet file a dataset plugin hands to core to stream instead of loading it in memory.
+
+    Core reads it through pyarrow in record batches (Parquet row groups, CSV blocks) and splits rows by a
+    stable hash of their index (see :mod:`trainforge.training.streaming`), so memory stays bounded by one
+    batch plus the shuffle buffer whatever the file size. A ``load`` function that returns one must accept
+    ``split`` (it is then called with the split settings).
+
+    - ``path``: the file; ``format``: ``"csv"`` or ``"parquet"``.
+    - ``target``: the target column (``None``: the last column); ``features``: the feature columns
+      (``None``: every other column).
+    - ``task``: ``"auto"`` (integral targets with at most 50 values are class labels), ``"classification"``
+      or ``"regression"``.
+    - ``delimiter``: the CSV field delimiter.
+    """
+
+    path: str
+    format: Literal["csv", "parquet"]
+    target: str | None = None
+    features: list[str] | None = None
+    task: str = "auto"
+    delimiter: str = ","

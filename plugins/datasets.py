@@ -51,11 +51,9 @@ def infer_task(values) -> str:
 
 
 def wants_streaming(file: Path, streaming) -> bool:
-    """``streaming``: true, false or ``"auto"`` (files above ``trainforge.streaming.AUTO_THRESHOLD`` bytes)."""
+    """``streaming``: true, false or ``"auto"`` (files above ``trainforge.STREAMING_AUTO_BYTES`` bytes)."""
     if isinstance(streaming, str) and streaming.lower() == "auto":
-        from trainforge.streaming import AUTO_THRESHOLD
-
-        return file.stat().st_size > AUTO_THRESHOLD
+        return file.stat().st_size > trainforge.STREAMING_AUTO_BYTES
     return bool(streaming)
 
 
@@ -64,7 +62,7 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
 
     Errors name the file, the line and the column: a missing file, a missing column, a non-numeric feature
     value, an empty cell or NaN in a feature. With ``streaming`` the file is read in blocks through
-    pyarrow (see :mod:`trainforge.streaming`) instead of into memory.
+    pyarrow (core streams the :class:`trainforge.TableFile` it returns) instead of into memory.
     """
     import pandas as pd
 
@@ -74,9 +72,7 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
     if not file.is_file():
         raise DataError(f"{file}: no such file")
     if split is not None and wants_streaming(file, streaming):
-        from trainforge.streaming import open_table
-
-        return open_table(file, target, features, task, split, name="csv", delimiter=delimiter)
+        return trainforge.TableFile(str(file), "csv", target, features, task, delimiter)
     try:
         frame = pd.read_csv(file, sep=delimiter)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -88,7 +84,7 @@ def load_parquet(path=None, target=None, features=None, task="auto", streaming="
     """A Parquet file: ``target`` (default: the last column) and numeric feature columns, as ``csv``.
 
     Errors name the file, the row (1-based) and the column. With ``streaming`` the file is read in
-    row groups through pyarrow (see :mod:`trainforge.streaming`) instead of into memory.
+    row groups through pyarrow (core streams the :class:`trainforge.TableFile` it returns) instead of into memory.
     """
     import pandas as pd
 
@@ -98,9 +94,7 @@ def load_parquet(path=None, target=None, features=None, task="auto", streaming="
     if not file.is_file():
         raise DataError(f"{file}: no such file")
     if split is not None and wants_streaming(file, streaming):
-        from trainforge.streaming import open_table
-
-        return open_table(file, target, features, task, split, name="parquet")
+        return trainforge.TableFile(str(file), "parquet", target, features, task)
     try:
         frame = pd.read_parquet(file)
     except (OSError, ValueError) as exc:

@@ -2,7 +2,7 @@
 
 ``fit="estimator"``: trainforge fits them once on the flattened training rows (no epochs), tracks them in
 MLflow like any run, exports them with skl2onnx and predicts with the same ``trainforge predict`` (see
-:mod:`trainforge.estimators`). Estimator builders receive ``task`` and ``seed`` besides the shape.
+:mod:`trainforge.estimators.kind`). Estimator builders receive ``task`` and ``seed`` besides the shape.
 """
 
 from __future__ import annotations

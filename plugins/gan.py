@@ -86,7 +86,7 @@ def build_sample_grid(ctx):
     """A :class:`SampleGrid` for generation runs that log to MLflow; ``None`` otherwise."""
     if not ctx.run_id or getattr(ctx.task, "name", "") != "generation":
         return None
-    from trainforge.callbacks import Callback
+    from trainforge import Callback
 
     class SampleGrid(Callback):
         """After every epoch: 20 samples from the fixed ``example_input`` as ``samples/epoch_NNN.png``."""
@@ -94,6 +94,7 @@ def build_sample_grid(ctx):
         def on_epoch_end(self, trainer, epoch, metrics):
             import mlflow
             import torch
+
             from trainforge import plots
 
             model = trainer.model

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+
 from trainforge import manager
 
 BIN = Path(sys.executable).parent

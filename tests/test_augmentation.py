@@ -6,6 +6,7 @@ from __future__ import annotations
 import onnx
 import pytest
 import torch
+
 from trainforge.plugins.layers import TranslatedSequential, random_translation
 from trainforge.plugins.models import build_cnn
 

@@ -9,10 +9,11 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-import trainforge
 from conftest import error_line, last_json, mlflow_client
 from sklearn.decomposition import PCA
-from trainforge.api import load_data
+
+import trainforge
+from trainforge.run.api import load_data
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import pytest
-import trainforge
 from conftest import last_json, mlflow_client
-from trainforge.api import load_data
-from trainforge.exporter import read_metadata
+
+import trainforge
+from trainforge.exporting.exporter import read_metadata
+from trainforge.run.api import load_data
 
 TORCH_METADATA = {"task", "input_name", "input_shape", "input_dtype", "outputs", "class_names", "feature_names",
                   "normalization", "version", "mlflow_run_id", "model", "dataset", "opset", "parity_max_abs_diff",

@@ -68,8 +68,9 @@ def test_installed_model_trains_exports_and_predicts(installed, run_cli, workdir
 
     # the run's test rows, re-created in this process from the installed package's loader (same rows, seed)
     importlib.invalidate_caches()
-    from trainforge import data as data_mod
     from trainforge_example_plugin.datasets import load_moons
+
+    from trainforge.training import data as data_mod
 
     bundle = data_mod.split_arrays("example-moons", load_moons(), train["config"]["trainer"])
     data_mod.write_split(bundle, "test", str(workdir / "test.csv"))

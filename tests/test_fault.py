@@ -18,10 +18,11 @@ from pathlib import Path
 
 import optuna
 import pytest
-import trainforge
 import yaml
 from conftest import error_line, last_json, mlflow_client
 from optuna.trial import TrialState
+
+import trainforge
 
 EXE = shutil.which("trainforge", path=str(Path(sys.executable).parent)) or shutil.which("trainforge")
 PG_ENV = "TRAINFORGE_TEST_POSTGRES_URL"

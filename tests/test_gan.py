@@ -7,10 +7,11 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import torch
-import trainforge
 from conftest import mlflow_client
+
+import trainforge
 from trainforge import manager
-from trainforge.trainer import Trainer
+from trainforge.training.trainer import Trainer
 
 
 def test_gan_trains_logs_sample_grids_and_exports_the_generator(workdir, cli):
@@ -72,9 +73,9 @@ class _Counting(torch.nn.Module):
 
 
 def test_any_model_may_own_its_step():
-    from trainforge.api import build_config, load_data
-    from trainforge.modeling import TrainforgeModel, build_optimizer
-    from trainforge.tasks import get_task
+    from trainforge.run.api import build_config, load_data
+    from trainforge.training.modeling import TrainforgeModel, build_optimizer
+    from trainforge.training.tasks import get_task
 
     cfg = build_config(dataset__name="iris", trainer__epochs=4, trainer__batch_size=32, trainer__device="cpu")
     bundle = load_data(cfg)

@@ -10,10 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import trainforge
 from conftest import mlflow_client
+
+import trainforge
 from trainforge import manager
-from trainforge.data import sample_rows
+from trainforge.training.data import sample_rows
 
 # model -> (dataset, overrides): tiny but real fits on data trainforge ships
 CASES = {
@@ -62,12 +63,12 @@ def test_model_trains_exports_and_predicts(name, workdir, cli):
     assert run.info.status == "FINISHED"
     assert run.data.params["model.name"] == name and any(k.startswith("test_") for k in run.data.metrics)
     assert result.parity and max(result.parity.values()) <= 1e-4  # the export gate passed
-    from trainforge.exporter import read_metadata
+    from trainforge.exporting.exporter import read_metadata
 
     meta_onnx = read_metadata(result.onnx_path)
     assert meta_onnx["model"] == name and meta_onnx["mlflow_run_id"] == result.run_id
 
-    bundle = trainforge.api.load_data(result.config)  # the same split, re-created from the config
+    bundle = trainforge.run.api.load_data(result.config)  # the same split, re-created from the config
     meta = bundle.meta
     if getattr(result.model, "generative", False):
         x = result.model.example_input(12).numpy()

@@ -10,15 +10,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-import trainforge
 from conftest import last_json, mlflow_client
+
+import trainforge
 from trainforge import ExportError
-from trainforge.callbacks import load_checkpoint
-from trainforge.data import DataMeta
-from trainforge.data import load as load_data
-from trainforge.exporter import export_model
-from trainforge.modeling import build_model
-from trainforge.tasks import Classification
+from trainforge.contracts import DataMeta
+from trainforge.exporting.exporter import export_model
+from trainforge.training.callbacks import load_checkpoint
+from trainforge.training.data import load as load_data
+from trainforge.training.modeling import build_model
+from trainforge.training.tasks import Classification
 
 
 def _session(path) -> ort.InferenceSession:

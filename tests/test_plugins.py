@@ -13,8 +13,9 @@ import sys
 
 import pluggy
 import pytest
-import trainforge
 from conftest import error_line, last_json, mlflow_client
+
+import trainforge
 from trainforge import hookspecs
 
 DIST, VERSION, MODULE, EP = "trainforge-tiny-plugin", "0.4.2", "tf_tiny_plugin", "tiny"
@@ -55,7 +56,7 @@ def build_scheduler(optimizer, epochs, factor=1.0):
 
 
 def build_callback(ctx):
-    from trainforge.callbacks import Callback
+    from trainforge.contracts import Callback
 
     class Recorder(Callback):
         def on_epoch_end(self, trainer, epoch, metrics):
@@ -65,7 +66,7 @@ def build_callback(ctx):
 
 
 def build_task(meta):
-    from trainforge.tasks import Regression
+    from trainforge.training.tasks import Regression
 
     return Regression(getattr(meta, "target_std", None))
 

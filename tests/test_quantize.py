@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-import trainforge
 from conftest import last_json
+
+import trainforge
 from trainforge import ConfigError, TrainforgeError
-from trainforge.quantize import quantize_model, quantize_run
+from trainforge.exporting.quantize import quantize_model, quantize_run
 
 MAX_LOSS_POINTS = 0.5  # issue 5: the int8 model loses at most 0.5 accuracy points on digits
 

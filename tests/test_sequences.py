@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import trainforge
 from conftest import error_line, mlflow_client
+
+import trainforge
 from trainforge import ConfigError, DataError
-from trainforge import data as data_mod
-from trainforge.api import build_config, load_data
+from trainforge.run.api import build_config, load_data
+from trainforge.training import data as data_mod
 
 TRAINER = {"seed": 0, "val_fraction": 0.1, "test_fraction": 0.2}
 
@@ -66,7 +67,7 @@ def test_timeseries_errors_name_file_line_and_column(tmp_path):
 
 
 def test_forecasting_metrics_match_numpy():
-    from trainforge.tasks import get_task
+    from trainforge.training.tasks import get_task
 
     rng = np.random.default_rng(0)
     x, y, out = rng.normal(size=(50, 6, 1)), rng.normal(size=(50, 3)), rng.normal(size=(50, 3))

@@ -64,4 +64,4 @@ def test_public_functions_are_not_shadowed_by_submodules():
             "    importlib.import_module('trainforge.' + m.name)\n"
             "print(trainforge.export.__module__, trainforge.predict.__module__, trainforge.train.__module__)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["trainforge.exporter", "trainforge.predictor", "trainforge.api"]
+    assert out == ["trainforge.exporting.exporter", "trainforge.exporting.predictor", "trainforge.run.api"]

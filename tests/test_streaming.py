@@ -7,9 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from trainforge.data import batches
+
 from trainforge.errors import DataError
-from trainforge.streaming import StreamingSplit, open_table, split_codes
+from trainforge.training.data import batches
+from trainforge.training.streaming import StreamingSplit, open_table, split_codes
 
 SPLIT = {"seed": 3, "val_fraction": 0.1, "test_fraction": 0.2}
 

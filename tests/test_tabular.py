@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import last_json, mlflow_client
 from sklearn.datasets import load_diabetes, load_wine
+
 from trainforge.plugins.datasets import infer_task
 
 
@@ -135,10 +136,11 @@ def test_ties_of_the_monitored_metric_are_broken_by_validation_loss(tie_break):
     ``tie_break: val_loss`` the kept epoch is the best by (accuracy, then lower loss); without, the first
     epoch that reached the best accuracy."""
     import torch
-    from trainforge.api import build_config, load_data
-    from trainforge.modeling import build_model, build_optimizer
-    from trainforge.tasks import get_task
-    from trainforge.trainer import Trainer
+
+    from trainforge.run.api import build_config, load_data
+    from trainforge.training.modeling import build_model, build_optimizer
+    from trainforge.training.tasks import get_task
+    from trainforge.training.trainer import Trainer
 
     cfg = build_config(dataset__name="iris", model__name="mlp", trainer__epochs=40, trainer__patience=0,
                        trainer__monitor="val_accuracy", trainer__tie_break=tie_break, trainer__device="cpu")

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 from sklearn import metrics as skm
-from trainforge.tasks import Classification, Regression, metric_mode
+
+from trainforge.training.tasks import Classification, Regression, metric_mode
 
 
 def _accumulate(task, outputs: torch.Tensor, target: torch.Tensor, output_dim: int, batch: int) -> dict:

@@ -12,6 +12,7 @@ import torch
 import yaml
 from conftest import last_json, mlflow_client
 from mlflow.tracking import MlflowClient
+
 from trainforge import config as config_mod
 
 
@@ -145,7 +146,7 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
     import signal
     import time
 
-    from trainforge.tracking import deferred_interrupt
+    from trainforge.tracking.store import deferred_interrupt
 
     finished = []
     with pytest.raises(KeyboardInterrupt):

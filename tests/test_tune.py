@@ -15,13 +15,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-import trainforge
 import yaml
 from conftest import error_line, last_json, mlflow_client
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
+
+import trainforge
 from trainforge import ConfigError
-from trainforge.search import SearchSpace
+from trainforge.tuning.search import SearchSpace
 
 EXE = shutil.which("trainforge", path=str(Path(sys.executable).parent)) or shutil.which("trainforge")
 JOURNAL = Path("mlruns") / "optuna" / "journal.log"
@@ -208,7 +209,7 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
     assert "was created with models=['mlp']" in error_line(
         cli("tune", "--study", "iris-s", "--model", "cnn", "--dataset", "digits", "--n-trials", "1", ok=False))
     cli("export", "--study", "iris-s", "--output", "best.onnx")
-    meta = trainforge.exporter.read_metadata("best.onnx")
+    meta = trainforge.exporting.exporter.read_metadata("best.onnx")
     assert meta["mlflow_run_id"] == best.user_attrs["mlflow_run_id"]
 
 

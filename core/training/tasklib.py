@@ -1,6 +1,6 @@
 """The task classes of forecasting, reconstruction and generation (imported only when a run needs them).
 
-Metrics accumulate on the device and sync once per epoch, as in :mod:`trainforge.tasks`.
+Metrics accumulate on the device and sync once per epoch, as in :mod:`trainforge.training.tasks`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,10 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from trainforge import ConfigError
-from trainforge.tasks import Regression, Task
+from trainforge.contracts import Task
+from trainforge.training.tasks import Regression
 
 
 class Forecasting(Regression):

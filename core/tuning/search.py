@@ -30,8 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import manager
-from .errors import ConfigError
+from trainforge import manager
+from trainforge.errors import ConfigError
 
 RANGE_KEYS = frozenset({"low", "high", "log", "step"})
 CHOICE_KEY = "choices"
@@ -275,7 +275,7 @@ class SearchSpace:
         """
         from optuna.distributions import CategoricalDistribution
 
-        from .config import TRAINER_DEFAULTS
+        from trainforge.config import TRAINER_DEFAULTS
 
         base = base or {}
         model, optimizer = self.models[0], self.optimizers[0]

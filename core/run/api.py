@@ -14,51 +14,13 @@ import logging
 import random
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import config as config_mod
+from trainforge import config as config_mod
+from trainforge.contracts import TrainResult
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainResult:
-    """What a training run produced.
-
-    ``metrics`` holds the final ``test_*`` metrics of the best epoch; ``onnx_path`` is a local path to
-    the verified ONNX file (``None`` with ``export=False``); ``parity`` maps batch size to the max abs
-    difference between torch and onnxruntime outputs.
-    """
-
-    run_id: str | None
-    experiment_id: str | None
-    metrics: dict[str, float]
-    best_epoch: int
-    epochs_run: int
-    seconds: float
-    config: dict[str, Any]
-    onnx_path: str | None = None
-    parity: dict[str, float] | None = None
-    model_uri: str | None = None
-    history: list[dict[str, float]] = field(default_factory=list, repr=False)
-    #: the trained model in this process: a TrainforgeModel with the best weights, or a fitted estimator
-    model: Any = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "run_id": self.run_id,
-            "experiment_id": self.experiment_id,
-            "metrics": self.metrics,
-            "best_epoch": self.best_epoch,
-            "epochs_run": self.epochs_run,
-            "train_seconds": round(self.seconds, 3),
-            "onnx_path": self.onnx_path,
-            "parity_max_abs_diff": self.parity,
-            "model_uri": self.model_uri,
-            "config": self.config,
-        }
 
 
 def build_config(
@@ -82,11 +44,11 @@ def build_config(
 
 
 def load_data(cfg: dict[str, Any]) -> Any:
-    """The :class:`~trainforge.data.DataBundle` of a resolved config, with targets for the task the
-    model/dataset pair runs (:func:`trainforge.modeling.choose_task`; e.g. reconstruction for an
+    """The :class:`~trainforge.training.data.DataBundle` of a resolved config, with targets for the task the
+    model/dataset pair runs (:func:`trainforge.training.modeling.choose_task`; e.g. reconstruction for an
     autoencoder on digits). Raises :class:`ConfigError` when the pair shares no task."""
-    from . import data as data_mod
-    from .modeling import choose_task
+    from trainforge.training import data as data_mod
+    from trainforge.training.modeling import choose_task
 
     task = choose_task(cfg["model"]["name"], cfg["dataset"]["name"])
     return data_mod.load(cfg["dataset"], cfg["trainer"], task=task)
@@ -123,18 +85,19 @@ def train(
 
     - ``config``/``overrides``/``flags``: see :func:`build_config` (flags like ``trainer__epochs=5``).
     - ``parent_run_id``: nest the run under this MLflow run (tuning trials).
-    - ``callbacks``: extra :class:`~trainforge.callbacks.Callback` objects (e.g. Optuna pruning).
-    - ``data``: a pre-loaded :class:`~trainforge.data.DataBundle` to reuse (tuning loads it once).
+    - ``callbacks``: extra :class:`~trainforge.contracts.Callback` objects (e.g. Optuna pruning).
+    - ``data``: a pre-loaded :class:`~trainforge.training.data.DataBundle` to reuse (tuning loads it once).
     - ``resume``: an MLflow run id; continue that run from its ``checkpoints/last.pt`` (model, optimizer,
       scheduler, epoch, RNG states) with its config, logging into the same run.
     - Under torchrun (``WORLD_SIZE`` > 1) every rank trains a shard with DDP; only rank 0 tracks and
-      exports (see :mod:`trainforge.distributed`).
+      exports (see :mod:`trainforge.training.distributed`).
 
     Raises :class:`TrainforgeError` subclasses for user errors; the run is then marked FAILED.
     """
     import mlflow
 
-    from . import distributed, tracking
+    from trainforge.tracking import store as tracking
+    from trainforge.training import distributed
 
     distributed.init_from_env()
     resume_state = None
@@ -152,10 +115,10 @@ def train(
     experiment_id = tracking.setup(tracking_uri, experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     bundle = data if data is not None else load_data(cfg)
-    from .modeling import check_compatible
+    from trainforge.training.modeling import check_compatible
 
     check_compatible(cfg["model"], bundle.meta)  # fail before a run is opened
-    from .trainer import check_device
+    from trainforge.training.trainer import check_device
 
     check_device(cfg["trainer"])
 
@@ -183,20 +146,24 @@ def _run(
 ) -> TrainResult:
     import mlflow
 
-    from . import manager, reporting, tracking
-    from .context import TrainContext
-    from .modeling import build_model, build_optimizer, build_scheduler
-    from .tasks import get_task, metric_mode
-    from .trainer import Trainer
+    from trainforge import manager
+    from trainforge.contracts import TrainContext
+    from trainforge.exporting.logged import export_and_log
+    from trainforge.tracking import runlog as reporting
+    from trainforge.tracking import store as tracking
+    from trainforge.training.modeling import build_model, build_optimizer, build_scheduler
+    from trainforge.training.tasks import get_task, metric_mode
+    from trainforge.training.trainer import Trainer
 
     meta, tcfg = bundle.meta, cfg["trainer"]
     if run_id is not None and resume_state is None:
         with tracking.deferred_interrupt():
             reporting.log_params(run_id, cfg, meta)
-    if manager.get("model", cfg["model"]["name"]).fit == "estimator":  # fitted once, no epochs
-        from .estimators import fit_and_log
+    kind = manager.get("model", cfg["model"]["name"]).fit
+    if kind != "epochs":  # e.g. a scikit-learn estimator, fitted once: its kind runs it (trainforge.kinds)
+        from trainforge.kinds import get_kind
 
-        return fit_and_log(cfg, bundle, run_id, experiment_id, workdir, export=export)
+        return get_kind(kind).fit_and_log(cfg, bundle, run_id, experiment_id, workdir, export=export)
 
     model = build_model(cfg["model"], meta)
     # One optimizer over all parameters, or the model's own (e.g. a GAN's two).
@@ -242,13 +209,13 @@ def _run(
     result = TrainResult(run_id, experiment_id, test, trainer.best_epoch, len(trainer.history), trainer.seconds,
                          cfg, history=trainer.history, model=model)
     if export:
-        reporting.export_and_log(result, model, task, meta, bundle, workdir)
+        export_and_log(result, model, task, meta, bundle, workdir)
     return result
 
 
 def _wait_for_writers(trainer: Any) -> None:
     """Join the MLflow logger's background write of the last epochs (re-raising its error)."""
-    from .callbacks import MLflowLogger
+    from trainforge.tracking.logger import MLflowLogger
 
     for cb in trainer.callbacks:
         if isinstance(cb, MLflowLogger):
@@ -257,9 +224,9 @@ def _wait_for_writers(trainer: Any) -> None:
 
 def _resume_point(run_id: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The config and trainer state in run ``run_id``'s ``checkpoints/last.pt``."""
-    from . import tracking
-    from .callbacks import load_checkpoint
-    from .errors import TrainforgeError
+    from trainforge.errors import TrainforgeError
+    from trainforge.tracking import store as tracking
+    from trainforge.training.callbacks import load_checkpoint
 
     tracking.setup_uri(tracking_uri)
     run = tracking.get_run(run_id)

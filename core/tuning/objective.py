@@ -1,4 +1,4 @@
-"""One Optuna trial = one nested MLflow run of :func:`trainforge.api.train`, pruned through a callback.
+"""One Optuna trial = one nested MLflow run of :func:`trainforge.run.api.train`, pruned through a callback.
 
 The objective samples the search space, trains with the pruning callback always attached (so a pruner
 can never be configured without something reporting to it), and returns the best validation value of
@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from .callbacks import Callback
+from trainforge.contracts import Callback
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class OptunaPruning(Callback):
 class Objective:
     """``Objective(...)(trial) -> float``: the best validation value of ``metric`` for one sampled config.
 
-    - ``space``: a :class:`~trainforge.search.SearchSpace`; ``base``: the config tree sampled values overlay.
+    - ``space``: a :class:`~trainforge.tuning.search.SearchSpace`; ``base``: the config tree sampled values overlay.
     - ``bundle``: the data, loaded once per worker process; ``parent_run_id``: the study's MLflow run.
     Raises ``optuna.TrialPruned`` when pruned and re-raises any training error (Optuna records FAIL).
     """
@@ -87,9 +87,9 @@ class Objective:
         import mlflow
         import optuna
 
-        from . import api
-        from . import config as config_mod
-        from .search import merge_sample
+        from trainforge import config as config_mod
+        from trainforge.run import api
+        from trainforge.tuning.search import merge_sample
 
         pruning = OptunaPruning(trial, self.metric)
         tags = {"trainforge.command": "tune", "trainforge.study": self.study_name,
@@ -147,7 +147,7 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
         return
     from mlflow.tracking import MlflowClient
 
-    from .tracking import deferred_interrupt
+    from trainforge.tracking.store import deferred_interrupt
 
     client = MlflowClient()
     try:

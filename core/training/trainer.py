@@ -18,11 +18,11 @@ import torch
 from torch import nn
 from torch.distributed.algorithms.join import Join
 
-from . import distributed
-from .callbacks import Callback
-from .data import DataBundle, TensorSplit, batches
-from .errors import ConfigError, TrainforgeError
-from .tasks import Task, metric_mode
+from trainforge.contracts import Callback, Task
+from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.training import distributed
+from trainforge.training.data import DataBundle, TensorSplit, batches
+from trainforge.training.tasks import metric_mode
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Trainer:
 
     ``config`` is the ``trainer`` section of the resolved config (epochs, batch_size, precision, ...).
     ``optimizer`` may be a list (a model that owns its step, e.g. a GAN's two optimizers); the scheduler
-    steps the first. A model with ``has_custom_step`` (see :class:`~trainforge.modeling.TrainforgeModel`)
+    steps the first. A model with ``has_custom_step`` (see :class:`~trainforge.training.modeling.TrainforgeModel`)
     runs ``training_step`` / ``validation_step`` instead of the task's loss; their returned scalars,
     averaged over the epoch, are its metrics. After :meth:`fit`: ``history`` (one metrics dict per epoch), ``best_epoch``, ``best_value`` and
     ``best_state`` (CPU copy of the best weights by ``monitor``).

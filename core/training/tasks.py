@@ -16,50 +16,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
-
-class Task:
-    """What a task defines; subclass it in a ``register_tasks`` plugin (see ``docs/plugins.md``).
-
-    - ``loss(outputs, target)``: scalar tensor minimized by the trainer;
-    - ``new_state`` / ``update`` / ``compute``: metric accumulation over batches, one host sync per epoch;
-    - ``head(outputs)``: raw model outputs -> the ONNX graph outputs named in ``onnx_outputs``;
-    - ``plots(folder, x, y, outputs, meta)``: PNG files logged to the run after the test evaluation.
-    """
-
-    name = ""
-    #: names of the ONNX graph outputs, in order
-    onnx_outputs: tuple[str, ...] = ()
-    #: metrics where larger is better (everything else is minimized)
-    maximize: frozenset[str] = frozenset()
-    #: the metric drawn beside the loss in the learning curves
-    main_metric = "loss"
-
-    def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def new_state(self, output_dim: int, device: torch.device) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
-
-    def update(
-        self, state: dict[str, torch.Tensor], outputs: torch.Tensor, target: torch.Tensor, loss: Any = None,
-        inputs: torch.Tensor | None = None,
-    ) -> None:
-        """Accumulate a batch; ``loss`` (the batch-mean loss, already computed) saves recomputing it.
-
-        ``inputs`` is the raw batch the outputs came from (forecasting compares with the naive forecast).
-        """
-        raise NotImplementedError
-
-    def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        raise NotImplementedError
-
-    def head(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Map raw model outputs to the ONNX graph outputs named in ``onnx_outputs``."""
-        raise NotImplementedError
-
-    def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
-        """Write the task's test-split plots into ``folder``; ``x``/``y``/``outputs`` are numpy arrays."""
-        return []
+from trainforge.contracts import Task
 
 
 class Classification(Task):
@@ -150,7 +107,7 @@ class Classification(Task):
         return outputs, torch.softmax(outputs, dim=1)
 
     def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
-        from . import plots
+        from trainforge import plots
 
         return [plots.confusion_matrix(y, outputs.argmax(1), meta.class_names, folder / "confusion_matrix.png")]
 
@@ -218,7 +175,7 @@ class Regression(Task):
         return (outputs,)
 
     def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
-        from . import plots
+        from trainforge import plots
 
         return [plots.predicted_vs_actual(y, outputs, folder / "predicted_vs_actual.png")]
 
@@ -233,14 +190,14 @@ TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": 
 def get_task(name: str, target_std: Any = None, meta: Any = None) -> Task:
     """The task object for ``name``, built by its registered :class:`~trainforge.TaskSpec`.
 
-    ``meta`` (the run's :class:`~trainforge.data.DataMeta`) is what the spec's ``build`` receives; callers
+    ``meta`` (the run's :class:`~trainforge.contracts.DataMeta`) is what the spec's ``build`` receives; callers
     without one may pass ``target_std`` (it scales the regression loss, see ``Regression.loss``).
     Raises :class:`ConfigError` for an unknown task, listing the registered ones.
     """
     from types import SimpleNamespace
 
-    from . import manager
-    from .errors import ConfigError
+    from trainforge import manager
+    from trainforge.errors import ConfigError
 
     tasks = manager.registry()["task"]
     if name not in tasks:

@@ -14,7 +14,7 @@ Storage (``--storage``):
   worker that starts a trial, and :class:`StaleTrialCallback` enqueues a copy (at most :data:`MAX_RETRY`
   times) and ends its MLflow child run FAILED. Journal files have no heartbeat: such a trial stays
   RUNNING (``--study-trials`` workers on the same machine still recover it, see
-  :mod:`trainforge.study_target`).
+  :mod:`trainforge.tuning.study_target`).
 
 The study is the MLflow parent run: its id is the study user attr ``mlflow_parent_run_id``. The process
 that *creates* the study (an atomic step in every Optuna storage: a second creator gets
@@ -32,8 +32,8 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TrainforgeError
-from .locks import sqlite_file
+from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.tracking.locks import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class StaleTrialCallback:
         self.retry(study, trial)
         log.warning("trial %d of study %s: its worker stopped sending heartbeats; marked FAIL and retried",
                     trial.number, study.study_name)
-        from .objective import finish_child  # logs MLflow errors itself, never raises them
+        from trainforge.tuning.objective import finish_child  # logs MLflow errors itself, never raises them
 
         finish_child(trial.user_attrs.get("mlflow_run_id"), "FAIL", trial,
                      reason="worker died (no heartbeat within the grace period)")
@@ -120,7 +120,7 @@ def open_storage(url: str | None = None) -> Any:
     """
     import optuna
 
-    from .locks import driver_url, storage_lock
+    from trainforge.tracking.locks import driver_url, storage_lock
 
     url = url or DEFAULT_STORAGE
     interval, grace = heartbeat_settings()
@@ -258,7 +258,7 @@ def ensure_parent_run(study: Any, created: bool, experiment_id: str, tags: dict[
     try:
         run = client.get_run(run_id)
     except Exception:
-        from .tracking import tracking_uri
+        from trainforge.tracking.store import tracking_uri
 
         raise TrainforgeError(f"study {study.study_name!r} belongs to MLflow run {run_id}, which tracking store "
                               f"{tracking_uri()!r} does not have; pass the --tracking-uri used before") from None

@@ -1,11 +1,11 @@
 """A study-wide trial target (``--study-trials N``): workers on any number of machines run trials until the
 study holds exactly ``N`` finished (COMPLETE or PRUNED) trials.
 
-Every worker repeats, holding a lock that all workers of the study share (:func:`trainforge.locks.storage_lock`
+Every worker repeats, holding a lock that all workers of the study share (:func:`trainforge.tracking.locks.storage_lock`
 named after the study):
 
 1. ``optuna.storages.fail_stale_trials`` (RDB storages): a RUNNING trial whose worker stopped sending
-   heartbeats becomes FAIL and :class:`~trainforge.study.StaleTrialCallback` enqueues a WAITING copy.
+   heartbeats becomes FAIL and :class:`~trainforge.tuning.study.StaleTrialCallback` enqueues a WAITING copy.
 2. Count finished (COMPLETE + PRUNED) and running trials. ``finished >= N``: stop. ``finished + running <
    N``: claim a trial (``study.ask`` pops a WAITING trial, e.g. a retry, before creating a new one), record
    its first heartbeat, release the lock, run it. Otherwise (the remaining trials are all running
@@ -39,7 +39,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .errors import TrainforgeError
+from trainforge.errors import TrainforgeError
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _fail_orphans(study: Any, running: Sequence[Any]) -> int:
     import optuna
     from optuna.trial import TrialState
 
-    from .study import MAX_RETRY, StaleTrialCallback
+    from trainforge.tuning.study import MAX_RETRY, StaleTrialCallback
 
     host, failed = socket.gethostname(), 0
     for trial in running:
@@ -106,7 +106,7 @@ def run_until(study: Any, objective: Callable[[Any], float], target: int, lock: 
               callbacks: Sequence[Callable[[Any, Any], None]] = (), poll: float = POLL_SECONDS) -> int:
     """Run trials of ``study`` until it holds ``target`` finished trials; returns how many this call ran.
 
-    ``lock``: the study's shared lock (``acquire()``/``release()``, see :mod:`trainforge.locks`).
+    ``lock``: the study's shared lock (``acquire()``/``release()``, see :mod:`trainforge.tracking.locks`).
     ``max_trials``: at most this many trials in this call (``None``: no cap). ``timeout`` (seconds): start
     no trial and stop waiting once it has passed. ``callbacks``: Optuna ``optimize`` callbacks.
     Raises TrainforgeError when the study holds more than ``target + EXTRA_FAILS`` FAIL trials;

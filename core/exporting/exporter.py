@@ -1,6 +1,6 @@
 """Export to ONNX as a gate: export, check, compare with torch, refuse on a parity breach, embed metadata.
 
-The exported graph is :class:`~trainforge.modeling.InferenceModel`: raw float32 features
+The exported graph is :class:`~trainforge.training.modeling.InferenceModel`: raw float32 features
 ``(N, *input_shape)`` in (standardization is inside the graph), the task's outputs out (``logits`` and
 ``probabilities`` ``(N, K)`` for classification, ``prediction`` ``(N, T)`` for regression). The batch
 axis is dynamic. The file is self-contained (``external_data=False``): no ``model.onnx.data`` sidecar.
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ExportError
+from trainforge.errors import ExportError
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +82,8 @@ def export_model(
     import onnx
     import torch
 
-    from . import __version__
-    from .modeling import InferenceModel, PartModel
+    from trainforge import __version__
+    from trainforge.training.modeling import InferenceModel, PartModel
 
     started = time.perf_counter()
     path = Path(path)
@@ -231,22 +231,22 @@ def export(
 
     The parity check uses the run's test split, re-created from the dataset and seed in the checkpoint's
     config. ``output`` defaults to ``./<run_id>.onnx`` (``./<run_id>.<part>.onnx`` with ``part``, e.g.
-    ``"encoder"``). A scikit-learn estimator run is re-exported from its pickled estimator (see
-    :mod:`trainforge.estimators`). Raises :class:`TrainforgeError` subclasses when the run, its
+    ``"encoder"``). A run of another model kind (e.g. a scikit-learn estimator, see
+    :mod:`trainforge.kinds`) is re-exported by that kind. Raises :class:`TrainforgeError` subclasses when the run, its
     checkpoint, the part or the data cannot be found.
     """
-    from . import data as data_mod
-    from . import tracking
-    from .callbacks import load_checkpoint
-    from .data import DataMeta
-    from .modeling import build_model
-    from .tasks import get_task
+    from trainforge.contracts import DataMeta
+    from trainforge.kinds import KIND_TAG, get_kind
+    from trainforge.tracking import store as tracking
+    from trainforge.training import data as data_mod
+    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.modeling import build_model
+    from trainforge.training.tasks import get_task
 
     tracking.setup_uri(tracking_uri)
-    if tracking.get_run(run_id).data.tags.get("trainforge.fit") == "estimator":
-        from .estimators import export_run
-
-        return export_run(run_id, output, part=part, log_to_run=log_to_run)
+    kind = tracking.get_run(run_id).data.tags.get(KIND_TAG)
+    if kind:  # not the epoch loop's torch module (e.g. a scikit-learn estimator): its kind re-exports it
+        return get_kind(kind).export_run(run_id, output, part=part, log_to_run=log_to_run)
     local = tracking.download(run_id, "checkpoints/best.pt")
     checkpoint = load_checkpoint(local)
     config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])

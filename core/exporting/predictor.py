@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, DataError, TrainforgeError
+from trainforge.errors import ConfigError, DataError, TrainforgeError
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool
 def resolve_model(model: str, tracking_uri: str | None = None) -> str:
     """An ONNX path, or ``runs:/RUN_ID`` (the run's ``onnx/model.onnx``)."""
     if model.startswith("runs:/"):
-        from . import tracking
+        from trainforge.tracking import store as tracking
 
         tracking.setup_uri(tracking_uri)
         run_id, _, sub = model[len("runs:/"):].partition("/")
@@ -246,7 +246,7 @@ def predict(
     """
     import pandas as pd
 
-    from .exporter import decode_metadata
+    from trainforge.exporting.exporter import decode_metadata
 
     path = resolve_model(str(model), tracking_uri)
     session, active = open_session(path, provider, allow_fallback)

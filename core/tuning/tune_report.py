@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import TrainforgeError
+from trainforge.errors import TrainforgeError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], *, 
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from .study import trial_counts
+    from trainforge.tuning.study import trial_counts
 
     client = MlflowClient()
     counts = trial_counts(study)
@@ -181,8 +181,9 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
     import torch
     import yaml
 
-    from . import api, tracking
-    from .data import DataBundle, TensorSplit
+    from trainforge.run import api
+    from trainforge.tracking import store as tracking
+    from trainforge.training.data import DataBundle, TensorSplit
 
     if not isinstance(bundle.train, TensorSplit) or not isinstance(bundle.val, TensorSplit):
         raise TrainforgeError("--refit needs in-memory train and validation splits")
@@ -210,13 +211,13 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     """
     import mlflow
 
-    from . import data as data_mod
-    from . import reporting, tracking
-    from .api import TrainResult
-    from .callbacks import load_checkpoint
-    from .data import DataMeta
-    from .modeling import build_model
-    from .tasks import get_task
+    from trainforge.contracts import DataMeta, TrainResult
+    from trainforge.exporting.logged import export_and_log
+    from trainforge.tracking import store as tracking
+    from trainforge.training import data as data_mod
+    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.modeling import build_model
+    from trainforge.training.tasks import get_task
 
     checkpoint = load_checkpoint(tracking.download(source_run_id, "checkpoints/best.pt"))
     cfg, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
@@ -231,7 +232,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
         # export_and_log logs the MLflow model into the active run; the caller sets the final status.
         with mlflow.start_run(run_id=parent_run_id) if active is None else contextlib.nullcontext():
-            reporting.export_and_log(result, model, task, meta, bundle, Path(tmp))
+            export_and_log(result, model, task, meta, bundle, Path(tmp))
     best = BestModel(source_run_id, result.onnx_path, result.model_uri)
     best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task).items()}
     mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
@@ -249,7 +250,7 @@ def evaluate_onnx(path: str, split: Any, task: Any, batch_size: int = 1024) -> d
     import onnxruntime as ort
     import torch
 
-    from .data import batches
+    from trainforge.training.data import batches
 
     options = ort.SessionOptions()
     options.log_severity_level = 3

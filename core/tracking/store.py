@@ -20,8 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from .errors import TrainforgeError
-from .locks import sqlite_file
+from trainforge.errors import TrainforgeError
+from trainforge.tracking.locks import sqlite_file
 
 log = logging.getLogger(__name__)
 
@@ -64,8 +64,8 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
 @contextlib.contextmanager
 def sqlite_lock(uri: str) -> Iterator[None]:
     """An exclusive ``flock`` on ``<db>.lock`` beside a SQLite store (no-op elsewhere or without fcntl);
-    see :func:`trainforge.locks.storage_lock`."""
-    from .locks import NullLock, storage_lock
+    see :func:`trainforge.tracking.locks.storage_lock`."""
+    from trainforge.tracking.locks import NullLock, storage_lock
 
     with storage_lock(uri) if sqlite_file(uri) else NullLock():
         yield

@@ -2,17 +2,17 @@
 
 Order: resolve the settings (arguments > ``tune:`` config section > the stored study's settings >
 defaults) -> open the storage -> load the data once and check every model fits it -> build the search
-space (:mod:`trainforge.search`) -> create or resume the study -> attach to (or create) its MLflow parent
-run (:mod:`trainforge.study`) -> run the trials in this process or in ``n_jobs`` spawned worker
-processes (:mod:`trainforge.workers`; one trial: :mod:`trainforge.objective`) -> log the summary to the
-parent run, export the best model through the ONNX gate, register it (:mod:`trainforge.tune_report`).
+space (:mod:`trainforge.tuning.search`) -> create or resume the study -> attach to (or create) its MLflow parent
+run (:mod:`trainforge.tuning.study`) -> run the trials in this process or in ``n_jobs`` spawned worker
+processes (:mod:`trainforge.tuning.workers`; one trial: :mod:`trainforge.tuning.objective`) -> log the summary to the
+parent run, export the best model through the ONNX gate, register it (:mod:`trainforge.tuning.tune_report`).
 
 Counting: each process runs exactly its own ``n_trials`` (Optuna's ``optimize(n_trials=...)`` counts the
 trials it ran, whatever their state), split evenly over its ``n_jobs`` workers. Two processes asked for
 6 trials each on one study end with 12 finished trials. With ``study_trials=N`` (``--study-trials``) the
 target is the study's instead: every process (and each of its workers) runs trials until the study holds
 exactly N finished (COMPLETE or PRUNED) trials, whoever ran them, picking up the retries of trials whose
-worker died (:mod:`trainforge.study_target`); ``n_trials``, if also given, caps the trials this command
+worker died (:mod:`trainforge.tuning.study_target`); ``n_trials``, if also given, caps the trials this command
 runs (split over its workers like without a target).
 
 Ctrl-C: the running trial becomes FAIL and its MLflow run KILLED (Optuna marks a trial FAIL when
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, TrainforgeError
+from trainforge.errors import ConfigError, TrainforgeError
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def _names(value: Any) -> list[str] | None:
 def _study_settings(storage: Any, name: str | None) -> dict[str, Any]:
     import optuna
 
-    from .study import SETTINGS_ATTR, check_study_name
+    from trainforge.tuning.study import SETTINGS_ATTR, check_study_name
 
     if name is None or check_study_name(name) not in optuna.get_all_study_names(storage):
         return {}
@@ -129,14 +129,14 @@ def tune(
     """
     import optuna
 
-    from . import config as config_mod
-    from . import study as study_mod
-    from . import tune_report
-    from .api import load_data
-    from .modeling import check_compatible
-    from .search import Recorder, SearchSpace, merge_sample
-    from .tasks import get_task, metric_mode
-    from .workers import Plan, run_trials, run_workers
+    from trainforge import config as config_mod
+    from trainforge.run.api import load_data
+    from trainforge.training.modeling import check_compatible
+    from trainforge.training.tasks import get_task, metric_mode
+    from trainforge.tuning import study as study_mod
+    from trainforge.tuning import tune_report
+    from trainforge.tuning.search import Recorder, SearchSpace, merge_sample
+    from trainforge.tuning.workers import Plan, run_trials, run_workers
 
     started = time.perf_counter()
     if quiet:  # failed and interrupted trials are still recorded (Optuna, MLflow), just not logged
@@ -276,7 +276,7 @@ def _setup_tracking(uri: str | None, experiment: str | None, attempts: int = 5) 
     """``tracking.setup`` retried: processes started at the same moment on a fresh SQLite store race to
     create MLflow's tables and the experiment; the losers' errors ("table ... already exists",
     a unique-constraint failure) clear once the winner is done."""
-    from . import tracking
+    from trainforge.tracking import store as tracking
 
     for attempt in range(attempts):
         try:
@@ -312,12 +312,12 @@ def export_study_best(study: str, output: str | Path | None = None, *, storage: 
     """Re-export the current best trial of ``study`` through the ONNX gate (``output`` default ``./STUDY.onnx``).
 
     ``log_to_run`` also logs the file to the study's parent run as ``onnx/model.onnx``. Returns the
-    :class:`~trainforge.exporter.ExportReport`. Raises TrainforgeError for an unknown study or one with no
+    :class:`~trainforge.exporting.exporter.ExportReport`. Raises TrainforgeError for an unknown study or one with no
     complete trial.
     """
-    from . import study as study_mod
-    from . import tune_report
-    from .exporter import export
+    from trainforge.exporting.exporter import export
+    from trainforge.tuning import study as study_mod
+    from trainforge.tuning import tune_report
 
     the_study, _ = study_mod.open_study(study_mod.open_storage(storage), study, None)
     best = tune_report.best_trial(the_study)

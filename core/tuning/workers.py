@@ -5,7 +5,7 @@ a worker is a fresh interpreter (no forked torch/MLflow state) and works the sam
 Each worker opens the storage itself, loads the data once, and runs exactly its share of the trials
 (``study.optimize(n_trials=...)`` counts the trials it ran, whatever their state) or, with a study-wide
 target (``Plan.study_trials``), runs trials until the study holds that many finished ones
-(:mod:`trainforge.study_target`). Every trial records its process in the user attrs ``trainforge.host``
+(:mod:`trainforge.tuning.study_target`). Every trial records its process in the user attrs ``trainforge.host``
 and ``trainforge.pid``.
 """
 
@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import TrainforgeError
+from trainforge.errors import TrainforgeError
 
 log = logging.getLogger(__name__)
 
@@ -46,17 +46,17 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     (also kept in ``counter[0]``, which survives an interrupt).
 
     With ``plan.study_trials``: run trials until the study holds that many finished trials, at most
-    ``n_trials`` here (``None``: no cap), see :func:`trainforge.study_target.run_until`.
+    ``n_trials`` here (``None``: no cap), see :func:`trainforge.tuning.study_target.run_until`.
     ``KeyboardInterrupt`` propagates after Optuna has marked the running trial FAIL; TrainforgeError when
     a ``study_trials`` study has too many failed trials.
     """
     import optuna
 
-    from . import study as study_mod
-    from . import tracking
-    from .api import load_data
-    from .objective import Objective
-    from .search import SearchSpace
+    from trainforge.run.api import load_data
+    from trainforge.tracking import store as tracking
+    from trainforge.tuning import study as study_mod
+    from trainforge.tuning.objective import Objective
+    from trainforge.tuning.search import SearchSpace
 
     s = plan.settings
     seed = None if plan.seed is None else plan.seed + index
@@ -68,8 +68,8 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     space = SearchSpace(list(s["models"]), list(s["optimizers"]), s["overrides"])
     tracking.setup(plan.tracking_uri, plan.experiment)
     if bundle is None:
-        from . import config as config_mod
-        from .search import Recorder, merge_sample
+        from trainforge import config as config_mod
+        from trainforge.tuning.search import Recorder, merge_sample
 
         cfg = config_mod.resolve(merge_sample(s["base"], space.sample(Recorder(), model=space.models[0],
                                                                       optimizer=space.optimizers[0])))
@@ -83,15 +83,15 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
         ran[0] += 1
 
     if plan.study_trials is not None:
-        from .locks import storage_lock
-        from .study_target import run_until
+        from trainforge.tracking.locks import storage_lock
+        from trainforge.tuning.study_target import run_until
 
         lock = storage_lock(plan.storage or study_mod.DEFAULT_STORAGE, f"study-{plan.study}")
         run_until(study, objective, plan.study_trials, lock, max_trials=n_trials, timeout=timeout,
                   callbacks=[count])
         return ran[0]
 
-    from .study_target import mark_owner
+    from trainforge.tuning.study_target import mark_owner
 
     def owned(trial: Any) -> float:
         mark_owner(trial)

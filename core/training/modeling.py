@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import manager
-from .data import DataMeta
-from .errors import ConfigError
-from .tasks import Standardize, Task
+from trainforge import manager
+from trainforge.contracts import DataMeta, Task
+from trainforge.errors import ConfigError
+from trainforge.training.tasks import Standardize
 
 
 def _params(section: dict[str, Any]) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ExportError, TrainforgeError
+from trainforge.errors import ConfigError, ExportError, TrainforgeError
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ def quantize_model(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from .exporter import META_PREFIX, decode_metadata
+    from trainforge.exporting.exporter import META_PREFIX, decode_metadata
 
     started = time.perf_counter()
     source = Path(source)
@@ -194,10 +194,10 @@ def quantize_model(
 
 def run_data(run_id: str, tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's training rows (calibration) and test rows and targets, re-created from its checkpoint."""
-    from . import data as data_mod
-    from . import tracking
-    from .callbacks import load_checkpoint
-    from .data import DataMeta
+    from trainforge.contracts import DataMeta
+    from trainforge.tracking import store as tracking
+    from trainforge.training import data as data_mod
+    from trainforge.training.callbacks import load_checkpoint
 
     tracking.setup_uri(tracking_uri)
     checkpoint = load_checkpoint(tracking.download(run_id, "checkpoints/best.pt"))

@@ -25,12 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from .errors import DataError
+from trainforge.errors import DataError
+from trainforge.specs import STREAMING_AUTO_BYTES
 
 log = logging.getLogger(__name__)
 
 #: files larger than this stream automatically (``streaming: auto``); bytes
-AUTO_THRESHOLD = 1 << 30
+AUTO_THRESHOLD = STREAMING_AUTO_BYTES
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 
@@ -121,7 +122,7 @@ def _shard() -> tuple[int, int]:
 class StreamingSplit(torch.utils.data.IterableDataset):
     """One split of a streamed table, yielding ready-made batches ``(x float32 (B, F), y)``.
 
-    ``iter_batches`` is what :func:`trainforge.data.batches` calls: the split batches itself (no per-row
+    ``iter_batches`` is what :func:`trainforge.training.data.batches` calls: the split batches itself (no per-row
     collation). Iterating the dataset directly (e.g. a DataLoader with ``batch_size=None`` and workers)
     yields batches of ``batch_size`` rows too.
     """
@@ -207,7 +208,7 @@ def open_table(path: str | Path, target: str | None, features: list[str] | None,
     ``split`` holds ``seed``, ``val_fraction`` and ``test_fraction``. Raises :class:`DataError` for a
     missing file or column, non-numeric features or NaN.
     """
-    from .data import DataBundle, DataMeta
+    from trainforge.contracts import DataBundle, DataMeta
 
     table = Table(path, delimiter=delimiter)
     target = target or table.columns[-1]

@@ -2,7 +2,7 @@
 
 The run looks like a one-epoch torch run in MLflow: the same params and tags (plus
 ``trainforge.fit=estimator``), ``train_*``/``val_*`` metrics at step 1 and ``test_*`` metrics computed by
-the same :class:`~trainforge.tasks.Task` objects, ``config.yaml``, ``data_meta.json``, the task's plots
+the same :class:`~trainforge.contracts.Task` objects, ``config.yaml``, ``data_meta.json``, the task's plots
 and the fitted estimator (``checkpoints/estimator.pkl``, a pickle: load it only from stores you trust).
 
 Export (skl2onnx): the estimator sees flattened raw rows, so the graph starts with ``Flatten`` behind an
@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, ExportError
+from trainforge.errors import ConfigError, ExportError
+from trainforge.kinds import KIND_TAG, register_kind
 
 log = logging.getLogger(__name__)
 PICKLE = "checkpoints/estimator.pkl"
@@ -32,7 +33,7 @@ PICKLE = "checkpoints/estimator.pkl"
 
 def split_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
     """A split as numpy: features ``(N, D)`` float32 (flattened, raw) and targets as stored."""
-    from .data import TensorSplit, batches
+    from trainforge.training.data import TensorSplit, batches
 
     if isinstance(split, TensorSplit):
         x, y = split.x.cpu().numpy(), split.y.cpu().numpy()
@@ -64,16 +65,17 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
                 export: bool = True) -> Any:
     """Fit the configured estimator on the training split, log it like a training run, export it.
 
-    Returns a :class:`~trainforge.api.TrainResult` (``best_epoch = epochs_run = 1``; ``seconds`` is the fit
+    Returns a :class:`~trainforge.contracts.TrainResult` (``best_epoch = epochs_run = 1``; ``seconds`` is the fit
     time). Raises :class:`ConfigError` for bad hyperparameters, :class:`ExportError` from the ONNX gate.
     """
     import mlflow
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from . import manager, reporting
-    from .api import TrainResult
-    from .tasks import get_task
+    from trainforge import manager
+    from trainforge.contracts import TrainResult
+    from trainforge.exporting.logged import log_onnx
+    from trainforge.training.tasks import get_task
 
     meta, tcfg = bundle.meta, cfg["trainer"]
     spec = manager.get("model", cfg["model"]["name"])
@@ -83,7 +85,7 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
                                task=meta.task, seed=int(tcfg["seed"]), **params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {spec.name!r} could not be built with {params}: {exc}") from exc
-    MlflowClient().set_tag(run_id, "trainforge.fit", "estimator")
+    MlflowClient().set_tag(run_id, KIND_TAG, "estimator")
     x, y = split_arrays(bundle.train)
     started = time.perf_counter()
     estimator.fit(x, y.ravel() if y.ndim == 1 or y.shape[1] == 1 else y)
@@ -118,7 +120,7 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
     if export:
         sample = tx[:256].reshape(-1, *meta.input_shape)
         report = export_estimator(estimator, meta, sample, workdir / "model.onnx", run_id=run_id, config=cfg)
-        reporting.log_onnx(result, report, sample)
+        log_onnx(result, report, sample)
     return result
 
 
@@ -143,8 +145,8 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
     from onnx import TensorProto, helper
     from skl2onnx import to_onnx
 
-    from . import __version__
-    from .exporter import INPUT_NAME, META_PREFIX, ExportReport
+    from trainforge import __version__
+    from trainforge.exporting.exporter import INPUT_NAME, META_PREFIX, ExportReport
 
     started, path = time.perf_counter(), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,12 +205,12 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
 
 def export_run(run_id: str, output: str | Path | None = None, *, part: str | None = None,
                log_to_run: bool = False) -> Any:
-    """Re-export the pickled estimator of run ``run_id`` (see :func:`trainforge.exporter.export`)."""
+    """Re-export the pickled estimator of run ``run_id`` (see :func:`trainforge.exporting.exporter.export`)."""
     import yaml
 
-    from . import data as data_mod
-    from . import tracking
-    from .data import DataMeta
+    from trainforge.contracts import DataMeta
+    from trainforge.tracking import store as tracking
+    from trainforge.training import data as data_mod
 
     if part:
         raise ExportError(f"run {run_id} is a scikit-learn estimator: it has no part {part!r} to export")
@@ -227,3 +229,20 @@ def export_run(run_id: str, output: str | Path | None = None, *, part: str | Non
 
         mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=run_id)
     return report
+
+
+class EstimatorKind:
+    """The ``"estimator"`` model kind (:class:`trainforge.kinds.ModelKind`): this module's functions."""
+
+    name = "estimator"
+
+    def fit_and_log(self, cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: str, workdir: Path, *,
+                    export: bool = True) -> Any:
+        return fit_and_log(cfg, bundle, run_id, experiment_id, workdir, export=export)
+
+    def export_run(self, run_id: str, output: str | Path | None = None, *, part: str | None = None,
+                   log_to_run: bool = False) -> Any:
+        return export_run(run_id, output, part=part, log_to_run=log_to_run)
+
+
+register_kind(EstimatorKind())

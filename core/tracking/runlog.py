@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from . import config as config_mod
+from trainforge import config as config_mod
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ def log_params(run_id: str, cfg: dict[str, Any], meta: Any) -> None:
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from . import __version__, manager
+    from trainforge import __version__, manager
 
     params = {k: _param_value(v) for k, v in config_mod.flatten(cfg).items()}
     params.update({
@@ -60,7 +60,7 @@ def predict_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -
     """Targets and model outputs of a whole split as numpy arrays (``(N,)``/``(N, T)``, ``(N, K)``)."""
     import torch
 
-    from .data import batches
+    from trainforge.training.data import batches
 
     model.eval()
     ys, outs = [], []
@@ -76,7 +76,7 @@ def collect_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -
     from its ``example_input`` instead."""
     import torch
 
-    from .data import batches
+    from trainforge.training.data import batches
 
     model.eval()
     xs, ys, outs = [], [], []
@@ -97,8 +97,8 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
     matrix, predicted vs actual, forecast vs actual, a reconstruction or sample grid)."""
     import mlflow
 
-    from . import plots
-    from .callbacks import save_checkpoint
+    from trainforge import plots
+    from trainforge.training.callbacks import save_checkpoint
 
     meta = bundle.meta
     ckpt = workdir / "checkpoints" / "best.pt"
@@ -119,68 +119,3 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
     x, y_true, out = collect_split(trainer.model, bundle.test, trainer.device, int(cfg["trainer"]["eval_batch_size"]))
     trainer.task.plots(plot_dir, x, y_true, out, meta)
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots", run_id=run_id)
-
-
-def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path) -> None:
-    """Export the verified ONNX file, log it as ``onnx/model.onnx`` and as an MLflow ONNX model."""
-    from .data import sample_rows
-    from .exporter import export_model, export_sample
-
-    sample = export_sample(model, sample_rows(bundle.test))
-    report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
-                          config=result.config)
-    log_onnx(result, report, sample)
-
-
-def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
-    """Log a verified ONNX file as ``onnx/model.onnx`` and as an MLflow ONNX model (signature, example);
-    fill ``result.model_uri``, ``onnx_path`` and ``parity``."""
-    import mlflow
-    import onnx
-    from mlflow.models import infer_signature
-
-    from . import tracking
-    from .predictor import usable_providers
-
-    with tracking.deferred_interrupt():
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
-        mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
-                           run_id=result.run_id)
-
-    example = sample[:5]
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
-    names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
-    signature = infer_signature({"input": example}, outputs)
-    from mlflow.tracking import MlflowClient
-
-    with tracking.deferred_interrupt():
-        info = mlflow.onnx.log_model(onnx.load(str(report.path)), name="model", signature=signature,
-                                     input_example={"input": example}, save_as_external_data=False,
-                                     onnx_execution_providers=usable_providers(),
-                                     pip_requirements=_onnx_requirements())
-        MlflowClient().set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
-    result.model_uri = info.model_uri
-    result.onnx_path = tracking.download(result.run_id, "onnx/model.onnx")
-    result.parity = {str(k): v for k, v in report.max_abs_diff.items()}
-
-
-def _onnx_requirements() -> list[str]:
-    """What the logged ONNX model needs: onnx, numpy and the one onnxruntime distribution installed.
-
-    Given explicitly because MLflow's inference (a subprocess loading the model, several seconds per run)
-    lists both ``onnxruntime`` and ``onnxruntime-gpu``, which must never be installed together.
-    """
-    from importlib import metadata
-
-    found = []
-    for dist in ("onnx", "numpy", "onnxruntime-gpu", "onnxruntime"):
-        try:
-            found.append(f"{dist}=={metadata.version(dist)}")
-        except metadata.PackageNotFoundError:
-            continue
-        if dist == "onnxruntime-gpu":
-            break  # provides the onnxruntime module; never pin both
-    return found

@@ -1,0 +1,124 @@
+"""The house's layering (README "Layout"): import-linter contracts kept, no import cycle.
+
+Both checks read the installed layout (``trainforge`` = core/, with plugins/ and cli/ inside), assembled in
+a temporary folder, because grimp reads packages from disk and the editable install maps plugins/ and
+cli/ from outside core/. Imports inside functions and under ``TYPE_CHECKING`` count. Each check is also
+run once on a copy with a planted violation, to show it can fail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CYCLES = r"""
+import json, sys
+import grimp
+
+graph = grimp.build_graph("trainforge", cache_dir=None)
+modules = sorted(graph.modules)
+edges = {m: sorted(graph.find_modules_directly_imported_by(m)) for m in modules}
+# Tarjan's strongly connected components (iterative); any component of 2+ modules is a cycle.
+index, low, stack, on, comps, counter = {}, {}, [], set(), [], [0]
+for root in modules:
+    if root in index:
+        continue
+    work = [(root, iter(edges[root]))]
+    index[root] = low[root] = counter[0]; counter[0] += 1; stack.append(root); on.add(root)
+    while work:
+        node, it = work[-1]
+        nxt = next(it, None)
+        if nxt is not None:
+            if nxt not in index:
+                index[nxt] = low[nxt] = counter[0]; counter[0] += 1; stack.append(nxt); on.add(nxt)
+                work.append((nxt, iter(edges.get(nxt, ()))))
+            elif nxt in on:
+                low[node] = min(low[node], index[nxt])
+            continue
+        work.pop()
+        if work:
+            low[work[-1][0]] = min(low[work[-1][0]], low[node])
+        if low[node] == index[node]:
+            comp = []
+            while True:
+                m = stack.pop(); on.discard(m); comp.append(m)
+                if m == node:
+                    break
+            if len(comp) > 1:
+                comps.append(sorted(comp))
+print(json.dumps({"modules": len(modules), "cycles": comps}))
+"""
+
+
+def _layout(tmp: Path) -> Path:
+    view = tmp / "view"
+    shutil.copytree(ROOT / "core", view / "trainforge", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "plugins", view / "trainforge" / "plugins", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "cli", view / "trainforge" / "cli", ignore=shutil.ignore_patterns("__pycache__"))
+    return view
+
+
+def _run(view: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=view, env={"PYTHONPATH": str(view), "PATH": str(Path(sys.executable).parent)},
+                          capture_output=True, text=True, timeout=300)
+
+
+def _cycles(view: Path) -> dict:
+    proc = _run(view, sys.executable, "-c", CYCLES)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def _lint(view: Path) -> subprocess.CompletedProcess:
+    lint = Path(sys.executable).parent / "lint-imports"
+    return _run(view, str(lint), "--config", str(ROOT / "pyproject.toml"), "--no-cache")
+
+
+def test_no_import_cycle_counting_imports_inside_functions(tmp_path):
+    view = _layout(tmp_path)
+    found = _cycles(view)
+    assert found["modules"] > 50  # the whole package was read, plugins and CLI included
+    assert found["cycles"] == []
+    # Planted inside a function, the way most heavy imports are written: still a cycle.
+    planted = view / "trainforge" / "training" / "trainer.py"
+    planted.write_text(planted.read_text() + "\n\ndef _planted():\n    from trainforge.run import api  # noqa\n")
+    (view / "trainforge" / "run" / "api.py").write_text(
+        (view / "trainforge" / "run" / "api.py").read_text() + "\nfrom trainforge.training import trainer  # noqa\n")
+    cycles = _cycles(view)["cycles"]
+    assert any({"trainforge.run.api", "trainforge.training.trainer"} <= set(c) for c in cycles), cycles
+
+
+def test_import_linter_contracts_are_kept_and_can_break(tmp_path):
+    view = _layout(tmp_path)
+    proc = _lint(view)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "3 kept, 0 broken" in proc.stdout
+    # An upward import hidden in a function (the training wing reaching into tuning) breaks the layers,
+    # and a built-in plugin reaching into a wing breaks the plugin contract.
+    (view / "trainforge" / "training" / "data.py").write_text(
+        (view / "trainforge" / "training" / "data.py").read_text()
+        + "\n\ndef _planted():\n    from trainforge.tuning import search  # noqa\n")
+    (view / "trainforge" / "plugins" / "models.py").write_text(
+        (view / "trainforge" / "plugins" / "models.py").read_text()
+        + "\n\ndef _planted():\n    from trainforge.training import trainer  # noqa\n")
+    broken = _lint(view)
+    assert broken.returncode != 0
+    assert "1 kept, 2 broken" in broken.stdout, broken.stdout
+    assert "trainforge.training.data -> trainforge.tuning.search" in broken.stdout
+    assert "trainforge.plugins.models -> trainforge.training.trainer" in broken.stdout
+
+
+def test_wings_say_what_they_own_and_root_stays_small():
+    core = ROOT / "core"
+    root_modules = sorted(p.name for p in core.glob("*.py"))
+    assert len(root_modules) <= 12, root_modules
+    for wing in ("training", "tracking", "exporting", "estimators", "run", "tuning"):
+        doc = (core / wing / "__init__.py").read_text()
+        assert doc.startswith('"""') and "Imports" in doc, wing
+    for path in [*core.rglob("*.py"), *(ROOT / "plugins").glob("*.py"), *(ROOT / "cli").glob("*.py")]:
+        assert len(path.read_text().splitlines()) <= 400, path
