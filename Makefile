@@ -32,7 +32,12 @@ demo: install
 	$(TF) predict runs:/$$RUN --input $(DEMO)/digits_test.csv --target target --output $(DEMO)/predictions.csv && \
 	echo "open the MLflow UI with: $(TF) ui   (http://127.0.0.1:5000)"
 
+# The PostgreSQL tests (tests/test_fault.py::test_postgres_*) use $$TRAINFORGE_TEST_POSTGRES_URL; when it is
+# unset and PostgreSQL is installed, .ci/postgres starts a throw-away server on loopback for them. Without
+# PostgreSQL they skip with the reason; under CI (CI set) they fail instead.
 test: install layers
+	@if [ -z "$${TRAINFORGE_TEST_POSTGRES_URL:-}" ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  pg_env=$$(.ci/postgres) && eval "$$pg_env"; fi; \
 	$(PY) -m pytest -q
 
 lint: install layers

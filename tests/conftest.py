@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,23 @@ def run_cli(workdir):
         return proc
 
     return run
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for every child a test signals: SIGINT and SIGTERM back to their defaults.
+
+    A process started from a non-interactive shell (a CI script, ``cmd &``, ``trap '' INT``) has SIGINT
+    ignored, and its children inherit that: a Ctrl-C test would then test nothing, or fail for the wrong
+    reason. Python installs its KeyboardInterrupt handler at start-up only when SIGINT is not ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def signalled(args: list[str], **kwargs) -> subprocess.Popen:
+    """Start a child that a test will signal: default signal dispositions, in its own process group
+    (``os.killpg(proc.pid, sig)`` then reaches it and its workers, as a terminal's Ctrl-C does)."""
+    return subprocess.Popen(args, preexec_fn=default_signals, process_group=0, **kwargs)
 
 
 @pytest.fixture

@@ -14,9 +14,33 @@ from trainforge import manager
 from trainforge.training.trainer import Trainer
 
 
+class _Watch(trainforge.Callback):
+    """Records the trainer's optimizers and each network's parameters before and after the fit."""
+
+    def on_fit_start(self, trainer):
+        self.optimizers = list(trainer.optimizers)
+        self.before = {name: [p.detach().clone() for p in getattr(trainer.model.net, name).parameters()]
+                       for name in ("generator", "discriminator")}
+        self.params = {name: {id(p) for p in getattr(trainer.model.net, name).parameters()}
+                       for name in ("generator", "discriminator")}
+
+    def on_fit_end(self, trainer):
+        self.after = {name: [p.detach().clone() for p in getattr(trainer.model.net, name).parameters()]
+                      for name in ("generator", "discriminator")}
+
+
 def test_gan_trains_logs_sample_grids_and_exports_the_generator(workdir, cli):
+    watch = _Watch()
     result = trainforge.train(model__name="gan", dataset__name="digits", optimizer__lr=0.0005, quiet=True,
-                              overrides=["trainer.epochs=3", "trainer.patience=0", "model.hidden=64"])
+                              overrides=["trainer.epochs=3", "trainer.patience=0", "model.hidden=64"],
+                              callbacks=[watch])
+    # two optimizers, one over each network's parameters, and both stepped: every network moved
+    assert len(watch.optimizers) == 2
+    owned = [{id(p) for group in o.param_groups for p in group["params"]} for o in watch.optimizers]
+    assert owned == [watch.params["generator"], watch.params["discriminator"]]
+    for name in ("generator", "discriminator"):
+        moved = [not torch.equal(a, b) for a, b in zip(watch.before[name], watch.after[name], strict=True)]
+        assert all(moved), f"the {name}'s optimizer did not step every parameter"
     client = mlflow_client(workdir)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED" and run.data.tags["trainforge.task"] == "generation"

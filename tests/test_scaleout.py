@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
-from conftest import last_json
+from conftest import default_signals, last_json, signalled
 from mlflow.tracking import MlflowClient
 
 BIN = Path(sys.executable).parent
@@ -45,16 +45,23 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(run_cli, workdir):
             "--json", "--no-export", "-p", "trainer.resume_every_s=0", "--experiment", "resume"]
     full = last_json(run_cli(*args).stdout)
     uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
-    proc = subprocess.Popen([TF, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = signalled([TF, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     client, run_id = None, None
     deadline = time.time() + 300
     while time.time() < deadline:
         time.sleep(0.2)
         running = [r for r in _runs(uri, "resume") if r.info.status == "RUNNING"]
-        if running:
-            run_id, client = running[0].info.run_id, MlflowClient()
-            if len(client.get_metric_history(run_id, "val_loss")) >= 4:
-                break
+        if not running:
+            continue
+        run_id, client = running[0].info.run_id, MlflowClient()
+        if len(client.get_metric_history(run_id, "val_loss")) < 4:
+            continue
+        # Frozen, the run cannot reach its last epoch between this check and the kill, however loaded the
+        # machine: SIGSTOP, look again, then SIGKILL (or let it go on and look later).
+        os.kill(proc.pid, signal.SIGSTOP)
+        if len(client.get_metric_history(run_id, "val_loss")) < 15:
+            break
+        os.kill(proc.pid, signal.SIGCONT)
     assert run_id, "the second run never started"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -85,7 +92,8 @@ def _start_server(workdir: Path, port: int) -> subprocess.Popen:
     proc = subprocess.Popen([TF, "server", "--port", str(port), "--backend-store-uri",
                              f"sqlite:///{workdir}/server/mlflow.db", "--artifacts-destination",
                              str(workdir / "server" / "artifacts")], cwd=workdir,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                            preexec_fn=default_signals)
     deadline = time.time() + 180
     while time.time() < deadline:
         try:
@@ -110,7 +118,7 @@ def test_tracking_server_restart_mid_run_loses_no_metrics(workdir):
     port = _free_port()
     uri = f"http://127.0.0.1:{port}"
     server = _start_server(workdir, port)
-    env = {**os.environ, "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "8", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_HTTP_REQUEST")}  # a user's defaults
     # many short epochs: the outage falls mid-run, while metrics keep being produced
     train = subprocess.Popen([TF, "train", "--model", "mlp", "--dataset", "digits", "--epochs", "300", "--patience", "0",
                               "--quiet", "--json", "--no-export", "--tracking-uri", uri, "--experiment", "server"],
@@ -134,13 +142,12 @@ def test_tracking_server_restart_mid_run_loses_no_metrics(workdir):
         out, err = train.communicate(timeout=600)
         run = client.get_run(run_id)
         history = client.get_metric_history(run_id, "val_loss")
-        assert len(history) >= before  # nothing logged before the outage is lost
-        if train.returncode == 0:
-            assert run.info.status == "FINISHED" and len({m.step for m in history}) == 300
-            assert json.loads(out.strip().splitlines()[-1])["run_id"] == run_id
-        else:  # gave up after bounded retries: one clear line, the run not left RUNNING
-            assert "Error:" in err and "Traceback" not in err
-            assert run.info.status == "FAILED"
+        # The README's claim: a server restart mid-run loses nothing. With MLflow's default retries the run
+        # rides out the outage, finishes, and holds every epoch's metrics.
+        assert train.returncode == 0, err[-3000:]
+        assert run.info.status == "FINISHED"
+        assert sorted({m.step for m in history}) == list(range(1, 301))
+        assert json.loads(out.strip().splitlines()[-1])["run_id"] == run_id
     finally:
         if train.poll() is None:
             train.kill()

@@ -91,3 +91,21 @@ def test_streaming_csv_trains_through_the_cli(cli, workdir):
     out = last_json(result.output)
     assert out["metrics"]["test_accuracy"] > 0.8
     assert out["onnx_path"] and out["parity_max_abs_diff"]
+
+    # The streaming path ran: the run's split sizes are the row-hash split's (the in-memory path splits
+    # stratified: 124/18/36 rows here, against the hash split's 122/18/38).
+    from conftest import mlflow_client
+
+    from trainforge.training import data as data_mod
+
+    codes = split_codes(np.arange(len(frame)), 0, 0.1, 0.2)
+    params = mlflow_client(workdir).get_run(out["run_id"]).data.params
+    sizes = {name: int(params[f"data.{name}_size"]) for name in ("train", "val", "test")}
+    assert sizes == {name: int((codes == c).sum()) for name, c in (("train", 0), ("val", 1), ("test", 2))}
+    # and the rows the run's streamed training split yields are exactly the hash split's training rows
+    cfg = out["config"]
+    bundle = data_mod.load(cfg["dataset"], cfg["trainer"])
+    assert isinstance(bundle.train, StreamingSplit)
+    streamed = np.concatenate([x.numpy() for x, _ in batches(bundle.train, 64)])
+    expected = frame.drop(columns="target").to_numpy(np.float32)[codes == 0]
+    assert sorted(map(tuple, streamed)) == sorted(map(tuple, expected))

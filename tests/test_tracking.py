@@ -148,11 +148,17 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
 
     from trainforge.tracking.store import deferred_interrupt
 
-    finished = []
-    with pytest.raises(KeyboardInterrupt):
-        with deferred_interrupt():
-            os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.2)  # the signal has been handled by now: without the shield this line never ends
-            finished.append(True)
-    assert finished == [True]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # The precondition, set here: pytest started from a shell that ignores SIGINT (e.g. in the background)
+    # inherits SIGINT ignored, and then no Ctrl-C would reach this process at all.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        finished = []
+        with pytest.raises(KeyboardInterrupt):
+            with deferred_interrupt():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.2)  # the signal has been handled by now: without the shield this line never ends
+                finished.append(True)
+        assert finished == [True]
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
-from conftest import error_line, last_json, mlflow_client
+from conftest import error_line, last_json, mlflow_client, signalled
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
@@ -310,10 +310,11 @@ def test_parallel_processes_share_one_study_and_one_parent(workdir, storage):
         assert {c.data.tags["trainforge.worker"] for c in resumed} == {"0", "1"}, "each --n-jobs worker ran a trial"
 
 
-def test_ctrl_c_fails_the_running_trial_kills_its_run_and_keeps_finished_ones(workdir):
-    proc = subprocess.Popen([EXE, "tune", *QUICK, "--study", "intr", "--n-trials", "50", "-p", "trainer.epochs=40",
-                             "-p", "trainer.patience=0", "--no-export"], cwd=workdir, env=_env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_ctrl_c_to_the_process_group_of_n_jobs_2_fails_running_trials_and_keeps_finished_ones(workdir):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group, the --n-jobs workers included."""
+    proc = signalled([EXE, "tune", *QUICK, "--study", "intr", "--n-trials", "50", "--n-jobs", "2",
+                      "-p", "trainer.epochs=40", "-p", "trainer.patience=0", "--pruner", "none", "--no-export"],
+                     cwd=workdir, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         time.sleep(0.3)
@@ -324,19 +325,22 @@ def test_ctrl_c_fails_the_running_trial_kills_its_run_and_keeps_finished_ones(wo
             if done and running:
                 break
     else:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("no trial finished in time")
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "resume with --study intr" in stderr
 
     trials = optuna.load_study(study_name="intr", storage=journal(workdir)).get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * len(done) + [TrialState.FAIL]
-    assert trials[-1].user_attrs["fail_reason"] == "interrupted (Ctrl-C)"
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert {t.number for t in done} <= {t.number for t in complete}  # finished trials are kept
+    assert failed and len(complete) + len(failed) == len(trials)  # nothing left RUNNING
+    assert all(t.user_attrs["fail_reason"] == "interrupted (Ctrl-C)" for t in failed)
     client = mlflow_client(workdir)
-    assert client.get_run(trials[-1].user_attrs["mlflow_run_id"]).info.status == "KILLED"
-    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FINISHED" for t in trials[:-1])
+    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "KILLED" for t in failed)
+    assert all(client.get_run(t.user_attrs["mlflow_run_id"]).info.status == "FINISHED" for t in complete)
     parent, _ = study_runs(client, "intr")
     assert parent.info.status == "KILLED"
 
