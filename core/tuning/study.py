@@ -167,6 +167,10 @@ def make_sampler(name: str, seed: int | None) -> Any:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if name == "cmaes":
+        try:
+            import cmaes  # noqa: F401 - Optuna imports it only when the first trial is sampled
+        except ImportError:
+            raise ConfigError("--sampler cmaes needs the cmaes package: pip install cmaes") from None
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
