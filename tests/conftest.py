@@ -60,8 +60,9 @@ def run_cli(workdir):
     exe = shutil.which("trainforge", path=str(BIN)) or shutil.which("trainforge")
     assert exe, "the trainforge console script is not installed"
 
-    def run(*args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-        env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING"}
+    def run(*args: str, check: bool = True, timeout: float = 600,
+            env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        env = {**os.environ, "MLFLOW_LOGGING_LEVEL": "WARNING", **(env_extra or {})}
         proc = subprocess.run([exe, *map(str, args)], cwd=workdir, capture_output=True, text=True,
                               timeout=timeout, env=env)
         if check and proc.returncode != 0:
