@@ -61,7 +61,7 @@ def test_ddp_two_processes_export_a_verified_onnx_file(run_cli, workdir):
                             "--quiet", "--json").stdout)
     assert out["onnx_path"] and max(out["parity_max_abs_diff"].values()) <= 1e-4
     run = mlflow_client(workdir).get_run(out["run_id"])
-    assert run.info.status == "FINISHED"
+    assert run.info.status == "FINISHED" and run.data.tags["trainforge.world_size"] == "2"
     assert "onnx/model.onnx" in {a.path for a in mlflow_client(workdir).list_artifacts(out["run_id"], "onnx")}
     # the exported file is the trained model: it reproduces the logged test accuracy on the run's test rows
     run_cli("data", "--run", out["run_id"], "--split", "test", "--output", "test.csv")
@@ -81,7 +81,9 @@ def test_ddp_two_processes_stream_a_csv_file(run_cli, workdir):
     out = last_json(run_cli("train", "--model", "mlp", "--dataset", "csv", "-p", "dataset.path=wine.csv",
                             "-p", "dataset.target=target", "-p", "dataset.streaming=true", "--epochs", "20",
                             "--nproc", "2", "--quiet", "--json").stdout)
-    params = mlflow_client(workdir).get_run(out["run_id"]).data.params
+    run = mlflow_client(workdir).get_run(out["run_id"])
+    assert run.data.tags["trainforge.world_size"] == "2"
+    params = run.data.params
     codes = split_codes(np.arange(len(frame)), 0, 0.1, 0.2)
     assert int(params["data.train_size"]) == int((codes == 0).sum())  # the streamed (hash) split ran
     assert out["metrics"]["test_accuracy"] > 0.8

@@ -123,7 +123,7 @@ def train(
     check_device(cfg["trainer"])
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
-    run_tags = {"trainforge.command": "train", **(tags or {})}
+    run_tags = {"trainforge.command": "train", "trainforge.world_size": str(distributed.world()[1]), **(tags or {})}
     if resume:
         run = mlflow.start_run(run_id=resume)  # the same run, status RUNNING again
         experiment_id = run.info.experiment_id
