@@ -308,6 +308,9 @@ cli.add_command(server)
 from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
 
 cli.add_command(tune)
+from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
+
+cli.add_command(doctor)
 
 
 def main() -> None:

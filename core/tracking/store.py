@@ -205,6 +205,53 @@ def setup_uri(uri: str | None = None) -> str:
     return uri
 
 
+def store_status(uri: str | None = None) -> dict[str, Any]:
+    """Whether the tracking store in force (see :func:`tracking_uri`) takes writes, without creating anything
+    in it: ``tracking_uri``, ``writable`` (``True``/``False``; ``None`` when not checkable from here) and
+    ``detail``.
+
+    - SQLite: the database file opens for writing, or its folder (the nearest existing one) takes a new file;
+      the artifacts go beside it (``artifacts/``), so that folder is the one that matters;
+    - an MLflow server (``http(s)://``): its ``/health`` answers within 5 s; writes are not tried;
+    - other databases (PostgreSQL, MySQL): a SQLAlchemy connection opens within 5 s; writes are not tried.
+    """
+    import tempfile
+
+    uri = tracking_uri(uri)
+    if db := sqlite_file(uri):
+        path = Path(db)
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            if path.exists():
+                with open(path, "r+b"):
+                    pass
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            return {"tracking_uri": uri, "writable": False, "detail": f"{type(exc).__name__}: {exc}"}
+        return {"tracking_uri": uri, "writable": True,
+                "detail": "database file writable" if path.exists() else f"will be created (in {folder})"}
+    try:
+        if uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+            return {"tracking_uri": uri, "writable": None, "detail": "server reachable; writes not tried"}
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, pool_pre_ping=True)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return {"tracking_uri": uri, "writable": None, "detail": "database reachable; writes not tried"}
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
+        return {"tracking_uri": uri, "writable": False, "detail": f"not reachable: {type(exc).__name__}: {exc}"}
+
+
 def get_run(run_id: str) -> Any:
     """The MLflow run ``run_id``; raises :class:`TrainforgeError` when the store does not know it."""
     from mlflow.tracking import MlflowClient
