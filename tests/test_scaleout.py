@@ -26,12 +26,14 @@ def _runs(uri: str, experiment: str):
 
 
 def test_ddp_two_processes_log_one_run_and_match_one_process(run_cli, workdir):
-    common = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "12", "--quiet", "--json", "--no-export"]
+    common = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "12", "--quiet", "--json", "--no-export",
+              "--device", "cpu"]  # gloo even where CUDA is visible (NCCL: tests/test_gpu.py)
     two = last_json(run_cli(*common, "--nproc", "2", "--experiment", "ddp").stdout)
     one = last_json(run_cli(*common, "--experiment", "single").stdout)
     runs = _runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "ddp")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # only rank 0 tracks
     assert runs[0].info.run_id == two["run_id"]
+    assert runs[0].data.tags["trainforge.distributed"] == "gloo, 2 processes"
     # same global batch and epochs: equal within seed noise (different shuffles per rank)
     assert two["metrics"]["test_accuracy"] > 0.9 and one["metrics"]["test_accuracy"] > 0.9
     assert abs(two["metrics"]["test_accuracy"] - one["metrics"]["test_accuracy"]) < 0.05
@@ -42,7 +44,7 @@ def test_ddp_two_processes_log_one_run_and_match_one_process(run_cli, workdir):
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(run_cli, workdir):
     args = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "15", "--patience", "0", "--quiet",
-            "--json", "--no-export", "-p", "trainer.resume_every_s=0", "--experiment", "resume"]
+            "--json", "--no-export", "-p", "trainer.resume_every_s=0", "--experiment", "resume", "--device", "cpu"]
     full = last_json(run_cli(*args).stdout)
     uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
     proc = subprocess.Popen([TF, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -97,16 +97,30 @@ def cuda_usable() -> tuple[bool, str]:
     if found["error"]:
         return False, found["error"]
     failed = preload()
-    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
-    if library.is_file():
-        try:
-            ctypes.CDLL(str(library))
-        except OSError as exc:
-            major = (onnxruntime_info()["cuda_version"] or "?").split(".")[0]
-            hint = f"; preload_dlls: {'; '.join(failed)}" if failed else ""
-            return False, (f"the CUDA provider library does not load: {_missing(exc)} (onnxruntime-gpu needs the "
-                           f"CUDA {major} and cuDNN 9 libraries: pip install 'onnxruntime-gpu[cuda,cudnn]'{hint})")
+    error = provider_library_error()
+    if error:
+        major = (onnxruntime_info()["cuda_version"] or "?").split(".")[0]
+        hint = f"; preload_dlls: {'; '.join(failed)}" if failed else ""
+        return False, (f"the CUDA provider library does not load: {error} (onnxruntime-gpu needs the CUDA {major} "
+                       f"and cuDNN 9 libraries: pip install 'onnxruntime-gpu[cuda,cudnn]'{hint})")
     return True, ""
+
+
+def provider_library_error() -> str:
+    """Load onnxruntime's CUDA provider library (``capi/libonnxruntime_providers_cuda.so``) as a session
+    asking for CUDA would; ``""`` when it loads (or is not there), else the first library the dynamic loader
+    could not find, e.g. ``"libcublasLt.so.13 not found"``. Call :func:`preload` first to count the
+    ``nvidia-*`` wheels' libraries."""
+    import onnxruntime as ort
+
+    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    if not library.is_file():
+        return ""
+    try:
+        ctypes.CDLL(str(library))
+    except OSError as exc:
+        return _missing(exc)
+    return ""
 
 
 def _missing(exc: OSError) -> str:
