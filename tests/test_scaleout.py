@@ -40,6 +40,21 @@ def test_ddp_two_processes_log_one_run_and_match_one_process(run_cli, workdir):
     # the metrics were all-reduced over the whole split: accuracy * test rows is a whole number of rows
     n_test = int(runs[0].data.params["data.test_size"])
     assert abs(two["metrics"]["test_accuracy"] * n_test - round(two["metrics"]["test_accuracy"] * n_test)) < 1e-6
+    # and they are the whole split's: the best checkpoint evaluated in this process on all test rows agrees
+    import torch
+
+    from trainforge.contracts import DataMeta
+    from trainforge.run.api import load_data
+    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.modeling import build_model
+
+    ckpt = load_checkpoint(mlflow.artifacts.download_artifacts(run_id=two["run_id"], artifact_path="checkpoints/best.pt"))
+    model = build_model(ckpt["config"]["model"], DataMeta.from_dict(ckpt["meta"]))
+    model.load_state_dict(ckpt["state_dict"])
+    test = load_data(ckpt["config"]).test
+    with torch.inference_mode():
+        accuracy = float((model.eval()(test.x).argmax(1) == test.y).double().mean())
+    assert len(test.y) == n_test and abs(accuracy - two["metrics"]["test_accuracy"]) < 1e-9
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(run_cli, workdir):
