@@ -108,26 +108,28 @@ def cuda_usable() -> tuple[bool, str]:
 
 def provider_library_error() -> str:
     """Load onnxruntime's CUDA provider library (``capi/libonnxruntime_providers_cuda.so``) as a session
-    asking for CUDA would; ``""`` when it loads (or is not there), else the first library the dynamic loader
-    could not find, e.g. ``"libcublasLt.so.13 not found"``. Call :func:`preload` first to count the
-    ``nvidia-*`` wheels' libraries."""
+    asking for CUDA would, then cuDNN 9 (``libcudnn.so.9``, which the provider opens when it starts);
+    ``""`` when they load (or the provider is not there), else the first library the dynamic loader
+    could not find, e.g. ``"libcublasLt.so.13 not found"`` (another load error is logged and ignored: the
+    session then decides). Call :func:`preload` first to count the ``nvidia-*`` wheels' libraries."""
     import onnxruntime as ort
 
-    library = Path(ort.__file__).parent / "capi" / "libonnxruntime_providers_cuda.so"
+    capi = Path(ort.__file__).parent / "capi"
+    library, shared = capi / "libonnxruntime_providers_cuda.so", capi / "libonnxruntime_providers_shared.so"
     if not library.is_file():
         return ""
     try:
+        if shared.is_file():  # defines Provider_GetHost for the provider; onnxruntime loads it global first too
+            ctypes.CDLL(str(shared), mode=ctypes.RTLD_GLOBAL)
         ctypes.CDLL(str(library))
+        ctypes.CDLL("libcudnn.so.9")  # loaded by the provider when it starts, not a link-time dependency
     except OSError as exc:
-        return _missing(exc)
+        name, sep, _ = str(exc).partition(": cannot open shared object file")
+        if sep:
+            return f"{name.strip()} not found"
+        # anything else (e.g. a symbol) is this check's to get wrong: let the session try, and report its fallback
+        log.debug("loading %s: %s", library, exc)
     return ""
-
-
-def _missing(exc: OSError) -> str:
-    """``"libcublasLt.so.13: cannot open shared object file: ..."`` -> ``"libcublasLt.so.13 not found"``."""
-    text = str(exc)
-    name, sep, _ = text.partition(": cannot open shared object file")
-    return f"{name.strip()} not found" if sep else text
 
 
 def usable_providers(choice: str = "auto") -> list[str]:
