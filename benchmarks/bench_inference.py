@@ -115,7 +115,7 @@ def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: 
     """CUDA provider with IO binding vs torch on CUDA; skipped, and said so, without a usable GPU."""
     import torch
 
-    from trainforge.exporting.predictor import cuda_usable
+    from trainforge.exporting.providers import cuda_usable
 
     ok, why = cuda_usable()
     if not ok or not torch.cuda.is_available():
@@ -126,11 +126,12 @@ def _cuda_section(section: Section, models: dict[str, dict[str, Any]], repeats: 
     import onnxruntime as ort
 
     from trainforge.exporting.predictor import session_options
+    from trainforge.exporting.providers import CUDA, session_providers
 
     rows = []
     for name, info in models.items():
         module = info["module"].to("cuda")
-        session = ort.InferenceSession(info["onnx"], session_options(), providers=["CUDAExecutionProvider"])
+        session = ort.InferenceSession(info["onnx"], session_options(), providers=session_providers([CUDA]))
         for batch in BATCHES:
             x = np.ascontiguousarray(info["x"][:batch])
             xt = torch.from_numpy(x).to("cuda")

@@ -94,7 +94,10 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
           as_json: bool, resume: str | None, nproc: int) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from trainforge.run.api import check_launch
         from trainforge.training.distributed import launch
+
+        check_launch(nproc, None if resume else config_file, () if resume else params, trainer__device=device)
 
         argv = sys.argv[1:]
         for i, arg in enumerate(argv):  # the same command, minus --nproc, in N processes
@@ -305,6 +308,9 @@ cli.add_command(server)
 from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
 
 cli.add_command(tune)
+from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
+
+cli.add_command(doctor)
 
 
 def main() -> None:

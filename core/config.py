@@ -46,6 +46,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,  # share of all rows held out for validation
     "test_fraction": 0.2,  # share of all rows held out for the final test
     "resume_every_s": 60.0,  # seconds between resumable checkpoints (checkpoints/last.pt); 0 every epoch, -1 off
+    # MLflow system metrics on the run (CPU, memory, and per GPU utilization and memory): needs psutil, and
+    # nvidia-ml-py for the GPUs (pip install 'trainforge[gpu]'); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets the period
+    "system_metrics": False,
 }
 DEFAULT_SELECTION = {"model": "mlp", "optimizer": "adam", "dataset": "digits", "scheduler": "none"}
 
@@ -152,6 +155,8 @@ def _check_trainer(t: dict[str, Any]) -> None:
     for key in ("val_fraction", "test_fraction"):
         if not 0.0 < float(t[key]) < 1.0:
             raise ConfigError(f"trainer.{key} must be between 0 and 1, got {t[key]!r}")
+    if not isinstance(t["system_metrics"], bool):
+        raise ConfigError(f"trainer.system_metrics must be true or false, got {t['system_metrics']!r}")
     if float(t["val_fraction"]) + float(t["test_fraction"]) >= 0.9:
         raise ConfigError("trainer.val_fraction + trainer.test_fraction must leave at least 10% for training")
 

@@ -84,6 +84,12 @@ class Task:
     def compute(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         raise NotImplementedError
 
+    def fold(self, state: dict[str, Any]) -> None:
+        """Move statistics that ``update`` buffers outside the state's tensors into them (no-op by default).
+
+        The trainer calls it once per epoch before it sums the states of DDP ranks, which sees tensors only.
+        """
+
     def head(self, outputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Map raw model outputs to the ONNX graph outputs named in ``onnx_outputs``."""
         raise NotImplementedError

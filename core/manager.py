@@ -104,6 +104,28 @@ def _load_entrypoints(pm: pluggy.PluginManager) -> None:
         raise PluginError(f"a plugin of entry-point group {GROUP!r} failed to load: {exc!r}") from exc
 
 
+def entry_point_health() -> list[dict[str, str]]:
+    """Every installed entry point of group ``trainforge``, imported on its own: ``name``, ``distribution``,
+    ``value`` (the module it names) and ``error`` (``""`` when it imports; else the exception, one line).
+    A blocked entry point (``TRAINFORGE_BLOCK_PLUGINS``) is not imported: its error is ``"blocked"``."""
+    from importlib import metadata
+
+    blocked = set(_env_list("TRAINFORGE_BLOCK_PLUGINS") or [])
+    out = []
+    for ep in sorted(metadata.entry_points(group=GROUP), key=lambda e: e.name):
+        dist = getattr(ep, "dist", None)
+        row = {"name": ep.name, "distribution": dist.metadata["Name"] if dist else "", "value": ep.value, "error": ""}
+        if ep.name in blocked:
+            row["error"] = "blocked"
+        else:
+            try:
+                ep.load()
+            except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
+                row["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
+        out.append(row)
+    return out
+
+
 def get_plugin_manager() -> pluggy.PluginManager:
     """Return the process-wide PluginManager, loading plugins on first use."""
     global _pm

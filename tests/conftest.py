@@ -130,7 +130,8 @@ def error_line(result) -> str:
 
 @pytest.fixture(scope="session")
 def digits_run(tmp_path_factory):
-    """A CNN trained on digits (5 epochs) by the real console script in its own directory, once per session.
+    """A CNN trained on digits (5 epochs, on the CPU) by the real console script in its own directory, once per
+    session (tests comparing onnxruntime with torch on the CPU read it; GPU counterparts train their own).
 
     Shared read-only by the end-to-end, tracking and ONNX tests: ``root`` (the working directory that
     holds the default store ``mlruns/``), ``tracking_uri``, ``run_id``, ``result`` (the ``--json``
@@ -142,7 +143,7 @@ def digits_run(tmp_path_factory):
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME")}
     env["MLFLOW_LOGGING_LEVEL"] = "WARNING"
     proc = subprocess.run([exe, "train", "--model", "cnn", "--dataset", "digits", "--epochs", "5", "--quiet",
-                           "--json"], cwd=root, capture_output=True, text=True, timeout=600, env=env)
+                           "--json", "--device", "cpu"], cwd=root, capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, f"training failed:\n{proc.stdout}\n{proc.stderr}"
     result = last_json(proc.stdout)
     return SimpleNamespace(root=root, tracking_uri=store_uri(root), run_id=result["run_id"], result=result,

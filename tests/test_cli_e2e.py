@@ -47,10 +47,10 @@ def test_data_then_predict_reproduces_test_accuracy(digits_run, run_cli, workdir
     assert frame.shape[1] == 64 + 1 and "target" in frame.columns
 
     proc = run_cli("predict", f"runs:/{digits_run.run_id}", "--input", "test.csv", "--target", "target",
-                   "--json", "--tracking-uri", uri)
+                   "--json", "--tracking-uri", uri, "--provider", "cpu")
     summary = last_json(proc.stdout)
     assert summary["rows"] == len(frame)
-    assert summary["provider"] == "CPUExecutionProvider"  # no GPU here: the provider that really ran
+    assert summary["provider"] == "CPUExecutionProvider"  # the provider that really ran (CUDA: tests/test_gpu.py)
     logged = run.data.metrics["test_accuracy"]
     assert abs(summary["metrics"]["accuracy"] - logged) <= 1e-6
     assert abs(logged - digits_run.result["metrics"]["test_accuracy"]) <= 1e-9
@@ -103,7 +103,7 @@ def test_standalone_example_script_agrees(digits_run, cli, workdir):
     """examples/predict_onnx.py (numpy + onnxruntime only) reads the metadata and predicts the same labels."""
     cli("data", "--run", digits_run.run_id, "--output", "test.csv", "--tracking-uri", digits_run.tracking_uri)
     model = digits_run.result["onnx_path"]
-    cli("predict", model, "--input", "test.csv", "--output", "pred.csv")
+    cli("predict", model, "--input", "test.csv", "--output", "pred.csv", "--provider", "cpu")
     proc = subprocess.run([sys.executable, str(EXAMPLE), model, "test.csv", "--target", "target",
                            "--provider", "cpu"], cwd=workdir, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 from conftest import error_line, mlflow_client
+
+from trainforge.exporting.providers import cuda_usable
 
 TRAIN = ("train", "--epochs", "1", "--quiet", "--no-export")
 
@@ -119,6 +122,7 @@ def test_precision_16_mixed_refused_on_cpu(cli, workdir):
     assert all(run.info.status == "FAILED" for run in _runs(workdir))  # never left RUNNING or FINISHED
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible: --device cuda runs (tests/test_gpu.py)")
 def test_cuda_device_refused_without_gpu(cli, workdir):
     line = error_line(cli(*TRAIN, "--dataset", "iris", "--device", "cuda", ok=False))
     assert "cuda" in line.lower()
@@ -149,7 +153,8 @@ def test_predict_bad_values(digits_run, cli, workdir):
 
 @pytest.mark.parametrize("args, fragment", [
     (("--input", "absent.csv"), "absent.csv"),
-    (("--input", "x.csv", "--provider", "cuda"), "CUDA"),
+    pytest.param(("--input", "x.csv", "--provider", "cuda"), "CUDA", marks=pytest.mark.skipif(
+        cuda_usable()[0], reason="the CUDA EP runs here: predict --provider cuda works (tests/test_gpu.py)")),
 ])
 def test_predict_input_and_provider_errors(digits_run, cli, workdir, args, fragment):
     pd.DataFrame({"a": [1.0]}).to_csv(workdir / "x.csv", index=False)

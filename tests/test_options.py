@@ -15,7 +15,7 @@ from conftest import last_json, mlflow_client
 
 import trainforge
 
-IRIS = ("--model", "mlp", "--dataset", "iris", "--quiet", "--json", "--no-export")
+IRIS = ("--model", "mlp", "--dataset", "iris", "--quiet", "--json", "--no-export", "--device", "cpu")
 
 
 def _history(workdir, run_id: str, key: str) -> list[float]:
@@ -96,7 +96,7 @@ class _Dtypes(trainforge.Callback):
 
 def test_bf16_mixed_on_cpu_runs_the_forward_pass_in_bfloat16(workdir):
     probe = _Dtypes()
-    result = trainforge.train(model__name="mlp", dataset__name="iris", trainer__precision="bf16-mixed",
+    result = trainforge.train(model__name="mlp", dataset__name="iris", trainer__precision="bf16-mixed", trainer__device="cpu",
                               overrides=["trainer.epochs=3", "trainer.patience=0"], quiet=True, export=False,
                               callbacks=[probe])
     assert probe.seen == {torch.bfloat16}

@@ -58,7 +58,7 @@ def test_trace_plugins_logs_every_hook_call(run_cli):
 @pytest.mark.slow
 def test_ddp_two_processes_export_a_verified_onnx_file(run_cli, workdir):
     out = last_json(run_cli("train", "--model", "mlp", "--dataset", "digits", "--epochs", "6", "--nproc", "2",
-                            "--quiet", "--json").stdout)
+                            "--device", "cpu", "--quiet", "--json").stdout)
     assert out["onnx_path"] and max(out["parity_max_abs_diff"].values()) <= 1e-4
     run = mlflow_client(workdir).get_run(out["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["trainforge.world_size"] == "2"
@@ -66,7 +66,7 @@ def test_ddp_two_processes_export_a_verified_onnx_file(run_cli, workdir):
     # the exported file is the trained model: it reproduces the logged test accuracy on the run's test rows
     run_cli("data", "--run", out["run_id"], "--split", "test", "--output", "test.csv")
     summary = last_json(run_cli("predict", out["onnx_path"], "--input", "test.csv", "--target", "target",
-                                "--json").stdout)
+                                "--provider", "cpu", "--json").stdout)
     assert summary["metrics"]["accuracy"] == pytest.approx(out["metrics"]["test_accuracy"], abs=1e-6)
 
 
@@ -80,7 +80,7 @@ def test_ddp_two_processes_stream_a_csv_file(run_cli, workdir):
     frame.to_csv(workdir / "wine.csv", index=False)
     out = last_json(run_cli("train", "--model", "mlp", "--dataset", "csv", "-p", "dataset.path=wine.csv",
                             "-p", "dataset.target=target", "-p", "dataset.streaming=true", "--epochs", "20",
-                            "--nproc", "2", "--quiet", "--json").stdout)
+                            "--nproc", "2", "--device", "cpu", "--quiet", "--json").stdout)
     run = mlflow_client(workdir).get_run(out["run_id"])
     assert run.data.tags["trainforge.world_size"] == "2"
     params = run.data.params

@@ -87,7 +87,7 @@ def mlp_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(root)
     try:
-        result = trainforge.train(model__name="mlp", dataset__name="digits", trainer__epochs=15, quiet=True,
+        result = trainforge.train(model__name="mlp", dataset__name="digits", trainer__epochs=15, quiet=True, trainer__device="cpu",
                                   tracking_uri=f"sqlite:///{root}/mlruns/mlflow.db")
     finally:
         os.chdir(cwd)

@@ -26,23 +26,40 @@ def _runs(uri: str, experiment: str):
 
 
 def test_ddp_two_processes_log_one_run_and_match_one_process(run_cli, workdir):
-    common = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "12", "--quiet", "--json", "--no-export"]
+    common = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "12", "--quiet", "--json", "--no-export",
+              "--device", "cpu"]  # gloo even where CUDA is visible (NCCL: tests/test_gpu.py)
     two = last_json(run_cli(*common, "--nproc", "2", "--experiment", "ddp").stdout)
     one = last_json(run_cli(*common, "--experiment", "single").stdout)
     runs = _runs(f"sqlite:///{workdir}/mlruns/mlflow.db", "ddp")
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # only rank 0 tracks
     assert runs[0].info.run_id == two["run_id"]
+    assert runs[0].data.tags["trainforge.distributed"] == "gloo, 2 processes"
     # same global batch and epochs: equal within seed noise (different shuffles per rank)
     assert two["metrics"]["test_accuracy"] > 0.9 and one["metrics"]["test_accuracy"] > 0.9
     assert abs(two["metrics"]["test_accuracy"] - one["metrics"]["test_accuracy"]) < 0.05
     # the metrics were all-reduced over the whole split: accuracy * test rows is a whole number of rows
     n_test = int(runs[0].data.params["data.test_size"])
     assert abs(two["metrics"]["test_accuracy"] * n_test - round(two["metrics"]["test_accuracy"] * n_test)) < 1e-6
+    # and they are the whole split's: the best checkpoint evaluated in this process on all test rows agrees
+    import torch
+
+    from trainforge.contracts import DataMeta
+    from trainforge.run.api import load_data
+    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.modeling import build_model
+
+    ckpt = load_checkpoint(mlflow.artifacts.download_artifacts(run_id=two["run_id"], artifact_path="checkpoints/best.pt"))
+    model = build_model(ckpt["config"]["model"], DataMeta.from_dict(ckpt["meta"]))
+    model.load_state_dict(ckpt["state_dict"])
+    test = load_data(ckpt["config"]).test
+    with torch.inference_mode():
+        accuracy = float((model.eval()(test.x).argmax(1) == test.y).double().mean())
+    assert len(test.y) == n_test and abs(accuracy - two["metrics"]["test_accuracy"]) < 1e-9
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(run_cli, workdir):
     args = ["train", "--model", "mlp", "--dataset", "digits", "--epochs", "15", "--patience", "0", "--quiet",
-            "--json", "--no-export", "-p", "trainer.resume_every_s=0", "--experiment", "resume"]
+            "--json", "--no-export", "-p", "trainer.resume_every_s=0", "--experiment", "resume", "--device", "cpu"]
     full = last_json(run_cli(*args).stdout)
     uri = f"sqlite:///{workdir}/mlruns/mlflow.db"
     proc = signalled([TF, *args], cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

@@ -16,7 +16,8 @@ from trainforge.plugins.datasets import infer_task
 
 
 def _train(cli, *args: str) -> dict:
-    return last_json(cli("train", *args, "--quiet", "--json").output)
+    # --device cpu / --provider cpu: these compare onnxruntime on the CPU with torch's metrics on the CPU
+    return last_json(cli("train", *args, "--device", "cpu", "--quiet", "--json").output)
 
 
 def _metadata(path: str) -> dict[str, str]:
@@ -46,7 +47,7 @@ def test_csv_label_column_is_classification(cli, workdir):
     assert json.loads(meta["feature_names"]) == list(wine.data.columns)
 
     # predict on the whole original file: features matched by name, labels compared as text
-    out = cli("predict", f"runs:/{result['run_id']}", "--input", "wine.csv", "--target", "cultivar",
+    out = cli("predict", f"runs:/{result['run_id']}", "--input", "wine.csv", "--target", "cultivar", "--provider", "cpu",
               "--output", "pred.csv", "--json").output
     summary = last_json(out)
     pred = pd.read_csv(workdir / "pred.csv")
@@ -59,7 +60,7 @@ def test_csv_label_column_is_classification(cli, workdir):
     cli("data", "--run", result["run_id"], "--split", "test", "--output", "test.csv")
     test = pd.read_csv(workdir / "test.csv")
     assert len(test) == int(run.data.params["data.test_size"])
-    summary = last_json(cli("predict", f"runs:/{result['run_id']}", "--input", "test.csv", "--target", "target",
+    summary = last_json(cli("predict", f"runs:/{result['run_id']}", "--input", "test.csv", "--target", "target", "--provider", "cpu",
                             "--json").output)
     assert abs(summary["metrics"]["accuracy"] - run.data.metrics["test_accuracy"]) <= 1e-6
 
@@ -78,7 +79,7 @@ def test_csv_float_target_is_regression(cli, workdir):
         result["run_id"], "plots")}
     assert _metadata(result["onnx_path"])["task"] == "regression"
 
-    out = cli("predict", result["onnx_path"], "--input", "diabetes.csv", "--target", "target",
+    out = cli("predict", result["onnx_path"], "--input", "diabetes.csv", "--target", "target", "--provider", "cpu",
               "--output", "pred.csv", "--json").output
     summary = last_json(out)
     pred = pd.read_csv(workdir / "pred.csv")
@@ -97,7 +98,7 @@ def test_builtin_diabetes_regression_and_predict_reproduces_mse(cli, workdir):
     assert all(d <= 1e-4 for d in result["parity_max_abs_diff"].values())
     cli("data", "--run", result["run_id"], "--split", "test", "--output", "test.csv")
     summary = last_json(cli("predict", f"runs:/{result['run_id']}", "--input", "test.csv", "--target", "target",
-                            "--output", "pred.csv", "--json").output)
+                            "--provider", "cpu", "--output", "pred.csv", "--json").output)
     logged = mlflow_client(workdir).get_run(result["run_id"]).data.metrics
     assert summary["metrics"]["mse"] == pytest.approx(logged["test_mse"], rel=1e-4)
     assert summary["metrics"]["mae"] == pytest.approx(logged["test_mae"], rel=1e-4)

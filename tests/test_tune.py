@@ -181,7 +181,7 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
     assert [(str(v.version), v.run_id) for v in versions] == [("1", out["parent_run_id"])]
     cli("data", "--dataset", "iris", "--split", "test", "--output", "test.csv")
     scored = last_json(cli("predict", out["onnx_path"], "--input", "test.csv", "--target", "target",
-                           "--output", "pred.csv", "--json").output)
+                           "--output", "pred.csv", "--json", "--provider", "cpu").output)
     assert scored["metrics"]["accuracy"] == pytest.approx(out["test_metrics"]["test_accuracy"])
     assert out["test_metrics"]["test_accuracy"] == pytest.approx(
         client.get_run(tie_broken_best(study).user_attrs["mlflow_run_id"]).data.metrics["test_accuracy"], abs=1e-6)

@@ -10,8 +10,9 @@ axis is dynamic. The file is self-contained (``external_data=False``): no ``mode
 ``trainforge.input_dtype``, ``trainforge.outputs``, ``trainforge.class_names``,
 ``trainforge.feature_names``, ``trainforge.normalization`` (mean/std, already applied inside the graph),
 ``trainforge.version``, ``trainforge.mlflow_run_id``, ``trainforge.model``, ``trainforge.dataset``,
-``trainforge.opset``, ``trainforge.parity_max_abs_diff`` and ``trainforge.part`` (empty for the whole
-model, e.g. ``encoder`` for an autoencoder's encoder exported alone).
+``trainforge.opset``, ``trainforge.parity_max_abs_diff`` (onnxruntime's CPU provider vs torch),
+``trainforge.parity_cuda_max_abs_diff`` (its CUDA provider vs torch, ``null`` where CUDA cannot run) and
+``trainforge.part`` (empty for the whole model, e.g. ``encoder`` for an autoencoder's encoder exported alone).
 
 A generator (a model with ``example_input``, e.g. the GAN) is exported from its input code: the graph
 takes e.g. a latent ``(N, Z)`` float32 and returns ``samples`` ``(N, *input_shape)``.
@@ -30,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from trainforge.errors import ExportError
+from trainforge.exporting.providers import CPU, CUDA, cuda_usable, session_providers
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ META_PREFIX = "trainforge."
 class ExportReport:
     """Where the model went and how closely onnxruntime reproduces torch.
 
-    ``max_abs_diff`` maps a batch size to the largest absolute output difference at that batch size.
+    ``max_abs_diff`` maps a batch size to the largest absolute output difference at that batch size on
+    onnxruntime's CPU provider; ``cuda_max_abs_diff`` the same on its CUDA provider (empty where the CUDA
+    provider cannot run, see :func:`trainforge.exporting.providers.cuda_usable`).
     """
 
     path: Path
@@ -51,10 +55,12 @@ class ExportReport:
     max_abs_diff: dict[int, float] = field(default_factory=dict)
     seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
+    cuda_max_abs_diff: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "opset": self.opset, "seconds": round(self.seconds, 3),
-                "max_abs_diff": {str(k): v for k, v in self.max_abs_diff.items()}}
+                "max_abs_diff": {str(k): v for k, v in self.max_abs_diff.items()},
+                "cuda_max_abs_diff": {str(k): v for k, v in self.cuda_max_abs_diff.items()}}
 
 
 def export_model(
@@ -76,6 +82,8 @@ def export_model(
       ``example_input``, see :func:`export_sample`) used for the parity check at batch sizes 1 and ``N``
       (``N`` capped at 256).
     - ``part``: export only this part of the model (``model.export_parts()``, e.g. ``"encoder"``).
+    - The parity check runs on onnxruntime's CPU provider and, where it can run, on its CUDA provider
+      (with the options ``trainforge predict`` uses); both must stay within ``tolerance``.
     - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails, or the
       part is unknown; a file that fails the gate is deleted.
     """
@@ -131,14 +139,16 @@ def export_model(
             lg.setLevel(level)
 
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    diffs = _parity(wrapped, proto, sample, outputs)
-    worst = max(diffs.values())
-    if not worst <= tolerance:
-        path.unlink(missing_ok=True)
-        raise ExportError(
-            f"ONNX parity check failed: max abs difference {worst:.3g} > {tolerance:g} "
-            f"(per batch size: {diffs}); the file was not kept"
-        )
+    diffs = _parity(wrapped, proto, sample, outputs, CPU)
+    cuda_diffs = _parity(wrapped, proto, sample, outputs, CUDA) if cuda_usable()[0] else {}
+    for provider, measured in (("CPU", diffs), ("CUDA", cuda_diffs)):
+        worst = max(measured.values(), default=0.0)
+        if not worst <= tolerance:
+            path.unlink(missing_ok=True)
+            raise ExportError(
+                f"ONNX parity check failed on onnxruntime's {provider} provider: max abs difference {worst:.3g} > "
+                f"{tolerance:g} (per batch size: {measured}); the file was not kept"
+            )
 
     generative = bool(getattr(model, "generative", False)) and not part
     metadata = {
@@ -157,6 +167,7 @@ def export_model(
         "dataset": meta.dataset,
         "opset": str(opset_used),
         "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}),
+        "parity_cuda_max_abs_diff": json.dumps({str(k): v for k, v in cuda_diffs.items()} or None),
         "part": part or "",
     }
     del proto.metadata_props[:]
@@ -168,7 +179,7 @@ def export_model(
     onnx.save(proto, str(path))
     seconds = time.perf_counter() - started
     log.info("exported %s (opset %d, parity %s) in %.1f s", path, opset_used, diffs, seconds)
-    return ExportReport(path, opset_used, diffs, seconds, metadata)
+    return ExportReport(path, opset_used, diffs, seconds, metadata, cuda_diffs)
 
 
 def export_sample(model: Any, rows: np.ndarray) -> np.ndarray:
@@ -178,14 +189,18 @@ def export_sample(model: Any, rows: np.ndarray) -> np.ndarray:
     return rows
 
 
-def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str]) -> dict[int, float]:
-    """Max abs difference of every output, torch vs onnxruntime (CPU), at batch 1 and ``len(sample)``."""
+def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str], provider: str) -> dict[int, float]:
+    """Max abs difference of every output, torch (CPU, float32) vs onnxruntime on ``provider``, at batch 1
+    and ``len(sample)``. An empty dict when a CUDA session falls back to the CPU (logged)."""
     import onnxruntime as ort
     import torch
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(proto.SerializeToString(), options, providers=session_providers([provider]))
+    if session.get_providers()[0] != provider:
+        log.warning("parity on %s skipped: onnxruntime runs the model on %s", provider, session.get_providers()[0])
+        return {}
     diffs: dict[int, float] = {}
     for n in sorted({1, len(sample)}):
         batch = sample[:n]

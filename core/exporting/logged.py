@@ -26,7 +26,7 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
     import onnx
     from mlflow.models import infer_signature
 
-    from trainforge.exporting.predictor import usable_providers
+    from trainforge.exporting.providers import usable_providers
     from trainforge.tracking import store as tracking
 
     with tracking.deferred_interrupt():

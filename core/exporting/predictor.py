@@ -1,14 +1,15 @@
 """Batch inference with onnxruntime from a trainforge ONNX file; no torch needed.
 
-Execution providers: ``auto`` asks for CUDA only when the CUDA provider can really load (onnxruntime-gpu
-lists it even on machines without a GPU, then prints a loud error and silently falls back to CPU), else
-CPU. ``cuda`` / ``cpu`` force one. The provider that actually ran is reported; ``allow_fallback=False``
-turns a fallback from CUDA to CPU into an error.
+Execution providers: ``auto`` asks for CUDA only when the CUDA provider can really load
+(:func:`trainforge.exporting.providers.cuda_usable`: onnxruntime-gpu lists it even on machines without a
+GPU, then prints a loud error and silently falls back to CPU), else CPU. ``cuda`` / ``cpu`` force one.
+The provider that actually ran is reported; ``allow_fallback=False`` turns a fallback from CUDA to CPU into
+an error. CUDA sessions run with :data:`~trainforge.exporting.providers.CUDA_OPTIONS` (no TF32), as in
+the export gate.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,49 +18,17 @@ from typing import Any
 
 import numpy as np
 
-from trainforge.errors import ConfigError, DataError, TrainforgeError
+from trainforge.errors import DataError, TrainforgeError
+from trainforge.exporting.providers import CPU, CUDA, PROVIDERS, session_providers, usable_providers
 
 log = logging.getLogger(__name__)
 
-CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
-PROVIDERS = {"cuda": CUDA, "cpu": CPU}
+__all__ = ["CPU", "CUDA", "PROVIDERS", "PredictResult", "open_session", "predict", "usable_providers"]
 #: rows read per chunk: memory stays flat however long the file (65536 let parser and allocator
 #: buffers creep up for ~10 chunks: peak RSS 1.4x higher at 1M rows than at 100k; benchmarks/)
 CHUNK_ROWS = 16384
 #: rows per onnxruntime call: bounds the activations (a CNN's first conv is 8 KiB per row of 8x8 digits)
 RUN_ROWS = 4096
-
-
-def cuda_usable() -> tuple[bool, str]:
-    """Whether onnxruntime's CUDA provider can load here, and why not.
-
-    Checks that the provider is compiled in, that the NVIDIA driver (``libcuda.so.1``) loads and that a
-    device exists, then asks onnxruntime to preload the CUDA/cuDNN libraries (onnxruntime >= 1.21).
-    """
-    import onnxruntime as ort
-
-    if CUDA not in ort.get_available_providers():
-        return False, "this onnxruntime build has no CUDA provider (install onnxruntime-gpu)"
-    try:
-        libcuda = ctypes.CDLL("libcuda.so.1")
-    except OSError:
-        return False, "no NVIDIA driver (libcuda.so.1 does not load)"
-    count = ctypes.c_int(0)
-    if libcuda.cuInit(0) != 0 or libcuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value == 0:
-        return False, "the NVIDIA driver reports no usable GPU"
-    return True, ""
-
-
-def usable_providers(choice: str = "auto") -> list[str]:
-    """Providers to request, best first. Raises ConfigError when a forced provider cannot run here."""
-    if choice not in ("auto", *PROVIDERS):
-        raise ConfigError(f"unknown provider {choice!r}; use auto, cuda or cpu")
-    if choice == "cpu":
-        return [CPU]
-    ok, why = cuda_usable()
-    if choice == "cuda" and not ok:
-        raise ConfigError(f"the CUDA execution provider cannot run here: {why}; use --provider cpu")
-    return [CUDA, CPU] if ok else [CPU]
 
 
 @dataclass
@@ -130,7 +99,7 @@ def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool
     requested = usable_providers(provider)
     options = session_options(threads)
     try:
-        session = ort.InferenceSession(str(model), options, providers=requested)
+        session = ort.InferenceSession(str(model), options, providers=session_providers(requested))
     except Exception as exc:
         raise TrainforgeError(f"{model}: cannot load the ONNX model ({exc})") from None
     active = session.get_providers()[0]

@@ -54,6 +54,19 @@ def load_data(cfg: dict[str, Any]) -> Any:
     return data_mod.load(cfg["dataset"], cfg["trainer"], task=task)
 
 
+def check_launch(nproc: int, config: dict[str, Any] | str | Path | None = None, overrides: Iterable[str] = (),
+                 **flags: Any) -> None:
+    """Before ``trainforge train --nproc N`` starts N processes: raise :class:`ConfigError` when the resolved
+    ``trainer.device`` is CUDA and this machine has fewer than N GPUs (one error line instead of N ranks
+    failing). ``config``/``overrides``/``flags`` as in :func:`build_config`."""
+    from trainforge.training.distributed import check_gpus
+
+    device = flags.get("trainer__device")
+    if device is None:
+        device = build_config(config, overrides, **flags)["trainer"]["device"]
+    check_gpus(nproc, str(device))
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and CUDA) RNGs."""
     import numpy as np
@@ -99,13 +112,16 @@ def train(
     from trainforge.tracking import store as tracking
     from trainforge.training import distributed
 
-    distributed.init_from_env()
     resume_state = None
     if resume:
         cfg, resume_state = _resume_point(resume, tracking_uri)
+        for key in ("device", "precision"):  # e.g. continue a CUDA run on the CPU
+            if flags.get(f"trainer__{key}") is not None:
+                cfg["trainer"][key] = str(flags[f"trainer__{key}"])
     else:
         cfg = config if isinstance(config, dict) and "trainer" in config and not overrides and not flags \
             else build_config(config, overrides, **flags)
+    distributed.init_from_env(str(cfg["trainer"]["device"]))
     if not distributed.is_main():  # other ranks train their shard; rank 0 tracks and exports
         seed_everything(int(cfg["trainer"]["seed"]))
         bundle = data if data is not None else load_data(cfg)
@@ -124,12 +140,16 @@ def train(
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
     run_tags = {"trainforge.command": "train", "trainforge.world_size": str(distributed.world()[1]), **(tags or {})}
-    if resume:
-        run = mlflow.start_run(run_id=resume)  # the same run, status RUNNING again
+    if distributed.describe():
+        run_tags["trainforge.distributed"] = distributed.describe()
+    system_metrics = tracking.system_metrics(cfg["trainer"])
+    if resume:  # the same run, status RUNNING again
+        run = mlflow.start_run(run_id=resume, log_system_metrics=system_metrics)
         experiment_id = run.info.experiment_id
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
-                               nested=parent_run_id is not None, tags=run_tags)
+                               nested=parent_run_id is not None, tags=run_tags,
+                               log_system_metrics=system_metrics)
     run_id = run.info.run_id
     try:
         with tracking.run_status(run_id), tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:

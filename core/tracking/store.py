@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from trainforge.errors import TrainforgeError
+from trainforge.errors import ConfigError, TrainforgeError
 from trainforge.tracking.locks import sqlite_file
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,29 @@ def _reset_store() -> bool:
         return False
 
 
+def system_metrics(trainer: dict[str, Any]) -> bool:
+    """Whether the run logs MLflow's system metrics (``trainer.system_metrics``; ``mlflow.start_run(
+    log_system_metrics=True)``): ``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
+    ... and per GPU ``system/gpu_0_utilization_percentage``, ``system/gpu_0_memory_usage_megabytes``, one step per
+    sample. MLflow samples every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10).
+
+    Raises :class:`ConfigError` when psutil is missing; logs a warning when a GPU is visible but nvidia-ml-py
+    (``pynvml``, MLflow's GPU monitor) is not installed. Both come with ``pip install 'trainforge[gpu]'``.
+    """
+    import importlib.util
+
+    if not trainer.get("system_metrics", False):
+        return False
+    if importlib.util.find_spec("psutil") is None:
+        raise ConfigError("trainer.system_metrics needs psutil: pip install 'trainforge[gpu]'")
+    if importlib.util.find_spec("pynvml") is None:
+        import torch
+
+        if torch.cuda.is_available():
+            log.warning("trainer.system_metrics: no GPU metrics without nvidia-ml-py (pip install 'trainforge[gpu]')")
+    return True
+
+
 def setup_uri(uri: str | None = None) -> str:
     """Point MLflow at the store in force (see :func:`tracking_uri`) without touching experiments."""
     import mlflow
@@ -180,6 +203,53 @@ def setup_uri(uri: str | None = None) -> str:
     uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def store_status(uri: str | None = None) -> dict[str, Any]:
+    """Whether the tracking store in force (see :func:`tracking_uri`) takes writes, without creating anything
+    in it: ``tracking_uri``, ``writable`` (``True``/``False``; ``None`` when not checkable from here) and
+    ``detail``.
+
+    - SQLite: the database file opens for writing, or its folder (the nearest existing one) takes a new file;
+      the artifacts go beside it (``artifacts/``), so that folder is the one that matters;
+    - an MLflow server (``http(s)://``): its ``/health`` answers within 5 s; writes are not tried;
+    - other databases (PostgreSQL, MySQL): a SQLAlchemy connection opens within 5 s; writes are not tried.
+    """
+    import tempfile
+
+    uri = tracking_uri(uri)
+    if db := sqlite_file(uri):
+        path = Path(db)
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        try:
+            if path.exists():
+                with open(path, "r+b"):
+                    pass
+            if not folder.is_dir():
+                raise NotADirectoryError(f"{folder} is not a folder")
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as exc:
+            return {"tracking_uri": uri, "writable": False, "detail": f"{type(exc).__name__}: {exc}"}
+        return {"tracking_uri": uri, "writable": True,
+                "detail": "database file writable" if path.exists() else f"will be created (in {folder})"}
+    try:
+        if uri.startswith(("http://", "https://")):
+            import urllib.request
+
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5).read()
+            return {"tracking_uri": uri, "writable": None, "detail": "server reachable; writes not tried"}
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(uri, pool_pre_ping=True)
+        with engine.connect():
+            pass
+        engine.dispose()
+        return {"tracking_uri": uri, "writable": None, "detail": "database reachable; writes not tried"}
+    except Exception as exc:  # noqa: BLE001 - reported, not raised: this is a health check
+        return {"tracking_uri": uri, "writable": False, "detail": f"not reachable: {type(exc).__name__}: {exc}"}
 
 
 def get_run(run_id: str) -> Any:

@@ -1,4 +1,4 @@
-"""Multi-process training on torch.distributed (DDP): gloo on CPU, NCCL on GPU.
+"""Multi-process training on torch.distributed (DDP): gloo on CPU, NCCL on GPU (from the chosen device).
 
 ``trainforge train --nproc N`` re-runs the same command under ``torch.distributed.run`` (torchrun), or
 the user runs ``torchrun --nproc-per-node N -m trainforge.cli.main train ...`` (multi-node: torchrun's
@@ -14,6 +14,9 @@ Semantics:
   the reported metrics are those of the whole split.
 - Only rank 0 logs to MLflow, writes checkpoints and exports; stop decisions (early stopping, pruning)
   are taken on rank 0 and broadcast.
+- The backend follows ``trainer.device``: NCCL when it resolves to CUDA (each local rank on its own GPU,
+  ``cuda:LOCAL_RANK``), gloo otherwise, also for ``--device cpu`` on a machine with GPUs. More local
+  processes than visible GPUs is one :class:`ConfigError` (:func:`check_gpus`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ import sys
 from typing import Any
 
 import torch
+
+from trainforge.errors import ConfigError
 
 
 def world() -> tuple[int, int]:
@@ -37,16 +42,58 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
-def init_from_env() -> bool:
-    """Join the process group torchrun describes in the environment; ``False`` when not under torchrun."""
+def wants_cuda(device: str) -> bool:
+    """Whether ``trainer.device`` (auto, cpu, cuda, cuda:N) means a GPU here: ``auto`` does when torch sees one."""
+    device = str(device)
+    return torch.cuda.is_available() if device == "auto" else device.startswith("cuda")
+
+
+def backend_for(device: str) -> str:
+    """The process-group backend for ``trainer.device``: ``nccl`` on GPUs, ``gloo`` on the CPU."""
+    return "nccl" if wants_cuda(device) else "gloo"
+
+
+def check_gpus(nproc: int, device: str) -> None:
+    """Raise :class:`ConfigError` when ``nproc`` processes on this machine cannot each have a GPU of their own
+    (NCCL needs one GPU per rank; ``set_device`` would fail with "invalid device ordinal")."""
+    if nproc <= 1 or not wants_cuda(device):
+        return
+    visible = torch.cuda.device_count()
+    if nproc > visible:
+        fix = f"--nproc {visible} or --device cpu" if visible else "--device cpu"
+        raise ConfigError(f"--nproc {nproc} with device {device!r} needs one GPU per process, but torch sees "
+                          f"{visible}; use {fix}")
+
+
+def init_from_env(device: str = "auto") -> bool:
+    """Join the process group torchrun describes in the environment; ``False`` when not under torchrun.
+
+    ``device`` is ``trainer.device``: the backend is :func:`backend_for` it. Raises :class:`ConfigError`
+    when the local ranks outnumber the visible GPUs (:func:`check_gpus`).
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = backend_for(device)
         if backend == "nccl":
+            local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", "1")))
+            check_gpus(local_world, device)
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         torch.distributed.init_process_group(backend=backend)
     return True
+
+
+def rank_device(device: torch.device) -> torch.device:
+    """Under DDP a CUDA device becomes this rank's GPU, ``cuda:LOCAL_RANK``; other devices are unchanged."""
+    if device.type != "cuda" or world()[1] == 1:
+        return device
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def describe() -> str:
+    """``"gloo, 2 processes"`` under torch.distributed, ``""`` outside it."""
+    rank, size = world()
+    return f"{torch.distributed.get_backend()}, {size} processes" if size > 1 else ""
 
 
 def shutdown() -> None:

@@ -13,7 +13,7 @@ import torch
 
 from trainforge import ConfigError
 from trainforge.contracts import Task
-from trainforge.training.tasks import Regression
+from trainforge.training.tasks import DeviceConstant, Regression
 
 
 class Forecasting(Regression):
@@ -84,11 +84,12 @@ class Reconstruction(Task):
 
     def __init__(self, input_std: Any = None) -> None:
         self.input_std = None if input_std is None else torch.as_tensor(input_std, dtype=torch.float32)
+        self._scale = DeviceConstant(self.input_std)
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         err = outputs.float() - target
         if self.input_std is not None:
-            err = err / self.input_std.to(err.device)
+            err = err / self._scale.on(err.device)
         return err.pow(2).mean()
 
     def new_state(self, output_dim: int, device: torch.device) -> dict[str, torch.Tensor]:

@@ -19,6 +19,23 @@ from torch.nn import functional as F  # noqa: N812
 from trainforge.contracts import Task
 
 
+class DeviceConstant:
+    """A constant tensor of a task (e.g. a standard deviation) and its copy on the device last asked for.
+
+    The loss runs every step; copying the constant from host memory each time would wait for the device
+    (a host-to-device copy from pageable memory synchronizes). One copy per device instead.
+    """
+
+    def __init__(self, value: torch.Tensor | None) -> None:
+        self.value = value
+        self._copy = value
+
+    def on(self, device: torch.device) -> torch.Tensor:
+        if self._copy.device != device:
+            self._copy = self.value.to(device)
+        return self._copy
+
+
 class Classification(Task):
     """Single-label classification: the model returns logits ``(N, K)``; targets are int64 ``(N,)``.
 
@@ -43,9 +60,6 @@ class Classification(Task):
             "loss_sum": torch.zeros((), dtype=torch.float64, device=device),
             "count": torch.zeros((), dtype=torch.long, device=device),
             "pending": [],  # (target, prediction, batch-mean loss) per batch, not yet folded
-            # Under torch.distributed the states are summed across ranks before compute(), which sees
-            # only tensors: fold at every step there, so nothing is left pending.
-            "fold_every": 1 if _distributed() else self.FOLD_EVERY,
         }
 
     def update(
@@ -58,11 +72,12 @@ class Classification(Task):
             loss = F.cross_entropy(outputs.float(), target)
         loss = loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss), device=target.device)
         state["pending"].append((target, outputs.argmax(dim=1), loss))
-        if len(state["pending"]) >= state["fold_every"]:
-            self._fold(state)
+        if len(state["pending"]) >= self.FOLD_EVERY:
+            self.fold(state)
 
-    @staticmethod
-    def _fold(state: dict[str, Any]) -> None:
+    def fold(self, state: dict[str, Any]) -> None:
+        """Fold the buffered batches into the confusion matrix and loss sum (also before a DDP all-reduce,
+        so DDP keeps the per-step cost of one process: a bincount syncs with a CUDA device)."""
         pending = state["pending"]
         if not pending:
             return
@@ -81,7 +96,7 @@ class Classification(Task):
         pending.clear()
 
     def compute(self, state: dict[str, Any]) -> dict[str, float]:
-        self._fold(state)
+        self.fold(state)
         k = int(state["confusion"].numel() ** 0.5)
         # One host copy of the K*K counts; the arithmetic on them runs in numpy (float64, as before),
         # about ten times cheaper than the same dozen tiny torch ops, twice per epoch.
@@ -126,6 +141,7 @@ class Regression(Task):
 
     def __init__(self, target_std: Any = None) -> None:
         self.target_std = None if target_std is None else torch.as_tensor(target_std, dtype=torch.float32)
+        self._scale = DeviceConstant(self.target_std)
 
     def loss(self, outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """MSE measured in units of the training targets' standard deviation.
@@ -135,7 +151,7 @@ class Regression(Task):
         """
         err = outputs.float() - target
         if self.target_std is not None:
-            err = err / self.target_std.to(err.device)
+            err = err / self._scale.on(err.device)
         return err.pow(2).mean()
 
     def new_state(self, output_dim: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -178,10 +194,6 @@ class Regression(Task):
         from trainforge import plots
 
         return [plots.predicted_vs_actual(y, outputs, folder / "predicted_vs_actual.png")]
-
-
-def _distributed() -> bool:
-    return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
 TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression}

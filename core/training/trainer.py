@@ -37,7 +37,7 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but torch sees no CUDA GPU; use --device cpu")
-    return device
+    return distributed.rank_device(device)
 
 
 def check_device(config: dict[str, Any]) -> torch.device:
@@ -93,6 +93,8 @@ class Trainer:
         self.should_stop = self.stopped_early = False
         #: shuffles the training split; its state is part of a resumable checkpoint
         self.generator = torch.Generator().manual_seed(int(config["seed"]))
+        #: loss scaling for float16 autocast (CUDA only, see check_device); its state is resumable too
+        self.scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
         self.seconds = 0.0
 
     # -- helpers -------------------------------------------------------------------------------
@@ -140,9 +142,11 @@ class Trainer:
         return self._compute(state)
 
     def _compute(self, state: dict[str, Any]) -> dict[str, float]:
-        # Under DDP every rank saw a shard: sum the statistics so metrics cover the whole split.
+        # Under DDP every rank saw a shard: sum the statistics so metrics cover the whole split (after the
+        # task folded what it buffered between host syncs into its tensors).
         if self.custom_step:
             return _average(state)
+        self.task.fold(state)
         distributed.all_reduce_state(state)
         return self.task.compute(state)
 
@@ -155,7 +159,7 @@ class Trainer:
         train_model = distributed.wrap(model, self.device)  # DDP under torchrun, else the model itself
         world_size = distributed.world()[1]
         batch_size = max(1, int(cfg["batch_size"]) // world_size)  # trainer.batch_size is the global batch
-        scaler = torch.amp.GradScaler("cuda") if self.precision == "16-mixed" else None
+        scaler = self.scaler
         grad_clip = cfg.get("grad_clip")
         started = time.perf_counter()
         self._emit("on_fit_start")
@@ -235,7 +239,10 @@ class Trainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue this fit bit-for-bit (``torch.load(weights_only=True)``-safe):
-        weights, optimizer(s) and scheduler state, epoch, best-epoch tracking, history and RNG states."""
+        weights, optimizer(s) and scheduler state, epoch, best-epoch tracking, history and RNG states
+        (CPU, the shuffling generator and, on a CUDA device, every GPU's: ``torch.cuda.get_rng_state_all``),
+        and the GradScaler's state under 16-mixed precision (``None`` otherwise)."""
+        cuda = self.device.type == "cuda"
         return {
             "model": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()},
             "optimizers": [o.state_dict() for o in self.optimizers],
@@ -248,10 +255,20 @@ class Trainer:
             "history": self.history,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "cuda_rng": list(torch.cuda.get_rng_state_all()) if cuda else None,
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`: the next :meth:`fit` starts at epoch ``state["epoch"] + 1``."""
+        """Continue from :meth:`state_dict`: the next :meth:`fit` starts at epoch ``state["epoch"] + 1``.
+
+        The model moves to this trainer's device first: ``Optimizer.load_state_dict`` puts each state
+        tensor (Adam's ``exp_avg``, ...) on the device of its parameter *as it is then*, so loading onto
+        CPU parameters and moving the model afterwards would leave the optimizer state behind. The state
+        may come from another device (``torch.load(map_location="cpu")`` of a CUDA run, or the reverse) and
+        from checkpoints written before the CUDA RNG and GradScaler states were saved.
+        """
+        self.model.to(self.device)
         self.model.load_state_dict(state["model"])
         for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
             optimizer.load_state_dict(saved)
@@ -263,6 +280,12 @@ class Trainer:
         self.history = list(state["history"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        cuda_rng = state.get("cuda_rng")
+        if cuda_rng and self.device.type == "cuda":  # one state per GPU; a machine with fewer GPUs takes the first
+            for index, rng in enumerate(cuda_rng[: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(rng, index)
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
 
     def restore_best(self) -> None:
         """Load the best epoch's weights into the model (no-op before the first epoch)."""
