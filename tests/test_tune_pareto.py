@@ -101,7 +101,7 @@ def test_two_objective_study_front_select_resume_and_export(cli, workdir):
 def test_quantized_trial_is_scored_and_shipped_as_int8(cli, workdir):
     Path("q.yaml").write_text(yaml.safe_dump({"search_space": {"export.quantize": {"choices": ["int8"]}}}))
     out = last_json(cli("tune", *QUICK, "--config", "q.yaml", "--search-quantization", "--objective",
-                        "val_accuracy", "--objective", "val_loss", "--study", "q", "--n-trials", "1", "--json").output)
+                        "val_accuracy", "--objective", "val_loss", "--study", "q", "--n-trials", "1", "--seed", "0", "--json").output)
     (trial,) = load(workdir, "q").get_trials()
     assert trial.params["export.quantize"] == "int8" and out["selected"] == trial.number
     client = mlflow_client(workdir)
@@ -127,10 +127,10 @@ def test_quantized_trial_is_scored_and_shipped_as_int8(cli, workdir):
     logits = ort.InferenceSession(shipped, providers=["CPUExecutionProvider"]).run(["logits"], {"input": x})[0]
     shifted = logits - logits.max(1, keepdims=True)
     loss = float(np.mean(np.log(np.exp(shifted).sum(1)) - shifted[np.arange(len(y)), y]))
-    assert trial.values[1] == pytest.approx(loss, rel=1e-4)
-    assert run.data.metrics["int8_val_loss"] == pytest.approx(loss, rel=1e-4)
-    fp32_loss = trial.user_attrs["val_loss"]  # the trainer's, at the best epoch
-    assert abs(fp32_loss - loss) > 1e-6, "the objective is the fp32 model's loss, not the int8 file's"
+    assert trial.values[1] == pytest.approx(loss, rel=1e-5)
+    assert run.data.metrics["int8_val_loss"] == pytest.approx(loss, rel=1e-5)
+    fp32_loss = trial.user_attrs["val_loss"]  # the trainer's, at the best epoch (seed 0: 0.1% away)
+    assert abs(fp32_loss - loss) > 1e-4 * loss, "int8 and fp32 agree too closely here to tell them apart"
 
 
 def _study(values: list[list[float]]) -> optuna.Study:
