@@ -138,12 +138,10 @@ class Objective:
         return value
 
     def _measure(self, trial: Any, result: Any, best: dict[str, float], quantize: str) -> list[float]:
-        """The deployment objectives (:func:`trainforge.tuning.objectives.measure_trial`); a failure (export
+        """The deployment objectives (:meth:`trainforge.tuning.objectives.Deployment.measure`); a failure (export
         gate, quantizer, provider) makes the trial FAIL with the reason and its run FAILED."""
-        from trainforge.tuning.objectives import measure_trial
-
         try:
-            return measure_trial(self.deploy, trial, result, best, self.bundle, quantize)
+            return self.deploy.measure(trial, result, best, self.bundle, quantize)
         except Exception as exc:
             reason = f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason[:2000])

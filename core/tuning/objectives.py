@@ -39,8 +39,6 @@ log = logging.getLogger(__name__)
 #: deployment objectives and their direction
 KNOWN = {"latency_ms": "minimize", "throughput": "maximize", "model_bytes": "minimize", "params": "minimize"}
 SHORT = {"max": "maximize", "min": "minimize", "maximize": "maximize", "minimize": "minimize"}
-QUANTIZE_PARAM = "export.quantize"
-QUANTIZE_CHOICES = ["none", "int8"]
 PROVIDERS = ("cpu", "cuda")
 OBJECTIVES_ATTR = "objectives"
 
@@ -74,6 +72,10 @@ class Deployment:
         data.pop("lock")
         data["objectives"] = [f"{n}:{d[:3]}" for n, d in self.objectives]
         return data
+
+    def measure(self, trial: Any, result: Any, best: dict[str, float], bundle: Any, quantize: str = "none") -> list[float]:
+        """:func:`measure_trial` with this deployment (the objective calls it without importing this module)."""
+        return measure_trial(self, trial, result, best, bundle, quantize)
 
     @classmethod
     def from_settings(cls, data: dict[str, Any] | None) -> Deployment | None:

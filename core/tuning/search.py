@@ -40,6 +40,8 @@ CHOICE_KEY = "choices"
 #: The trainer's search space (Optuna names without the ``trainer.`` prefix). Batch sizes: powers of two
 #: around the default 64; the digits/iris training splits have 100 to 1300 rows.
 BATCH_SIZES = [32, 64, 128]
+#: ``export.quantize`` choices with ``--search-quantization``
+QUANTIZE_CHOICES = ["none", "int8"]
 
 
 def trainer_space(trial: Any) -> dict[str, Any]:
@@ -243,8 +245,6 @@ class SearchSpace:
             "trainer": trainer_space(scoped("trainer.")),
         }
         if self.quantization:
-            from trainforge.tuning.objectives import QUANTIZE_CHOICES
-
             sections["export"] = {"quantize": scoped("export.").suggest_categorical("quantize", QUANTIZE_CHOICES)}
         return sections
 
