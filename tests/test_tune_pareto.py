@@ -167,6 +167,8 @@ def test_select_rules_on_a_known_front():
     (("--objective", "val_accuracy", "--objective", "latency_ms:fast"), "must be max or min"),
     (("--objective", "val_accuracy", "--objective", "latency_ms", "--select", "bytes<1"), "not an objective"),
     (("--objective", "val_accuracy", "--objective", "latency_ms", "--provider", "cuda"), "CUDA"),
+    (("--latency-batch", "64",), "nothing is timed"),
+    (("--objective", "latency_ms", "--pruner", "hyperband"), "pruning needs a single objective that is"),
 ])
 def test_bad_objective_settings_are_one_error_line_before_any_trial(cli, args, message):
     assert message in error_line(cli("tune", *QUICK, "--n-trials", "1", *args, ok=False))

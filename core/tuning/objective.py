@@ -96,7 +96,7 @@ class Objective:
         from trainforge.run import api
         from trainforge.tuning.search import merge_sample
 
-        pruning = OptunaPruning(trial, self.metric, report=self.deploy is None or not self.deploy.multi)
+        pruning = OptunaPruning(trial, self.metric, report=self.deploy is None or self.deploy.prunable(self.metric))
         tags = {"trainforge.command": "tune", "trainforge.study": self.study_name,
                 TRIAL_TAG: f"{self.study_name}#{trial.number}", "trainforge.trial_number": str(trial.number),
                 **self.extra_tags}

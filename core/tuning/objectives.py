@@ -67,6 +67,11 @@ class Deployment:
         """Two or more objectives: a multi-objective Optuna study (``directions=``), no pruning."""
         return len(self.objectives) > 1
 
+    def prunable(self, metric: str) -> bool:
+        """Whether a pruner may judge the trials: one objective, and it is the monitored validation ``metric``
+        (the value reported every epoch). Otherwise the study runs with the ``none`` pruner."""
+        return not self.multi and self.names[0] == metric
+
     def to_settings(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("lock")
@@ -125,7 +130,14 @@ def resolve(opts: dict[str, Any], stored: dict[str, Any], computed: list[str], m
     objectives = parse_objectives(list(raw), computed, maximize) if raw else before.objectives if before else []
     plain = not quantize and (not objectives or (len(objectives) == 1 and objectives[0][0] in computed))
     if plain:
+        given = [f"--{k.replace('_', '-')}" for k in ("latency_batch", "latency_threads", "provider") if opts.get(k)]
+        if given:
+            raise ConfigError(f"{', '.join(given)}: nothing is timed without a latency_ms/throughput/model_bytes/"
+                              "params --objective or --search-quantization")
         return None
+    if stored and not before:
+        raise ConfigError("this study was created without --objective/--search-quantization; its objective "
+                          "cannot change (start a new --study)")
     if not objectives:
         objectives = parse_objectives([stored.get("metric") or computed[0]], computed, maximize)
     dep = Deployment(objectives, search_quantization=quantize)
@@ -205,20 +217,21 @@ def measure_trial(dep: Deployment, trial: Any, result: Any, best: dict[str, floa
 def check_modes(dep: Deployment | None, settings: dict[str, Any], opts: dict[str, Any]) -> Any:
     """Settle what a multi-objective study changes and parse ``--select``; returns the parsed selection.
 
-    Optuna's ``trial.report`` (and so every pruner) is single-objective: a multi-objective study runs with
-    the ``none`` pruner (ConfigError when another is asked for), and the CMA-ES sampler is single-objective
-    too. ``--select`` without two objectives is a ConfigError.
+    Optuna's ``trial.report`` (and so every pruner) is single-objective: a study whose objective is not the
+    one monitored validation metric (:meth:`Deployment.prunable`) runs with the ``none`` pruner (ConfigError
+    when another is asked for); the CMA-ES sampler is single-objective too. ``--select`` without two objectives is a ConfigError.
     """
     from trainforge.tuning.pareto import parse_select
 
     multi = dep is not None and dep.multi
-    if multi:
+    if dep is not None and not dep.prunable(settings["metric"]):
         if opts.get("pruner") not in (None, "none"):
-            raise ConfigError(f"--pruner {opts['pruner']}: pruning needs a single objective (Optuna's trial.report "
-                              "is single-objective); a multi-objective study runs every trial to the end")
-        if settings["sampler"] == "cmaes":
-            raise ConfigError("the cmaes sampler is single-objective; use tpe (default), nsga2, gp or random")
+            raise ConfigError(f"--pruner {opts['pruner']}: pruning needs a single objective that is the validation "
+                              "metric (Optuna's trial.report is single-objective); this study runs every trial "
+                              "to the end")
         settings["pruner"] = "none"
+    if multi and settings["sampler"] == "cmaes":
+        raise ConfigError("the cmaes sampler is single-objective; use tpe (default), nsga2, gp or random")
     if opts.get("select") and not multi:
         raise ConfigError("--select picks from a Pareto front: give two or more --objective")
     return parse_select(opts.get("select"), dep.names) if multi else ("first", [])
