@@ -91,7 +91,11 @@ def test_two_objective_study_front_select_resume_and_export(cli, workdir):
     assert client.get_run(out["parent_run_id"]).info.status == "FINISHED"
     assert client.get_run(study.trials[3].user_attrs["mlflow_run_id"]).data.tags["trainforge.trial_state"] == "COMPLETE"
 
-    # any front member exports through the gate
+    # without --trial, export takes the selected trial (the failed --select above chose none); with --trial
+    # any front member goes through the gate
+    cli("export", "--study", "mo", "--output", "selected.onnx")
+    assert trainforge.exporting.exporter.read_metadata("selected.onnx")["mlflow_run_id"] == \
+        by_number[out["selected"]].user_attrs["mlflow_run_id"]
     member = max(study.best_trials, key=lambda t: t.number)
     cli("export", "--study", "mo", "--trial", str(member.number), "--output", "member.onnx")
     assert trainforge.exporting.exporter.read_metadata("member.onnx")["mlflow_run_id"] == \
