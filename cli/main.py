@@ -137,10 +137,13 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
 Example:
   trainforge export 3f2a9c... --output digits_cnn.onnx
   trainforge export --study digits --output best.onnx     # the current best trial of a tune study
+  trainforge export --study digits --trial 12 -o t12.onnx  # any trial, e.g. a Pareto-front member
   trainforge export 3f2a9c... --part encoder -o encoder.onnx   # an autoencoder's encoder alone
   trainforge export 3f2a9c... -o model.onnx --quantize int8     # also model.int8.onnx""")
 @click.argument("run_id", required=False)
 @click.option("--study", help="Export the current best trial of this Optuna study instead of RUN_ID.")
+@click.option("--trial", type=click.IntRange(min=0), help="With --study: this trial (default: the best, or the "
+              "selected Pareto-front trial). An int8 trial also writes OUTPUT.int8.onnx.")
 @click.option("--storage", help="Optuna storage of --study (default: mlruns/optuna/journal.log).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False), help="Where to write (default ./RUN_ID.onnx).")
 @click.option("--opset", type=int, help="ONNX opset (default: the exporter's).")
@@ -151,7 +154,8 @@ Example:
                    "the training split for CNNs; prints the test accuracy of both.")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
-def export(run_id: str | None, study: str | None, storage: str | None, output: str | None, opset: int | None,
+def export(run_id: str | None, study: str | None, trial: int | None, storage: str | None, output: str | None,
+           opset: int | None,
            log_to_run: bool, part: str | None, quantize: str | None, tracking_uri: str | None,
            as_json: bool) -> None:
     """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
@@ -159,16 +163,18 @@ def export(run_id: str | None, study: str | None, storage: str | None, output: s
 
     if (run_id is None) == (study is None):
         raise click.UsageError("give a RUN_ID or --study NAME (one of them)")
+    if trial is not None and not study:
+        raise click.UsageError("--trial needs --study")
+    quantized = None
     if study:
-        from trainforge.tuning.tune import export_study_best
+        from trainforge.tuning.pareto import export_study_trial
 
-        report = export_study_best(study, output, storage=storage, tracking_uri=tracking_uri, opset=opset,
-                                   log_to_run=log_to_run)
+        report, quantized = export_study_trial(study, trial, output, storage=storage, tracking_uri=tracking_uri,
+                                               opset=opset, log_to_run=log_to_run, quantize=quantize)
     else:
         report = run_export(run_id, output, tracking_uri=tracking_uri, opset=opset, log_to_run=log_to_run,
                             part=part)
-    quantized = None
-    if quantize:
+    if quantize and quantized is None:
         from trainforge.exporting.quantize import quantize_run
 
         source_run = report.metadata.get("mlflow_run_id") or run_id

@@ -22,6 +22,8 @@ Examples:
   trainforge tune --study digits --n-trials 10          # resume: same settings, trial numbers continue
   trainforge tune --config space.yaml --storage sqlite:///optuna.db --json
   trainforge tune --study digits --storage postgresql://db/optuna --study-trials 50   # on each machine
+  trainforge tune --model mlp,cnn --objective val_accuracy --objective latency_ms --latency-batch 64 \
+      --search-quantization --n-trials 30 --select "latency_ms<=0.5"     # a Pareto front, one model shipped
 
 \b
 Parameter names: model / optimizer (when several are given), <model>.<param> (cnn.dropout1, mlp.width),
@@ -58,13 +60,27 @@ Default storage: the journal file mlruns/optuna/journal.log. Dead workers are de
 @click.option("--experiment", help="MLflow experiment name (default: trainforge).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial log lines.")
+@click.option("--objective", "objectives", multiple=True, metavar="NAME[:max|min]",
+              help="Repeatable; two or more make a multi-objective study (no pruning). NAME: a validation metric "
+                   "(val_accuracy, val_loss, ...), latency_ms (p50 in onnxruntime), throughput (rows/s), "
+                   "model_bytes or params.")
+@click.option("--latency-batch", type=click.IntRange(min=1), help="Rows per timed onnxruntime call (default 1).")
+@click.option("--latency-threads", type=click.IntRange(min=1), help="Intra-op threads when timing (default 1).")
+@click.option("--provider", type=click.Choice(["cpu", "cuda"]), help="Execution provider to time on (default cpu).")
+@click.option("--search-quantization", is_flag=True, default=None,
+              help="Also search export.quantize in {none, int8}; an int8 trial is scored and timed as int8.")
+@click.option("--select", metavar="RULE",
+              help="Which Pareto-front model to export: default the best first objective; 'latency_ms<=0.5' "
+                   "(constraints joined by ','), or 'knee'.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (study, best_value, best_params, ...).")
 def tune(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
          optimizer: str | None, epochs: int | None, n_trials: int | None, study_trials: int | None,
          timeout: float | None, study: str | None,
          storage: str | None, sampler: str | None, pruner: str | None, metric: str | None, direction: str | None,
          n_jobs: int | None, seed: int | None, refit: bool | None, register: str | None, no_export: bool,
-         experiment: str | None, tracking_uri: str | None, quiet: bool, as_json: bool) -> None:
+         experiment: str | None, tracking_uri: str | None, quiet: bool, objectives: tuple[str, ...],
+         latency_batch: int | None, latency_threads: int | None, provider: str | None,
+         search_quantization: bool | None, select: str | None, as_json: bool) -> None:
     """Search hyperparameters with Optuna; one MLflow parent run per study, one child run per trial."""
     from trainforge.tuning.tune import tune as run_tune
 
@@ -74,6 +90,8 @@ def tune(config_file: str | None, params: tuple[str, ...], model: str | None, da
         sampler=sampler, pruner=pruner,
         metric=metric, direction=direction, n_jobs=n_jobs, seed=seed, refit=refit, register=register,
         export=not no_export, tracking_uri=tracking_uri, experiment=experiment, quiet=quiet or as_json,
+        objectives=list(objectives) or None, latency_batch=latency_batch, latency_threads=latency_threads,
+        provider=provider, search_quantization=search_quantization, select=select,
     )
     data = result.to_dict()
     if as_json:
@@ -101,6 +119,9 @@ def _summary(result) -> None:
                   + (f", {result.n_running} running" if result.n_running else "")
                   + f" ({result.n_trials_run} run now)")
     table.add_row("wall time", f"{result.seconds:.1f} s")
+    for entry in result.pareto or []:
+        mark = " (selected)" if entry["trial"] == result.selected else ""
+        table.add_row(f"front #{entry['trial']}{mark}", "  ".join(f"{k}={v:.4g}" for k, v in entry["values"].items()))
     for key, value in result.test_metrics.items():
         table.add_row(f"exported {key}", f"{value:.4f}")
     table.add_row("parent run", result.parent_run_id)

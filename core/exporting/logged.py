@@ -8,14 +8,28 @@ from typing import Any
 import numpy as np
 
 
-def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path) -> None:
-    """Export the verified ONNX file, log it as ``onnx/model.onnx`` and as an MLflow ONNX model."""
+def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path,
+                   quantize: str = "none") -> None:
+    """Export the verified ONNX file, log it as ``onnx/model.onnx`` and as an MLflow ONNX model.
+
+    ``quantize="int8"``: the verified fp32 file is quantized (:func:`trainforge.exporting.quantize.quantize_model`,
+    calibrated on the training split) and the int8 file is what gets logged; the parity metrics logged are
+    the fp32 gate's, the file it was derived from.
+    """
+    import dataclasses
+
     from trainforge.exporting.exporter import export_model, export_sample
     from trainforge.training.data import sample_rows
 
     sample = export_sample(model, sample_rows(bundle.test))
     report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
                           config=result.config)
+    if quantize == "int8":
+        from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
+
+        quantized = quantize_model(report.path, workdir / "int8" / "model.onnx",
+                                   calibration=sample_rows(bundle.train, CALIBRATION_ROWS))
+        report = dataclasses.replace(report, path=quantized.path)
     log_onnx(result, report, sample)
 
 

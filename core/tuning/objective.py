@@ -38,9 +38,10 @@ class OptunaPruning(Callback):
     already did well. Raises ``optuna.TrialPruned`` from ``on_epoch_end``.
     """
 
-    def __init__(self, trial: Any, metric: str) -> None:
+    def __init__(self, trial: Any, metric: str, report: bool = True) -> None:
         self.trial = trial
         self.metric = metric
+        self.report = report  # False in multi-objective studies: Optuna's trial.report is single-objective
         self.run_id: str | None = None
         self.epoch = 0
 
@@ -56,6 +57,8 @@ class OptunaPruning(Callback):
         import optuna
 
         self.epoch = epoch
+        if not self.report:
+            return
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else metrics
         value = float(best.get(self.metric, metrics[self.metric]))
         self.trial.report(value, epoch)
@@ -82,8 +85,10 @@ class Objective:
     experiment: str | None = None
     quiet: bool = True
     extra_tags: dict[str, str] = field(default_factory=dict)
+    #: a :class:`~trainforge.tuning.objectives.Deployment`: export, time and return its objective values
+    deploy: Any = None
 
-    def __call__(self, trial: Any) -> float:
+    def __call__(self, trial: Any) -> float | list[float]:
         import mlflow
         import optuna
 
@@ -91,12 +96,14 @@ class Objective:
         from trainforge.run import api
         from trainforge.tuning.search import merge_sample
 
-        pruning = OptunaPruning(trial, self.metric)
+        pruning = OptunaPruning(trial, self.metric, report=self.deploy is None or self.deploy.prunable(self.metric))
         tags = {"trainforge.command": "tune", "trainforge.study": self.study_name,
                 TRIAL_TAG: f"{self.study_name}#{trial.number}", "trainforge.trial_number": str(trial.number),
                 **self.extra_tags}
         try:
-            cfg = config_mod.resolve(merge_sample(self.base, self.space.sample(trial)))
+            sampled = self.space.sample(trial)
+            quantize = sampled.pop("export", {}).get("quantize", "none")
+            cfg = config_mod.resolve(merge_sample(self.base, sampled))
             result = api.train(cfg, tracking_uri=self.tracking_uri, experiment=self.experiment,
                                run_name=f"{self.study_name}-trial-{trial.number}", parent_run_id=self.parent_run_id,
                                tags=tags, export=False, quiet=self.quiet, callbacks=[pruning], data=self.bundle,
@@ -122,9 +129,27 @@ class Objective:
             finish_child(result.run_id, "FAIL", trial, reason=f"{self.metric} is {value}")
             trial.set_user_attr("fail_reason", f"{self.metric} is {value}")
             raise ValueError(f"trial {trial.number}: {self.metric} is {value}")
+        if self.deploy is not None:
+            values = self._measure(trial, result, best, quantize)
+            finish_child(result.run_id, "COMPLETE", trial)
+            return values if self.deploy.multi else values[0]
         finish_child(result.run_id, "COMPLETE", trial)
         mlflow.log_metric("objective", value, run_id=result.run_id)
         return value
+
+    def _measure(self, trial: Any, result: Any, best: dict[str, float], quantize: str) -> list[float]:
+        """The deployment objectives (:meth:`trainforge.tuning.objectives.Deployment.measure`); a failure (export
+        gate, quantizer, provider) makes the trial FAIL with the reason and its run FAILED."""
+        try:
+            return self.deploy.measure(trial, result, best, self.bundle, quantize)
+        except Exception as exc:
+            reason = f"{type(exc).__name__}: {exc}"
+            trial.set_user_attr("fail_reason", reason[:2000])
+            finish_child(result.run_id, "FAIL", trial, reason=reason)
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient().set_terminated(result.run_id, status="FAILED")
+            raise
 
     def _last_run(self, trial: Any) -> str | None:
         """The child run train() opened for ``trial`` (None when it failed before opening one)."""

@@ -11,6 +11,8 @@ Parameter names (what Optuna records, what ``best_params`` and the ``search_spac
   still gets ``lr`` (log-uniform over a decade either side of its default, see :func:`optimizer_space`);
   one with a ``weight_decay`` default its space leaves alone gets a log-uniform ``weight_decay``.
 - ``trainer.<name>``: the trainer's own space (:func:`trainer_space`), e.g. ``trainer.batch_size``.
+- ``export.quantize``: ``none`` or ``int8``, with ``--search-quantization`` only (the shipped file's
+  precision; measured by :mod:`trainforge.tuning.objectives`, not part of the training config).
 
 Overrides (``search_space:`` section of ``--config``; flat dotted keys, or one level of nesting such as
 ``{cnn: {dropout1: 0.3}}``)::
@@ -38,6 +40,8 @@ CHOICE_KEY = "choices"
 #: The trainer's search space (Optuna names without the ``trainer.`` prefix). Batch sizes: powers of two
 #: around the default 64; the digits/iris training splits have 100 to 1300 rows.
 BATCH_SIZES = [32, 64, 128]
+#: ``export.quantize`` choices with ``--search-quantization``
+QUANTIZE_CHOICES = ["none", "int8"]
 
 
 def trainer_space(trial: Any) -> dict[str, Any]:
@@ -195,6 +199,8 @@ class SearchSpace:
     #: name -> (condition such as ``"model == cnn"`` or ``""``, optuna distribution); filled by :meth:`probe`
     params: dict[str, tuple[str, Any]] = field(default_factory=dict, repr=False)
     fixed: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: search ``export.quantize`` in ``{none, int8}`` (``--search-quantization``)
+    quantization: bool = False
 
     def __post_init__(self) -> None:
         if not self.models or not self.optimizers:
@@ -233,11 +239,14 @@ class SearchSpace:
         model_spec, opt_spec = manager.get("model", model), manager.get("optimizer", optimizer)
         scoped = lambda prefix: ScopedTrial(trial, prefix, self.overrides, fixed)  # noqa: E731
         model_values = dict(model_spec.search_space(scoped(f"{model}."))) if model_spec.search_space else {}
-        return {
+        sections = {
             "model": {"name": model, **model_values},
             "optimizer": {"name": optimizer, **optimizer_space(opt_spec, scoped(f"{optimizer}."))},
             "trainer": trainer_space(scoped("trainer.")),
         }
+        if self.quantization:
+            sections["export"] = {"quantize": scoped("export.").suggest_categorical("quantize", QUANTIZE_CHOICES)}
+        return sections
 
     def probe(self) -> None:
         """Record every parameter of every branch, then reject override names the space never suggests."""
@@ -283,6 +292,7 @@ class SearchSpace:
             model: {**manager.get("model", model).defaults, **_section(base, "model", model)},
             optimizer: {**manager.get("optimizer", optimizer).defaults, **_section(base, "optimizer", optimizer)},
             "trainer": {**TRAINER_DEFAULTS, **(base.get("trainer") or {})},
+            "export": {"quantize": "none"},  # train exports fp32
         }
         params: dict[str, Any] = {}
         if len(self.models) > 1:
@@ -357,6 +367,8 @@ def merge_sample(base: dict[str, Any], sampled: dict[str, dict[str, Any]]) -> di
     """
     out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
     for section, values in sampled.items():
+        if section == "export":  # how the model ships, not how it trains
+            continue
         given = dict(base.get(section) or {})
         if section in ("model", "optimizer") and given.get("name") not in (None, values["name"]):
             given = {}

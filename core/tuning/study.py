@@ -47,7 +47,7 @@ SETTINGS_ATTR = "trainforge.settings"
 PARENT_WAIT_SECONDS = 60.0
 #: Study names double as MLflow run and registered-model names: keep them to safe characters.
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-SAMPLERS = ("tpe", "random", "cmaes", "gp")
+SAMPLERS = ("tpe", "random", "cmaes", "gp", "nsga2")
 PRUNERS = ("median", "hyperband", "successive-halving", "none")
 
 
@@ -156,7 +156,8 @@ def open_storage(url: str | None = None) -> Any:
 
 def make_sampler(name: str, seed: int | None) -> Any:
     """``tpe`` (multivariate, grouped for conditional spaces, constant liar for parallel workers),
-    ``random``, ``cmaes`` (categoricals fall back to random sampling) or ``gp`` (Gaussian process)."""
+    ``random``, ``cmaes`` (categoricals fall back to random sampling), ``gp`` (Gaussian process) or ``nsga2``
+    (Optuna's NSGAIISampler, Deb et al. 2002; multi-objective, population 50)."""
     import optuna
 
     if name == "tpe":
@@ -174,6 +175,8 @@ def make_sampler(name: str, seed: int | None) -> Any:
         return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed, warn_independent_sampling=False)
+    if name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     raise ConfigError(f"unknown sampler {name!r}; choose one of {', '.join(SAMPLERS)}")
 
 
@@ -195,20 +198,22 @@ def make_pruner(name: str, max_epochs: int) -> Any:
     raise ConfigError(f"unknown pruner {name!r}; choose one of {', '.join(PRUNERS)}")
 
 
-def open_study(storage: Any, name: str, direction: str | None, sampler: Any = None,
+def open_study(storage: Any, name: str, direction: str | list[str] | None, sampler: Any = None,
                pruner: Any = None) -> tuple[Any, bool]:
     """Create study ``name`` or load it; returns ``(study, created)``.
 
-    ``direction=None`` loads an existing study only (ConfigError if there is none). A loaded study whose
-    direction differs from ``direction`` raises ConfigError.
+    ``direction``: ``"maximize"``/``"minimize"``, or a list of them for a multi-objective study
+    (Optuna's ``directions=``). ``None`` loads an existing study only (ConfigError if there is none). A
+    loaded study whose direction(s) differ raises ConfigError.
     """
     import optuna
 
     check_study_name(name)
     if direction is not None:
+        how = {"directions": direction} if isinstance(direction, list) else {"direction": direction}
         try:
-            study = optuna.create_study(storage=storage, study_name=name, direction=direction,
-                                        sampler=sampler, pruner=pruner, load_if_exists=False)
+            study = optuna.create_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner,
+                                        load_if_exists=False, **how)
             return study, True
         except optuna.exceptions.DuplicatedStudyError:
             pass
@@ -217,10 +222,11 @@ def open_study(storage: Any, name: str, direction: str | None, sampler: Any = No
     except KeyError:
         known = ", ".join(optuna.get_all_study_names(storage)) or "(none)"
         raise ConfigError(f"no study {name!r} in this storage; studies: {known}") from None
-    stored = study.direction.name.lower()
-    if direction is not None and stored != direction:
-        raise ConfigError(f"study {name!r} was created to {stored} its metric; --direction {direction} "
-                          "conflicts (start a new --study)")
+    stored = [d.name.lower() for d in study.directions]
+    if direction is not None and stored != (direction if isinstance(direction, list) else [direction]):
+        raise ConfigError(f"study {name!r} was created to {'/'.join(stored)} its objective(s); "
+                          f"{'/'.join(direction) if isinstance(direction, list) else direction} conflicts "
+                          "(start a new --study)")
     return study, False
 
 

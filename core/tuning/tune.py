@@ -41,7 +41,8 @@ DEFAULT_N_TRIALS = 20
 #: drawn first, is the same as ``train``'s. ``--refit`` gives the held-out rows back to the final model.
 TUNE_VAL_FRACTION = 0.2
 TUNE_KEYS = frozenset({"n_trials", "study_trials", "timeout", "study", "storage", "sampler", "pruner", "metric",
-                       "direction", "n_jobs", "seed", "refit", "register", "models", "optimizers"})
+                       "direction", "n_jobs", "seed", "refit", "register", "models", "optimizers", "objectives",
+                       "latency_batch", "latency_threads", "provider", "search_quantization", "select"})
 
 
 @dataclass
@@ -67,6 +68,11 @@ class TuneResult:
     direction: str = ""
     seconds: float = 0.0
     interrupted: bool = False
+    #: multi-objective / deployment studies (:mod:`trainforge.tuning.objectives`): the objective names, the
+    #: Pareto front ``[{"trial", "values": {name: value}, "run_id"}]`` and the trial exported (``selected``)
+    objectives: list[str] = field(default_factory=list)
+    pareto: list[dict[str, Any]] | None = None
+    selected: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -114,6 +120,12 @@ def tune(
     tracking_uri: str | None = None,
     experiment: str | None = None,
     quiet: bool = True,
+    objectives: list[str] | None = None,
+    latency_batch: int | None = None,
+    latency_threads: int | None = None,
+    provider: str | None = None,
+    search_quantization: bool | None = None,
+    select: str | None = None,
 ) -> TuneResult:
     """Run (or resume) a study; see the module docstring. ``models``/``optimizers``: names or ``"a,b"``.
 
@@ -126,6 +138,12 @@ def tune(
     start no trial after it. Raises TrainforgeError subclasses for bad settings, storages, study names or
     search spaces, before any trial runs, and TrainforgeError when a ``study_trials`` study accumulates more
     than ``study_trials + 3`` failed trials.
+
+    ``objectives`` (``["val_accuracy", "latency_ms"]``; ``NAME:max``/``NAME:min``), ``latency_batch``,
+    ``latency_threads``, ``provider`` (``cpu``/``cuda``) and ``search_quantization``: measured deployment
+    objectives, see :mod:`trainforge.tuning.objectives`; two or more make a multi-objective study (no
+    pruning). ``select`` picks the exported model from its Pareto front (:mod:`trainforge.tuning.pareto`);
+    when no front trial meets it, the summary is still logged and TrainforgeError lists the front.
     """
     import optuna
 
@@ -133,8 +151,9 @@ def tune(
     from trainforge.run.api import load_data
     from trainforge.training.modeling import check_compatible
     from trainforge.training.tasks import get_task, metric_mode
+    from trainforge.tuning import objectives as objectives_mod
+    from trainforge.tuning import pareto, tune_report
     from trainforge.tuning import study as study_mod
-    from trainforge.tuning import tune_report
     from trainforge.tuning.search import Recorder, SearchSpace, merge_sample
     from trainforge.tuning.workers import Plan, run_trials, run_workers
 
@@ -150,7 +169,10 @@ def tune(
     given = {"models": _names(models), "optimizers": _names(optimizers), "n_trials": n_trials,
              "study_trials": study_trials, "timeout": timeout,
              "study": study, "storage": storage, "sampler": sampler, "pruner": pruner, "metric": metric,
-             "direction": direction, "n_jobs": n_jobs, "seed": seed, "refit": refit, "register": register}
+             "direction": direction, "n_jobs": n_jobs, "seed": seed, "refit": refit, "register": register,
+             "objectives": list(objectives or []) or None, "latency_batch": latency_batch,
+             "latency_threads": latency_threads, "provider": provider, "search_quantization": search_quantization,
+             "select": select}
     opts = {**section, **{k: v for k, v in given.items() if v is not None}}
     opts["models"], opts["optimizers"] = _names(opts.get("models")), _names(opts.get("optimizers"))
     target = opts.get("study_trials")
@@ -180,7 +202,9 @@ def tune(
     study_mod.make_sampler(settings["sampler"], None), study_mod.make_pruner(settings["pruner"], 1)  # validate
 
     # 2. The data (once), model/data compatibility, the metric and its direction.
-    space = SearchSpace(list(settings["models"]), list(settings["optimizers"]), settings["overrides"])
+    quantization = bool(opts.get("search_quantization") or (stored.get("deployment") or {}).get("search_quantization"))
+    space = SearchSpace(list(settings["models"]), list(settings["optimizers"]), settings["overrides"],
+                        quantization=quantization)
     first = merge_sample(base, space.sample(Recorder(), model=space.models[0], optimizer=space.optimizers[0]))
     cfg0 = config_mod.resolve(first)
     bundle = load_data(cfg0)  # with the targets of the task the model/dataset pair runs
@@ -188,16 +212,19 @@ def tune(
         check_compatible({"name": name}, bundle.meta)
     task = get_task(bundle.meta.task, meta=bundle.meta)
     computed = [f"val_{k}" for k in task.compute(task.new_state(bundle.meta.output_dim, _cpu()))]
-    metric = opts.get("metric") or stored.get("metric") or ("val_accuracy" if task.name == "classification"
-                                                            else "val_loss")
+    default_metric = "val_accuracy" if task.name == "classification" else "val_loss"
+    deploy = objectives_mod.resolve(opts, stored, computed, lambda m: metric_mode(m, task) == "max")
+    metric = (objectives_mod.monitor_metric(deploy, computed, default_metric) if deploy else None) or \
+        opts.get("metric") or stored.get("metric") or default_metric
     if metric not in computed:
         raise ConfigError(f"unknown metric {metric!r} for {task.name}; choose one of {', '.join(computed)}")
     direction = opts.get("direction") or stored.get("direction") or \
         ("maximize" if metric_mode(metric, task) == "max" else "minimize")
     if direction not in ("maximize", "minimize"):
         raise ConfigError(f"direction must be maximize or minimize, got {direction!r}")
-    settings.update(metric=metric, direction=direction)
-    _check_frozen(stored, settings, opts.get("study"), ("metric", "direction"))
+    settings.update(metric=metric, direction=direction, deployment=deploy.to_settings() if deploy else None)
+    _check_frozen(stored, settings, opts.get("study"), ("metric", "direction", "deployment"))
+    selection = objectives_mod.check_modes(deploy, settings, opts)
     base.setdefault("trainer", {}).update(monitor=metric, mode="max" if direction == "maximize" else "min")
     settings["base"] = base
     for model in space.models:  # every branch must resolve before the first trial runs
@@ -210,10 +237,11 @@ def tune(
         f"{'_'.join(space.models)}-{settings['dataset']}-{time.strftime('%Y%m%d-%H%M%S')}")
     sampler_seed = opts.get("seed")
     the_study, created = study_mod.open_study(
-        storage_obj, name, direction, study_mod.make_sampler(settings["sampler"], sampler_seed),
-        study_mod.make_pruner(settings["pruner"], max_epochs))
+        storage_obj, name, objectives_mod.study_directions(deploy, direction),
+        study_mod.make_sampler(settings["sampler"], sampler_seed), study_mod.make_pruner(settings["pruner"], max_epochs))
     if created:
         the_study.set_user_attr(study_mod.SETTINGS_ATTR, _jsonable(settings))
+        objectives_mod.name_metrics(the_study, deploy)
         # Trial 0 is what `trainforge train` would run: the search never starts below the default.
         the_study.enqueue_trial(space.default_params(base), user_attrs={"trainforge.defaults": True})
     else:
@@ -248,7 +276,12 @@ def tune(
 
     # 5. Summary, best model, parent status.
     counts = study_mod.trial_counts(the_study)
-    best = tune_report.best_trial(the_study)
+    best, problem = tune_report.best_trial(the_study), None
+    if deploy is not None and deploy.multi:
+        try:
+            best = pareto.choose(the_study, deploy.names, selection)
+        except TrainforgeError as exc:  # no front trial meets --select: log the study, then say so
+            best, problem = None, exc
     exported = None
     if best is not None and export and not interrupted:
         source = best.user_attrs.get("mlflow_run_id")
@@ -258,18 +291,26 @@ def tune(
             source = tune_report.refit(best, parent, bundle, study_name=name, tracking_uri=tracking_uri,
                                        experiment=experiment_name)
         exported = tune_report.export_best(source, parent, register=opts.get("register") or name, bundle=bundle,
-                                           tags={"trainforge.study": name, "trainforge.trial": str(best.number)})
+                                           tags={"trainforge.study": name, "trainforge.trial": str(best.number),
+                                                 **objectives_mod.version_tags(best, deploy)},
+                                           quantize=best.user_attrs.get("quantize", "none"))
     tune_report.log_study_summary(the_study, parent, space.fixed, plots=not interrupted)
+    if deploy is not None and deploy.multi:
+        pareto.log_front(the_study, parent, deploy.names, best, space.fixed)
     client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
+    if problem is not None:
+        raise problem
     return TuneResult(
-        study=name, storage=settings["storage"], best_value=None if best is None else float(best.value),
+        study=name, storage=settings["storage"], best_value=None if best is None else float(best.values[0]),
         best_params={} if best is None else {**space.fixed, **best.params}, parent_run_id=parent,
         onnx_path=exported.onnx_path if exported else None, model_version=exported.model_version if exported else None,
         n_complete=counts["n_complete"], n_pruned=counts["n_pruned"], n_fail=counts["n_fail"],
         n_running=counts["n_running"], n_trials_run=ran[0], best_trial=None if best is None else best.number,
         best_run_id=None if best is None else best.user_attrs.get("mlflow_run_id"),
         test_metrics=exported.test_metrics if exported else {}, metric=metric, direction=direction,
-        seconds=time.perf_counter() - started, interrupted=interrupted)
+        seconds=time.perf_counter() - started, interrupted=interrupted, objectives=deploy.names if deploy else [],
+        pareto=pareto.entries(pareto.front(the_study), deploy.names) if deploy and deploy.multi else None,
+        selected=None if best is None else best.number)
 
 
 def _setup_tracking(uri: str | None, experiment: str | None, attempts: int = 5) -> str:
@@ -309,25 +350,14 @@ def _jsonable(value: Any) -> Any:
 
 def export_study_best(study: str, output: str | Path | None = None, *, storage: str | None = None,
                       tracking_uri: str | None = None, opset: int | None = None, log_to_run: bool = False) -> Any:
-    """Re-export the current best trial of ``study`` through the ONNX gate (``output`` default ``./STUDY.onnx``).
+    """Re-export the study's choice (best trial; selected Pareto-front trial) through the ONNX gate
+    (``output`` default ``./STUDY.onnx``); see :func:`trainforge.tuning.pareto.export_study_trial`.
 
     ``log_to_run`` also logs the file to the study's parent run as ``onnx/model.onnx``. Returns the
     :class:`~trainforge.exporting.exporter.ExportReport`. Raises TrainforgeError for an unknown study or one with no
     complete trial.
     """
-    from trainforge.exporting.exporter import export
-    from trainforge.tuning import study as study_mod
-    from trainforge.tuning import tune_report
+    from trainforge.tuning.pareto import export_study_trial
 
-    the_study, _ = study_mod.open_study(study_mod.open_storage(storage), study, None)
-    best = tune_report.best_trial(the_study)
-    if best is None or not best.user_attrs.get("mlflow_run_id"):
-        raise TrainforgeError(f"study {study!r} has no complete trial to export yet")
-    report = export(best.user_attrs["mlflow_run_id"], output or f"{study}.onnx", tracking_uri=tracking_uri,
-                    opset=opset)
-    parent = the_study.user_attrs.get(study_mod.PARENT_ATTR)
-    if log_to_run and parent:
-        import mlflow
-
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=parent)
-    return report
+    return export_study_trial(study, None, output, storage=storage, tracking_uri=tracking_uri, opset=opset,
+                              log_to_run=log_to_run)[0]

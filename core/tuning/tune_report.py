@@ -143,12 +143,15 @@ def best_trial(study: Any) -> Any:
 
     Ties on the objective are common with accuracies on a small validation split (180 rows on digits:
     one row is 0.56 points); among the tied trials the one with the lowest validation loss at its best
-    epoch (user attr ``val_loss``) wins, then the earliest. A single-objective study only.
+    epoch (user attr ``val_loss``) wins, then the earliest. A multi-objective study has no single best:
+    None (see :mod:`trainforge.tuning.pareto`).
     """
     import math
 
     import optuna
 
+    if len(study.directions) > 1:
+        return None
     complete = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
                 if t.value is not None and math.isfinite(t.value)]
     if not complete:
@@ -202,10 +205,11 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
 
 
 def export_best(source_run_id: str, parent_run_id: str, *, register: str | None, bundle: Any = None,
-                tags: dict[str, str] | None = None) -> BestModel:
+                tags: dict[str, str] | None = None, quantize: str = "none") -> BestModel:
     """Rebuild the model from ``source_run_id``'s best checkpoint, export it through the verified ONNX gate
-    into the parent run (``onnx/model.onnx`` + MLflow model ``model``), score it on the test split with
-    onnxruntime, and register a new version of ``register`` (skipped when None).
+    into the parent run (``onnx/model.onnx`` + MLflow model ``model``; re-quantized first with
+    ``quantize="int8"``), score it on the test split with onnxruntime, and register a new version of
+    ``register`` (skipped when None).
 
     Raises :class:`ExportError` when the export fails its gate, TrainforgeError when the checkpoint is missing.
     """
@@ -232,7 +236,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
         # export_and_log logs the MLflow model into the active run; the caller sets the final status.
         with mlflow.start_run(run_id=parent_run_id) if active is None else contextlib.nullcontext():
-            export_and_log(result, model, task, meta, bundle, Path(tmp))
+            export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize)
     best = BestModel(source_run_id, result.onnx_path, result.model_uri)
     best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task).items()}
     mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)

@@ -56,6 +56,7 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     from trainforge.tracking import store as tracking
     from trainforge.tuning import study as study_mod
     from trainforge.tuning.objective import Objective
+    from trainforge.tuning.objectives import for_worker
     from trainforge.tuning.search import SearchSpace
 
     s = plan.settings
@@ -65,7 +66,9 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     if study is None:
         study = optuna.load_study(study_name=plan.study, storage=study_mod.open_storage(plan.storage),
                                   sampler=sampler, pruner=pruner)
-    space = SearchSpace(list(s["models"]), list(s["optimizers"]), s["overrides"])
+    deploy = for_worker(s, plan.storage, plan.study)
+    space = SearchSpace(list(s["models"]), list(s["optimizers"]), s["overrides"],
+                        quantization=bool(deploy and deploy.search_quantization))
     tracking.setup(plan.tracking_uri, plan.experiment)
     if bundle is None:
         from trainforge import config as config_mod
@@ -76,7 +79,7 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
         bundle = load_data(cfg)
     objective = Objective(space, s["base"], s["metric"], plan.study, plan.parent_run_id, bundle,
                           tracking_uri=plan.tracking_uri, experiment=plan.experiment, quiet=True,
-                          extra_tags={"trainforge.worker": str(index)})
+                          extra_tags={"trainforge.worker": str(index)}, deploy=deploy)
     ran = counter if counter is not None else [0]
 
     def count(_study: Any, _trial: Any) -> None:

@@ -1,0 +1,100 @@
+"""Measured inference cost of an ONNX file in onnxruntime: latency percentiles and throughput.
+
+One session with fixed options (:func:`trainforge.exporting.predictor.session_options` with ``threads``
+intra-op threads, default 1; one inter-op thread, sequential execution, every graph optimisation), on an
+explicitly chosen execution provider (no silent CUDA -> CPU fallback). The input is real rows (e.g. the
+validation split) cycled to the batch size, so the graph sees the values it will see in service.
+
+Method: :data:`WARMUP_RUNS` untimed calls (first-call allocations, kernel selection), then
+:data:`TIMED_RUNS` timed calls, each timed alone with ``time.perf_counter_ns``; fewer (at least
+:data:`MIN_RUNS`) when they take longer than :data:`MAX_SECONDS` in total. p50 (the median) and p90 are
+taken over those calls. The median is what a study optimises: it ignores the occasional call that another
+process on a busy machine delays, which a mean would absorb.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+WARMUP_RUNS = 20
+TIMED_RUNS = 300
+MIN_RUNS = 50
+MAX_SECONDS = 3.0
+#: rows per call for ``throughput`` (rows/s): large enough that per-call overhead no longer dominates
+THROUGHPUT_BATCH = 1024
+
+
+@dataclass
+class Latency:
+    """One file's measured cost: ``p50_ms``/``p90_ms`` per call of ``batch`` rows (milliseconds),
+    ``throughput`` in rows/s at :data:`THROUGHPUT_BATCH` (None unless asked), the timed ``runs``, the
+    execution ``provider`` that ran and the intra-op ``threads``."""
+
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    runs: int
+    provider: str
+    threads: int
+    throughput: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_timing_session(path: str | Path, provider: str = "cpu", threads: int = 1) -> tuple[Any, str]:
+    """A session on ``provider`` (``cpu``/``cuda``) with ``threads`` intra-op threads, and the provider in use.
+
+    Raises ConfigError when ``cuda`` is asked for and cannot run here, TrainforgeError when onnxruntime
+    cannot load the file or falls back to another provider.
+    """
+    from trainforge.exporting.predictor import open_session
+
+    return open_session(path, provider, allow_fallback=False, threads=threads)
+
+
+def batch_of(rows: np.ndarray, batch: int) -> np.ndarray:
+    """``batch`` rows ``(batch, *rows.shape[1:])`` float32, cycling through ``rows`` when it has fewer."""
+    rows = np.asarray(rows, dtype=np.float32)
+    if len(rows) == 0:
+        raise ValueError("no rows to time the model with")
+    index = np.arange(batch) % len(rows)
+    return np.ascontiguousarray(rows[index])
+
+
+def time_calls(session: Any, feed: dict[str, np.ndarray], *, warmup: int = WARMUP_RUNS, runs: int = TIMED_RUNS,
+               min_runs: int = MIN_RUNS, max_seconds: float = MAX_SECONDS) -> np.ndarray:
+    """Seconds of each timed ``session.run(None, feed)`` call, after ``warmup`` untimed ones (see module doc)."""
+    for _ in range(warmup):
+        session.run(None, feed)
+    out = []
+    started = time.perf_counter()
+    for i in range(runs):
+        t0 = time.perf_counter_ns()
+        session.run(None, feed)
+        out.append((time.perf_counter_ns() - t0) / 1e9)
+        if i + 1 >= min_runs and time.perf_counter() - started > max_seconds:
+            break
+    return np.asarray(out)
+
+
+def measure(path: str | Path, rows: np.ndarray, *, batch: int = 1, threads: int = 1, provider: str = "cpu",
+            throughput: bool = False) -> Latency:
+    """Latency of ``path`` at ``batch`` rows per call (and throughput at :data:`THROUGHPUT_BATCH` rows if asked).
+
+    ``rows``: real float32 inputs ``(N, *input_shape)``. Raises as :func:`open_timing_session`.
+    """
+    session, active = open_timing_session(path, provider, threads)
+    name = session.get_inputs()[0].name
+    seconds = time_calls(session, {name: batch_of(rows, batch)})
+    p50, p90 = (float(v) * 1000.0 for v in np.percentile(seconds, [50, 90]))
+    rate = None
+    if throughput:
+        big = time_calls(session, {name: batch_of(rows, THROUGHPUT_BATCH)}, warmup=3, runs=30, min_runs=5)
+        rate = THROUGHPUT_BATCH / float(np.median(big))
+    return Latency(batch, p50, p90, len(seconds), active, threads, rate)
