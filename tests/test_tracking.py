@@ -165,3 +165,21 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
             finished.append(True)
     assert finished == [True]
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 7])
+def test_learning_curves_have_integer_epoch_ticks(epochs):
+    from trainforge import plots
+
+    history = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_accuracy": 0.5, "val_accuracy": 0.4}
+               for e in range(1, epochs + 1)]
+    fig = plots.learning_curves_figure(history, "classification")
+    try:
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
