@@ -285,7 +285,7 @@ def test_pruned_and_failed_trials_in_optuna_and_mlflow(cli, workdir, fresh_plugi
     run = client.get_run(pruned.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["trainforge.trial_state"] == "PRUNED"
     assert run.data.tags["trainforge.pruned_epoch"] == str(pruned_at)
-    assert run.info.run_name == "flaky-trial-5-pruned"  # told apart from complete runs in the runs table
+    assert run.info.run_name == "pruned-flaky-trial-5"  # told apart from complete runs in the runs table
     assert run.data.tags["mlflow.note.content"].startswith("Pruned")
     assert client.get_run(study.trials[0].user_attrs["mlflow_run_id"]).info.run_name == "flaky-trial-0"
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == pruned_at

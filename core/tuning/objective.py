@@ -11,7 +11,7 @@ What each trial leaves behind:
 - MLflow (child run of the study's parent): every resolved hyperparameter, the Optuna params as
   ``optuna.<name>``, per-epoch metrics, the checkpoint, and the tag ``trainforge.trial_state``
   (``COMPLETE``, ``PRUNED`` or ``FAIL``). Pruned runs end FINISHED with ``trainforge.pruned_epoch``, the
-  run name suffix ``-pruned`` (:data:`PRUNED_SUFFIX`, visible in the runs table) and a description;
+  run name prefix ``pruned-`` (:data:`PRUNED_PREFIX`, visible in the runs table) and a description;
   failed ones FAILED with ``trainforge.error``; interrupted ones (Ctrl-C) KILLED.
 """
 
@@ -28,8 +28,9 @@ log = logging.getLogger(__name__)
 
 STATE_TAG = "trainforge.trial_state"
 TRIAL_TAG = "trainforge.trial"
-#: appended to a pruned trial's run name, so the runs table tells it from a complete one (both FINISHED)
-PRUNED_SUFFIX = "-pruned"
+#: put before a pruned trial's run name, so the runs table tells it from a complete one (both FINISHED);
+#: a prefix, because the UI's run-name column cuts long names at the end
+PRUNED_PREFIX = "pruned-"
 
 
 class OptunaPruning(Callback):
@@ -174,9 +175,9 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
 
 
 def mark_pruned(client: Any, run_id: str, epoch: int) -> None:
-    """Rename a pruned trial's run ``<name>-pruned`` and describe it (``mlflow.note.content``, the run's
+    """Rename a pruned trial's run ``pruned-<name>`` and describe it (``mlflow.note.content``, the run's
     description in the UI): pruned and complete runs are both FINISHED, the name tells them apart."""
     name = client.get_run(run_id).info.run_name or ""
-    if not name.endswith(PRUNED_SUFFIX):
-        client.update_run(run_id, name=name + PRUNED_SUFFIX)
+    if not name.startswith(PRUNED_PREFIX):
+        client.update_run(run_id, name=PRUNED_PREFIX + name)
     client.set_tag(run_id, "mlflow.note.content", f"Pruned by the study's pruner after epoch {epoch}.")
