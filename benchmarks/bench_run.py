@@ -86,7 +86,7 @@ def per_epoch(section: Section, repeats: int, short: int = 5, long: int = 45) ->
             f"plain {long}": lambda: _run([*PLAIN, *PLAIN_DIGITS, "--epochs", str(long)], cwd),
         }
         load_before = _load()
-        times = interleave(contenders, repeats)
+        times = interleave(contenders, repeats, warmup=0)  # start-up cancels in the difference
     span = long - short
     tf = [(b - a) / span for a, b in zip(times[f"trainforge {short}"], times[f"trainforge {long}"], strict=True)]
     plain = [(b - a) / span for a, b in zip(times[f"plain {short}"], times[f"plain {long}"], strict=True)]
@@ -107,6 +107,7 @@ def run(repeats: int = 5) -> Section:
     section = Section("Whole runs: what a run costs beyond its training")
     log(f"[run] whole run, {repeats} pairs")
     whole_run(section, repeats)
+    log(section.markdown())  # the figures so far, should the rest be interrupted
     log(f"[run] per epoch, {repeats} repeats x 4 processes")
     per_epoch(section, repeats)
     return section
