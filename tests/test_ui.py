@@ -3,6 +3,7 @@ port refused at once, and SIGTERM to the trainforge process freeing the port."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -62,6 +63,7 @@ def test_ui_prints_the_runs_link_when_it_answers_and_sigterm_frees_the_port(work
     port = free_port()
     proc = subprocess.Popen([TF, "ui", "--port", str(port)], cwd=workdir, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True, env=env())
+    group = None
     try:
         line = ""
         deadline = time.monotonic() + 180
@@ -96,3 +98,6 @@ def test_ui_prints_the_runs_link_when_it_answers_and_sigterm_frees_the_port(work
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        if group is not None:  # a failed test must not leave the server running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
