@@ -32,17 +32,13 @@ def main(base: str, experiment: str, run: str, parent: str, out: Path = Path(__f
         page.mouse.click(318, 264)  # expand the study's parent run (the newest row)
         page.wait_for_timeout(3000)
         page.screenshot(path=out / "runs_table.png")
-        page.set_viewport_size({"width": 1500, "height": 820})
-        page.goto(f"{base}/#/experiments/{experiment}/runs/{parent}{query}")
-        page.wait_for_timeout(8000)
-        page.screenshot(path=out / "parent_run.png")
-        page.goto(f"{base}/#/experiments/{experiment}/runs/{parent}/model-metrics{query}")
-        page.wait_for_timeout(8000)
-        page.screenshot(path=out / "parent_metrics.png")
-        page.set_viewport_size({"width": 1500, "height": 740})
-        page.goto(f"{base}/#/experiments/{experiment}/runs/{run}/artifacts/plots/learning_curves.png{query}")
-        page.wait_for_timeout(8000)
-        page.screenshot(path=out / "learning_curves.png")
+        shots = [(820, f"runs/{parent}", "parent_run"), (820, f"runs/{parent}/model-metrics", "parent_metrics"),
+                 (740, f"runs/{run}/artifacts/plots/learning_curves.png", "learning_curves")]
+        for height, path, name in shots:
+            page.set_viewport_size({"width": 1500, "height": height})
+            page.goto(f"{base}/#/experiments/{experiment}/{path}{query}")
+            page.wait_for_timeout(8000)
+            page.screenshot(path=out / f"{name}.png")
         browser.close()
 
 
