@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 from common import Section, log, machine  # noqa: E402
 
-ORDER = ("startup", "trainer", "inference", "predict")
+ORDER = ("startup", "trainer", "run", "inference", "predict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,6 +90,10 @@ def _run_one(name: str, repeats: int, args: argparse.Namespace) -> Section:
         import bench_trainer
 
         return bench_trainer.run(repeats=3 * repeats, threads=args.threads)  # noisy short fits: more rounds
+    if name == "run":
+        import bench_run
+
+        return bench_run.run(repeats=repeats)
     if name == "inference":
         import bench_inference
 

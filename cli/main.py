@@ -283,29 +283,50 @@ def data(run_id: str | None, dataset: str | None, params: tuple[str, ...], split
 
 
 @cli.command(epilog="""\b
-Example:
-  trainforge ui --port 5000   # then open http://127.0.0.1:5000""")
+Examples:
+  trainforge ui                 # prints http://127.0.0.1:5000/#/experiments/<id>/runs?... once it answers
+  trainforge ui --port 5001 --experiment my-study""")
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback by default).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
-def ui(port: int, host: str, tracking_uri: str | None) -> None:
-    """Open the MLflow UI on the local store."""
-    import subprocess
+@click.option("--experiment", help="Experiment whose runs the printed link opens (default: $MLFLOW_EXPERIMENT_NAME, "
+                                   "else trainforge).")
+@click.option("--workers", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Server worker processes (one is plenty for one person; mlflow's own default is 4).")
+def ui(port: int, host: str, tracking_uri: str | None, experiment: str | None, workers: int) -> None:
+    """Open the MLflow UI on the local store; prints a link to the experiment's runs table once it answers.
+
+    A port already in use is an error (exit 1). SIGTERM or Ctrl-C stops the whole server. MLflow's job
+    runner stays off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise.
+    """
     from pathlib import Path
 
+    from trainforge.cli.server import check_port, supervise
     from trainforge.tracking.store import ARTIFACT_ROOT
     from trainforge.tracking.store import tracking_uri as resolve_uri
 
+    check_port(host, port)
     uri = resolve_uri(tracking_uri)
     if uri.startswith("sqlite:///") and not uri.endswith(":memory:"):  # a SQLite file: create its folder
         Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
-           "--default-artifact-root", str(Path.cwd() / ARTIFACT_ROOT)]
-    click.echo(f"MLflow UI for {uri} at http://{host}:{port} (Ctrl-C to stop)", err=True)
-    try:
-        raise SystemExit(subprocess.call(cmd))
-    except KeyboardInterrupt:
-        raise SystemExit(130) from None
+           "--default-artifact-root", str(Path.cwd() / ARTIFACT_ROOT), "--workers", str(workers)]
+    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "trainforge"
+    click.echo(f"starting the MLflow UI for {uri} ...", err=True)
+    # MLflow's job runner (GenAI evaluation and prompt jobs: 8 huey processes) serves no training run
+    env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
+    raise SystemExit(supervise(cmd, host, port, lambda: _ui_ready(host, port, name), env=env))
+
+
+def _ui_ready(host: str, port: int, experiment: str) -> str:
+    """The line printed once the UI answers: a link that opens the experiment's runs table."""
+    from trainforge.cli.server import base_url, runs_link
+
+    link = runs_link(host, port, experiment)
+    if link is None:
+        return (f"MLflow UI at {base_url(host, port)} (no experiment {experiment!r} yet: it appears after the "
+                "first `trainforge train`); Ctrl-C stops it")
+    return f"MLflow UI: {link}  (Ctrl-C stops it)"
 
 
 from trainforge.cli.server import server  # noqa: E402  (click only: keeps start-up light)

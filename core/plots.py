@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -17,8 +18,21 @@ def _pyplot():
 
 
 def learning_curves(history: list[dict[str, float]], path: Path, task: str, main: str | None = None) -> Path:
-    """Loss and the task's main metric (``main``; by default accuracy or R²) per epoch, train vs validation."""
+    """Loss and the task's main metric (``main``; by default accuracy or R²) per epoch, train vs validation,
+    saved as a PNG at ``path`` (100 dpi)."""
     plt = _pyplot()
+    fig = learning_curves_figure(history, task, main)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def learning_curves_figure(history: list[dict[str, float]], task: str, main: str | None = None) -> Any:
+    """The matplotlib figure of :func:`learning_curves` (two axes; the epoch axis has integer ticks only,
+    via ``MaxNLocator(integer=True)``). The caller closes it."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     main = main or ("accuracy" if task == "classification" else "r2")
     epochs = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -28,13 +42,12 @@ def learning_curves(history: list[dict[str, float]], path: Path, task: str, main
             if history and key in history[0]:
                 ax.plot(epochs, [h[key] for h in history], label=split)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers: no 1.5 ticks
         ax.set_ylabel(metric)
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return fig
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], path: Path) -> Path:

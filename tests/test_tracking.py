@@ -7,6 +7,7 @@ from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -105,25 +106,33 @@ def test_artifacts(digits, tmp_path):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
 
 
-def test_logged_mlflow_model_has_signature_and_runs(digits):
+def test_logged_mlflow_models_have_names_signatures_and_run(digits):
     run_info, _, run = digits
     uri = run.data.tags["trainforge.model_uri"]
     assert uri == run_info.result["model_uri"]
     logged = mlflow.get_logged_model(uri.split("/")[-1])
-    assert logged.source_run_id == run.info.run_id
+    assert logged.source_run_id == run.info.run_id and logged.name == "cnn-digits"
+    # the pyfunc model: the training feature names in, class names and probabilities out
     info = mlflow.models.get_model_info(uri)
-    assert info.signature is not None
-    assert [s.name for s in info.signature.inputs.inputs] == ["input"]
-    assert {s.name for s in info.signature.outputs.inputs} == {"logits", "probabilities"}
-    proto = mlflow.onnx.load_model(uri)
+    names = [s.name for s in info.signature.inputs.inputs]
+    assert names == [f"pixel_{r}_{c}" for r in range(8) for c in range(8)]
+    assert [s.name for s in info.signature.outputs.inputs] == ["prediction", *(f"prob_{i}" for i in range(10))]
+    out = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame(np.zeros((3, 64)), columns=names))
+    assert out["prediction"].isin([str(i) for i in range(10)]).all()
+    np.testing.assert_allclose(out[[f"prob_{i}" for i in range(10)]].sum(axis=1), 1.0, rtol=1e-5)
+    # the plain ONNX flavor, for ONNX-only consumers: a bare tensor in, the graph's outputs out
+    plain = run.data.tags["trainforge.onnx_model_uri"]
+    assert mlflow.get_logged_model(plain.split("/")[-1]).name == "cnn-digits-onnx"
+    proto = mlflow.onnx.load_model(plain)
     assert [i.name for i in proto.graph.input] == ["input"]
-    pyfunc = mlflow.pyfunc.load_model(uri)
-    out = pyfunc.predict({"input": np.zeros((3, 1, 8, 8), dtype=np.float32)})
+    out = mlflow.pyfunc.load_model(plain).predict({"input": np.zeros((3, 1, 8, 8), dtype=np.float32)})
     assert np.asarray(out["probabilities"]).shape == (3, 10)
-    # its environment names the one onnxruntime distribution installed (never both: they share a module)
-    requirements = Path(mlflow.pyfunc.get_model_dependencies(uri)).read_text().split()
-    runtimes = [r for r in requirements if r.split("==")[0] in ("onnxruntime", "onnxruntime-gpu")]
-    assert len(runtimes) == 1, requirements
+    # each environment names the one onnxruntime distribution installed (never both: they share a module)
+    for model in (uri, plain):
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(model)).read_text().split()
+        runtimes = [r for r in requirements if r.split("==")[0] in ("onnxruntime", "onnxruntime-gpu")]
+        assert len(runtimes) == 1, requirements
+        assert not any(r.split("==")[0] in ("torch", "trainforge") for r in requirements), requirements
     assert any(r.startswith("onnx==") for r in requirements)
 
 
@@ -162,3 +171,21 @@ def test_deferred_interrupt_holds_ctrl_c_until_the_block_ends():
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("epochs", [2, 3, 7])
+def test_learning_curves_have_integer_epoch_ticks(epochs):
+    from trainforge import plots
+
+    history = [{"train_loss": 1.0 / e, "val_loss": 1.2 / e, "train_accuracy": 0.5, "val_accuracy": 0.4}
+               for e in range(1, epochs + 1)]
+    fig = plots.learning_curves_figure(history, "classification")
+    try:
+        for ax in fig.axes:
+            lo, hi = ax.get_xlim()
+            ticks = [t for t in ax.get_xticks() if lo <= t <= hi]
+            assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+    finally:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)

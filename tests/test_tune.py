@@ -169,16 +169,30 @@ def test_tune_journal_study_parent_run_registry_and_resume(cli, workdir):
     assert parent.data.tags["trainforge.sampler"] == "random" and parent.data.tags["trainforge.pruner"] == "median"
     assert parent.data.metrics["best_value"] == pytest.approx(study.best_value)
     assert parent.data.metrics["n_complete"] == 3
+    # the summary figures are values at step 0 (not a dot at step "finished trials")
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "n_complete")] == [0]
+    # the parent carries the same context tags as its children
+    child_tags = client.get_run(trials[0].user_attrs["mlflow_run_id"]).data.tags
+    for key in ("mlflow.source.name", "mlflow.user", "mlflow.source.type"):
+        assert parent.data.tags.get(key) and parent.data.tags[key] == child_tags[key], key
     files = artifacts(client, parent.info.run_id)
     assert {"search_space.json", "best_params.json", "trials.csv", "onnx/model.onnx",
             "plots/optimization_history.png", "plots/parallel_coordinate.png",
             "plots/intermediate_values.png", "plots/param_importances.png"} <= files
     csv = Path(client.download_artifacts(parent.info.run_id, "trials.csv")).read_text().splitlines()
     assert len(csv) == 1 + 3
+    header = csv[0].split(",")
+    params = [f"params_{k}" for k in sorted(study.trials[0].params)]
+    assert header[:3 + len(params)] == ["number", "state", "value", *params], header
+    seconds = [float(row.split(",")[header.index("duration_s")]) for row in csv[1:]]
+    assert all(0 < s < 600 for s in seconds), seconds
 
     # the registered version points at the parent run; the exported model scores what tune reported
     versions = client.search_model_versions("name='iris-s'")
     assert [(str(v.version), v.run_id) for v in versions] == [("1", out["parent_run_id"])]
+    source = tie_broken_best(study).user_attrs["mlflow_run_id"]
+    assert f"/runs/{source})" in versions[0].description and f"/runs/{out['parent_run_id']})" in versions[0].description
+    assert client.get_logged_model(versions[0].source.split("/")[-1]).name == "study-best"
     cli("data", "--dataset", "iris", "--split", "test", "--output", "test.csv")
     scored = last_json(cli("predict", out["onnx_path"], "--input", "test.csv", "--target", "target",
                            "--output", "pred.csv", "--json", "--provider", "cpu").output)
@@ -271,6 +285,9 @@ def test_pruned_and_failed_trials_in_optuna_and_mlflow(cli, workdir, fresh_plugi
     run = client.get_run(pruned.user_attrs["mlflow_run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["trainforge.trial_state"] == "PRUNED"
     assert run.data.tags["trainforge.pruned_epoch"] == str(pruned_at)
+    assert run.info.run_name == "pruned-flaky-trial-5"  # told apart from complete runs in the runs table
+    assert run.data.tags["mlflow.note.content"].startswith("Pruned")
+    assert client.get_run(study.trials[0].user_attrs["mlflow_run_id"]).info.run_name == "flaky-trial-0"
     assert len(client.get_metric_history(run.info.run_id, "val_accuracy")) == pruned_at
     assert (parent.data.metrics["n_pruned"], parent.data.metrics["n_fail"]) == (1, 1)
 

@@ -1,4 +1,13 @@
-"""Log a verified ONNX file to its MLflow run: the ``onnx/model.onnx`` artifact and an MLflow model."""
+"""Log a verified ONNX file to its MLflow run: the ``onnx/model.onnx`` artifact and two MLflow models.
+
+- ``<name>`` (e.g. ``mlp-iris``, ``study-best``): a pyfunc model (:mod:`trainforge.exporting.serving`,
+  logged as code with the ``.onnx`` file as its artifact). Its signature names the training features and
+  the output columns; ``mlflow models serve``, ``mlflow models predict`` and
+  ``mlflow.pyfunc.load_model(...).predict(df)`` return the class name and one probability per class (or
+  the regression value), as ``trainforge predict`` does. Requirements: numpy, pandas, onnxruntime.
+- ``<name>-onnx``: the plain ONNX flavor (``mlflow.onnx``) for ONNX-only consumers; its pyfunc takes a bare
+  tensor ``{"input": (N, *input_shape) float32}`` and returns the graph's outputs (logits, probabilities).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,13 @@ from typing import Any
 
 import numpy as np
 
+#: the pyfunc model's code: executed by MLflow to load the model, imports no trainforge module
+SERVING_CODE = Path(__file__).with_name("serving.py")
+
 
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path,
-                   quantize: str = "none") -> None:
-    """Export the verified ONNX file, log it as ``onnx/model.onnx`` and as an MLflow ONNX model.
+                   quantize: str = "none", name: str | None = None) -> None:
+    """Export the verified ONNX file and log it (:func:`log_onnx`; ``name`` is the MLflow model's name).
 
     ``quantize="int8"``: the verified fp32 file is quantized (:func:`trainforge.exporting.quantize.quantize_model`,
     calibrated on the training split) and the int8 file is what gets logged; the parity metrics logged are
@@ -30,54 +42,106 @@ def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, w
         quantized = quantize_model(report.path, workdir / "int8" / "model.onnx",
                                    calibration=sample_rows(bundle.train, CALIBRATION_ROWS))
         report = dataclasses.replace(report, path=quantized.path)
-    log_onnx(result, report, sample)
+    log_onnx(result, report, sample, name=name)
 
 
-def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
-    """Log a verified ONNX file as ``onnx/model.onnx`` and as an MLflow ONNX model (signature, example);
-    fill ``result.model_uri``, ``onnx_path`` and ``parity``."""
+def model_name(config: dict[str, Any] | None) -> str:
+    """``<model>-<dataset>`` from a resolved config (e.g. ``cnn-digits``), else ``model``."""
+    cfg = config or {}
+    parts = [(cfg.get(k) or {}).get("name") for k in ("model", "dataset")]
+    return "-".join(str(p) for p in parts if p) or "model"
+
+
+def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = None) -> None:
+    """Log a verified ONNX file as ``onnx/model.onnx`` and as the MLflow models ``name`` (pyfunc, the one
+    ``result.model_uri`` and the ``trainforge.model_uri`` tag point at) and ``name-onnx`` (ONNX flavor, tag
+    ``trainforge.onnx_model_uri``);
+    fill ``result.model_uri``, ``onnx_path`` and ``parity``. ``name`` defaults to :func:`model_name`."""
     import mlflow
     import onnx
+    import onnxruntime as ort
     from mlflow.models import infer_signature
+    from mlflow.tracking import MlflowClient
 
     from trainforge.exporting.providers import usable_providers
     from trainforge.tracking import store as tracking
 
+    name = name or model_name(getattr(result, "config", None))
     with tracking.deferred_interrupt():
         mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
         mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
                            run_id=result.run_id)
 
     example = sample[:5]
-    import onnxruntime as ort
-
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
-    signature = infer_signature({"input": example}, outputs)
-    from mlflow.tracking import MlflowClient
+    from trainforge.exporting.exporter import decode_metadata
 
+    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
     with tracking.deferred_interrupt():
-        info = mlflow.onnx.log_model(onnx.load(str(report.path)), name="model", signature=signature,
-                                     input_example={"input": example}, save_as_external_data=False,
-                                     onnx_execution_providers=usable_providers(),
-                                     pip_requirements=_onnx_requirements())
-        MlflowClient().set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
+        info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE),
+                                       artifacts={"onnx": str(report.path)},
+                                       signature=serving_signature(meta, outputs),
+                                       input_example=serving_example(meta, example),
+                                       pip_requirements=requirements(("numpy", "pandas")))
+        plain = mlflow.onnx.log_model(onnx.load(str(report.path)), name=f"{name}-onnx",
+                              signature=infer_signature({"input": example}, outputs),
+                              input_example={"input": example}, save_as_external_data=False,
+                              onnx_execution_providers=usable_providers(),
+                              pip_requirements=requirements(("onnx", "numpy")))
+        client = MlflowClient()
+        client.set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
+        client.set_tag(result.run_id, "trainforge.onnx_model_uri", plain.model_uri)
     result.model_uri = info.model_uri
     result.onnx_path = tracking.download(result.run_id, "onnx/model.onnx")
     result.parity = {str(k): v for k, v in report.max_abs_diff.items()}
 
 
-def _onnx_requirements() -> list[str]:
-    """What the logged ONNX model needs: onnx, numpy and the one onnxruntime distribution installed.
+def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> Any:
+    """The pyfunc model's signature: one ``double`` column per training feature (a tensor
+    ``(-1, *input_shape)`` float32 when the data has no feature names), and the output columns of
+    :func:`trainforge.exporting.serving.to_frame` (``prediction`` string/double, ``prob_<class>`` float)."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    names = meta.get("feature_names")
+    if names:
+        inputs = Schema([ColSpec("double", str(n)) for n in names])
+    else:
+        shape = tuple(int(d) for d in meta["input_shape"][1:])
+        inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, *shape))])
+    if meta["task"] == "classification":
+        cols = [ColSpec("string", "prediction"), *(ColSpec("float", f"prob_{c}") for c in meta["class_names"])]
+    else:
+        pred = outputs.get("prediction", next(iter(outputs.values())))
+        width = int(np.prod(pred.shape[1:])) if pred.ndim > 1 else 1
+        cols = [ColSpec("float", "prediction")] if width == 1 else \
+            [ColSpec("float", f"prediction_{i}") for i in range(width)]
+    return ModelSignature(inputs=inputs, outputs=Schema(cols))
+
+
+def serving_example(meta: dict[str, Any], rows: np.ndarray) -> Any:
+    """A few rows as the pyfunc model's input example: a DataFrame with the feature names, else the array."""
+    names = meta.get("feature_names")
+    if not names:
+        return rows
+    import pandas as pd
+
+    return pd.DataFrame(rows.reshape(len(rows), -1).astype(np.float64), columns=[str(n) for n in names])
+
+
+def requirements(extra: tuple[str, ...]) -> list[str]:
+    """Pinned requirements: ``extra`` (e.g. numpy, pandas) and the one onnxruntime distribution installed.
 
     Given explicitly because MLflow's inference (a subprocess loading the model, several seconds per run)
-    lists both ``onnxruntime`` and ``onnxruntime-gpu``, which must never be installed together.
+    lists both ``onnxruntime`` and ``onnxruntime-gpu``, which must never be installed together, and
+    would add what the logging process imported (torch) rather than what inference needs.
     """
     from importlib import metadata
 
     found = []
-    for dist in ("onnx", "numpy", "onnxruntime-gpu", "onnxruntime"):
+    for dist in (*extra, "onnxruntime-gpu", "onnxruntime"):
         try:
             found.append(f"{dist}=={metadata.version(dist)}")
         except metadata.PackageNotFoundError:

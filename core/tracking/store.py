@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
 DEFAULT_EXPERIMENT = "trainforge"
 ARTIFACT_ROOT = Path("mlruns") / "artifacts"
+#: Tags of experiments trainforge creates. ``mlflow.experimentKind`` marks a model-training experiment
+#: (MLflow's UI label "Machine learning"); MLflow 3.17's own UI picks the runs or traces view from the URL
+#: (``?workflowType=machine_learning``, what ``trainforge ui`` links to) while its workflow switcher is on.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def tracking_uri(uri: str | None = None) -> str:
@@ -83,7 +87,7 @@ def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
             # artifacts live beside the database: sqlite:///mlruns/mlflow.db -> mlruns/artifacts/<experiment>
             slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "experiment"
             location = (Path(db).parent / ARTIFACT_ROOT.name / slug).resolve().as_uri()
-        return mlflow.create_experiment(name, artifact_location=location)
+        return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_TAGS)
     except TrainforgeError:
         raise
     except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors

@@ -10,7 +10,8 @@ What each trial leaves behind:
   ``epochs_run``, ``best_epoch`` and, for failures, ``fail_reason``.
 - MLflow (child run of the study's parent): every resolved hyperparameter, the Optuna params as
   ``optuna.<name>``, per-epoch metrics, the checkpoint, and the tag ``trainforge.trial_state``
-  (``COMPLETE``, ``PRUNED`` or ``FAIL``). Pruned runs end FINISHED with ``trainforge.pruned_epoch``;
+  (``COMPLETE``, ``PRUNED`` or ``FAIL``). Pruned runs end FINISHED with ``trainforge.pruned_epoch``, the
+  run name prefix ``pruned-`` (:data:`PRUNED_PREFIX`, visible in the runs table) and a description;
   failed ones FAILED with ``trainforge.error``; interrupted ones (Ctrl-C) KILLED.
 """
 
@@ -27,6 +28,9 @@ log = logging.getLogger(__name__)
 
 STATE_TAG = "trainforge.trial_state"
 TRIAL_TAG = "trainforge.trial"
+#: put before a pruned trial's run name, so the runs table tells it from a complete one (both FINISHED);
+#: a prefix, because the UI's run-name column cuts long names at the end
+PRUNED_PREFIX = "pruned-"
 
 
 class OptunaPruning(Callback):
@@ -186,9 +190,19 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
                 client.set_tag(run_id, "trainforge.pruned_epoch", str(epoch))
                 client.delete_tag(run_id, "trainforge.error")
                 client.set_terminated(run_id, status="FINISHED")
+                mark_pruned(client, run_id, epoch)
             elif reason:
                 client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
             if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
                 client.set_terminated(run_id, status="KILLED" if reason and "Ctrl-C" in reason else "FAILED")
     except Exception:  # bookkeeping must not hide the trial's own outcome
         log.exception("could not record state %s on MLflow run %s", state, run_id)
+
+
+def mark_pruned(client: Any, run_id: str, epoch: int) -> None:
+    """Rename a pruned trial's run ``pruned-<name>`` and describe it (``mlflow.note.content``, the run's
+    description in the UI): pruned and complete runs are both FINISHED, the name tells them apart."""
+    name = client.get_run(run_id).info.run_name or ""
+    if not name.startswith(PRUNED_PREFIX):
+        client.update_run(run_id, name=PRUNED_PREFIX + name)
+    client.set_tag(run_id, "mlflow.note.content", f"Pruned by the study's pruner after epoch {epoch}.")

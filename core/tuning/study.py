@@ -231,11 +231,17 @@ def open_study(storage: Any, name: str, direction: str | list[str] | None, sampl
 
 
 def create_parent_run(experiment_id: str, study_name: str, tags: dict[str, str]) -> str:
-    """Create (without activating) the parent run of a study and return its id."""
-    from mlflow.tracking import MlflowClient
+    """Create (without activating) the parent run of a study and return its id.
 
-    run = MlflowClient().create_run(experiment_id, run_name=study_name, tags={
-        "trainforge.command": "tune", "trainforge.role": "study", "trainforge.study": study_name, **tags})
+    It gets the context tags ``mlflow.start_run`` gives its children (``mlflow.source.name``,
+    ``mlflow.source.type``, ``mlflow.user``, git commit when there is one), through MLflow's own context
+    registry (``mlflow.tracking.context.registry.resolve_tags``, what ``start_run`` calls).
+    """
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking.context.registry import resolve_tags
+
+    run = MlflowClient().create_run(experiment_id, run_name=study_name, tags=resolve_tags({
+        "trainforge.command": "tune", "trainforge.role": "study", "trainforge.study": study_name, **tags}))
     return run.info.run_id
 
 

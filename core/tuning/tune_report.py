@@ -6,10 +6,11 @@ Parent run content:
   ``models``, ``optimizers``, ``metric``, ``direction`` and one ``space.<name>`` per search parameter;
 - tags (updated by every worker and resume): ``trainforge.sampler``, ``trainforge.pruner``,
   ``trainforge.best.<param>``, ``trainforge.best_trial``, ``trainforge.best_run_id``;
-- metrics: ``best_value``, ``n_complete``, ``n_pruned``, ``n_fail`` (step = finished trials) and the
-  exported model's ``test_*`` metrics;
-- artifacts: ``search_space.json``, ``best_params.json``, ``trials.csv`` (``study.trials_dataframe()``),
-  ``plots/*.png`` (``optuna.visualization.matplotlib``), ``onnx/model.onnx`` and the MLflow model ``model``.
+- metrics: ``best_value``, ``n_complete``, ``n_pruned``, ``n_fail`` (step 0, rewritten by every summary) and
+  the exported model's ``test_*`` metrics;
+- artifacts: ``search_space.json``, ``best_params.json``, ``trials.csv`` (:func:`trials_frame`),
+  ``plots/*.png`` (``optuna.visualization.matplotlib``), ``onnx/model.onnx`` and the MLflow models
+  ``study-best`` (pyfunc, registered) and ``study-best-onnx`` (:mod:`trainforge.exporting.logged`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from trainforge.errors import TrainforgeError
 
 log = logging.getLogger(__name__)
 
+#: the MLflow model name of a study's exported best model (in the parent run)
+BEST_MODEL_NAME = "study-best"
 PLOTS = {  # file name -> (optuna.visualization.matplotlib function, minimum complete trials)
     "optimization_history": ("plot_optimization_history", 1),
     "param_importances": ("plot_param_importances", 2),
@@ -77,7 +80,6 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], *, 
 
     client = MlflowClient()
     counts = trial_counts(study)
-    finished = counts["n_complete"] + counts["n_pruned"] + counts["n_fail"]
     metrics = {k: float(counts[k]) for k in ("n_complete", "n_pruned", "n_fail")}
     best = best_trial(study)
     with tempfile.TemporaryDirectory() as tmp:
@@ -93,16 +95,29 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], *, 
             client.set_tag(parent_run_id, "trainforge.best_run_id", str(best.user_attrs.get("mlflow_run_id")))
             for key, value in best_params.items():
                 client.set_tag(parent_run_id, f"trainforge.best.{key}", str(value)[:5000])
+        # Step 0: a summary is one value per study, not a series over trials (a resume overwrites it; the
+        # run's latest value is the one shown), so MLflow's charts show a value, not a dot at step N.
         now = int(time.time() * 1000)
-        client.log_batch(parent_run_id, metrics=[Metric(k, v, now, finished) for k, v in metrics.items()])
-        frame = study.trials_dataframe()
-        frame.to_csv(folder / "trials.csv", index=False)
+        client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        trials_frame(study).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(parent_run_id, str(folder / "trials.csv"))
         if plots:
             plot_dir = folder / "plots"
             plot_dir.mkdir()
             if write_plots(study, plot_dir):
                 client.log_artifacts(parent_run_id, str(plot_dir), artifact_path="plots")
+
+
+def trials_frame(study: Any) -> Any:
+    """``study.trials_dataframe()`` reordered for reading: ``number``, ``state``, ``value``, the ``params_*``
+    columns, then the rest; ``duration`` becomes ``duration_s`` (float seconds)."""
+    frame = study.trials_dataframe()
+    if "duration" in frame.columns:
+        frame["duration"] = frame["duration"].dt.total_seconds()
+        frame = frame.rename(columns={"duration": "duration_s"})
+    first = [c for c in ("number", "state", "value") if c in frame.columns]
+    first += [c for c in frame.columns if c.startswith("params_")]
+    return frame[first + [c for c in frame.columns if c not in first]]
 
 
 def write_plots(study: Any, folder: Path) -> list[str]:
@@ -207,9 +222,9 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
 def export_best(source_run_id: str, parent_run_id: str, *, register: str | None, bundle: Any = None,
                 tags: dict[str, str] | None = None, quantize: str = "none") -> BestModel:
     """Rebuild the model from ``source_run_id``'s best checkpoint, export it through the verified ONNX gate
-    into the parent run (``onnx/model.onnx`` + MLflow model ``model``; re-quantized first with
-    ``quantize="int8"``), score it on the test split with onnxruntime, and register a new version of
-    ``register`` (skipped when None).
+    into the parent run (``onnx/model.onnx`` + MLflow models ``study-best``, ``study-best-onnx``; re-quantized
+    first with ``quantize="int8"``), score it on the test split with onnxruntime, and register a new version
+    of ``register`` (skipped when None).
 
     Raises :class:`ExportError` when the export fails its gate, TrainforgeError when the checkpoint is missing.
     """
@@ -236,7 +251,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
         # export_and_log logs the MLflow model into the active run; the caller sets the final status.
         with mlflow.start_run(run_id=parent_run_id) if active is None else contextlib.nullcontext():
-            export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize)
+            export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize, name=BEST_MODEL_NAME)
     best = BestModel(source_run_id, result.onnx_path, result.model_uri)
     best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task).items()}
     mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
@@ -244,8 +259,23 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
         version = mlflow.register_model(result.model_uri, register, tags={
             "trainforge.source_run_id": source_run_id, "trainforge.parent_run_id": parent_run_id, **(tags or {})})
         best.model_version = str(version.version)
-        mlflow.tracking.MlflowClient().set_tag(parent_run_id, "trainforge.model_version", f"{register}/{version.version}")
+        client = mlflow.tracking.MlflowClient()
+        client.update_model_version(register, version.version, description=version_description(
+            client, source_run_id, parent_run_id, (tags or {}).get("trainforge.trial")))
+        client.set_tag(parent_run_id, "trainforge.model_version", f"{register}/{version.version}")
     return best
+
+
+def version_description(client: Any, source_run_id: str, parent_run_id: str, trial: str | None) -> str:
+    """A registered version's description (markdown, shown on its page): links to the run whose checkpoint
+    it is (the trial, or the refit) and to the study's parent run, which holds the logged model."""
+    def link(run_id: str) -> str:
+        run = client.get_run(run_id)
+        return f"[{run.info.run_name or run_id}](#/experiments/{run.info.experiment_id}/runs/{run_id})"
+
+    source = f"trial {trial}" if trial is not None else "the best trial"
+    return (f"Exported from {source}: checkpoint of run {link(source_run_id)}; "
+            f"study parent run {link(parent_run_id)}.")
 
 
 def evaluate_onnx(path: str, split: Any, task: Any, batch_size: int = 1024) -> dict[str, float]:

@@ -1,0 +1,97 @@
+"""The MLflow pyfunc model of a trainforge ONNX file: what ``mlflow models serve`` and
+``mlflow.pyfunc.load_model(...).predict`` run.
+
+MLflow "models from code": :mod:`trainforge.exporting.logged` logs *this file* as the model's code and the
+``.onnx`` file as its artifact ``onnx``; MLflow executes the file (``set_model`` at the bottom) to load the
+model. So it is self-contained: it imports numpy, pandas, onnxruntime and mlflow only, never torch or
+trainforge, and the model's recorded requirements are numpy, pandas and onnxruntime.
+
+Input: a pandas DataFrame with the training feature names (any order, extra columns ignored; the
+trainforge ONNX metadata ``trainforge.feature_names`` gives the order), or with exactly as many columns as
+features (taken in order), or an array ``(N, *input_shape)`` / ``(N, features)`` of numbers. Output: a
+DataFrame like ``trainforge predict``'s: ``prediction`` (the class name for classification, the value for
+regression, ``prediction_<i>`` for several targets) and, for classification, ``prob_<class>`` per class.
+"""
+
+import json
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+from mlflow.models import set_model
+
+META_PREFIX = "trainforge."
+
+
+def read_metadata(session: Any) -> dict[str, Any]:
+    """The ``trainforge.*`` metadata of an onnxruntime session's model, JSON values decoded."""
+    out: dict[str, Any] = {}
+    for key, value in session.get_modelmeta().custom_metadata_map.items():
+        if key.startswith(META_PREFIX):
+            try:
+                out[key[len(META_PREFIX):]] = json.loads(value)
+            except ValueError:
+                out[key[len(META_PREFIX):]] = value
+    return out
+
+
+def features(data: Any, meta: dict[str, Any]) -> np.ndarray:
+    """``data`` as float32 ``(N, *input_shape)``; raises ValueError naming what is wrong."""
+    shape = [int(d) for d in meta["input_shape"][1:]]
+    width = int(np.prod(shape))
+    if isinstance(data, pd.DataFrame):
+        names = meta.get("feature_names") or []
+        columns = [str(c) for c in data.columns]
+        if names and set(names) <= set(columns):
+            data = data.set_axis(columns, axis=1)[names]  # by name, in the training order
+        elif data.shape[1] != width:
+            missing = [n for n in names if n not in columns][:5]
+            raise ValueError(f"expected the {width} feature columns {names[:5]}...; missing {missing}"
+                             if names else f"expected {width} feature columns, got {data.shape[1]}")
+        x = data.to_numpy(dtype=np.float32)
+    else:
+        x = np.asarray(data, dtype=np.float32)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    if int(np.prod(x.shape[1:])) != width:
+        raise ValueError(f"each row needs {width} features (input shape {shape}), got shape {list(x.shape)}")
+    return np.ascontiguousarray(x.reshape(len(x), *shape))
+
+
+def to_frame(result: dict[str, np.ndarray], meta: dict[str, Any]) -> pd.DataFrame:
+    """The named ONNX outputs as ``trainforge predict``'s columns (see the module docstring)."""
+    if meta["task"] == "classification":
+        probs = result["probabilities"]
+        classes = meta["class_names"]
+        frame = pd.DataFrame({"prediction": np.asarray(classes, dtype=object)[probs.argmax(1)].astype(str)})
+        for i, name in enumerate(classes):
+            frame[f"prob_{name}"] = probs[:, i]
+        return frame
+    pred = result["prediction"] if "prediction" in result else result[meta["outputs"][0]]
+    pred = pred.reshape(len(pred), -1)
+    cols = ["prediction"] if pred.shape[1] == 1 else [f"prediction_{i}" for i in range(pred.shape[1])]
+    return pd.DataFrame(pred, columns=cols)
+
+
+class OnnxModel(mlflow.pyfunc.PythonModel):
+    """onnxruntime (CPU execution provider) on the artifact ``onnx``, labels and probabilities out."""
+
+    def load_context(self, context: Any) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(context.artifacts["onnx"], options, providers=["CPUExecutionProvider"])
+        self.meta = read_metadata(self.session)
+
+    # pd.DataFrame is a hint MLflow 3 infers no schema from (the logged signature is the schema);
+    # an array arrives as is when the data has no feature names (tensor signature)
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
+        x = features(model_input, self.meta)
+        outputs = list(self.meta["outputs"])
+        result = dict(zip(outputs, self.session.run(outputs, {self.meta["input_name"]: x}), strict=True))
+        return to_frame(result, self.meta)
+
+
+set_model(OnnxModel())
