@@ -28,6 +28,14 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TrainforgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
+            from trainforge import interrupts
+
+            run_id = getattr(exc, "run_id", None)
+            detail = (f": run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume "
+                      f"{run_id}") if run_id else ""
+            click.echo(f"Aborted: {interrupts.describe(exc)}{detail}", err=True)
+            ctx.exit(interrupts.exit_code(exc))
 
 
 def _setup_logging(verbose: int) -> None:
@@ -58,6 +66,10 @@ def cli(verbose: int) -> None:
       trainforge ui
     """
     _setup_logging(verbose)
+    if click.get_current_context().invoked_subcommand not in ("ui", "server"):
+        from trainforge import interrupts
+
+        interrupts.install()  # SIGTERM (schedulers, docker stop) is handled like Ctrl-C
 
 
 @cli.command(epilog="""\b
@@ -110,7 +122,7 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
 
     result = run_train(
         config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-        export=not no_export, quiet=quiet, resume=resume,
+        export=not no_export, quiet=quiet, resume=resume, on_start=_announce,
         model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
         optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
         trainer__device=device, trainer__precision=precision, trainer__patience=patience,
@@ -128,6 +140,10 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
         click.echo(f"  {key:<16} {value:.4f}")
     if result.onnx_path:
         click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs torch: {max(result.parity.values()):.2g})")
+
+
+def _announce(run_id: str) -> None:
+    click.echo(f"run {run_id} started", err=True)
 
 
 @cli.command(epilog="""\b
@@ -305,6 +321,9 @@ cli.add_command(server)
 from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
 
 cli.add_command(tune)
+from trainforge.cli.runs import runs  # noqa: E402  (click only)
+
+cli.add_command(runs)
 
 
 def main() -> None:

@@ -57,12 +57,32 @@ class ExportReport:
                 "max_abs_diff": {str(k): v for k, v in self.max_abs_diff.items()}}
 
 
-def export_model(
+def export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: str | Path, **kwargs: Any) -> ExportReport:
+    """Export ``model`` (a :class:`TrainforgeModel`) and verify it against torch.
+
+    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split; for a generator its
+      ``example_input``, see :func:`export_sample`) used for the parity check at batch sizes 1 and ``N``
+      (``N`` capped at 256).
+    - ``kwargs``: ``run_id``, ``config``, ``opset``, ``tolerance`` (default :data:`PARITY_TOLERANCE`) and
+      ``part``: export only this part of the model (``model.export_parts()``, e.g. ``"encoder"``).
+    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails, or the
+      part is unknown. The file is written under a temporary name and renamed once it passed the gate
+      (:func:`trainforge.atomic.atomic_output`): on failure an existing ``path`` is left as it was.
+    """
+    from trainforge.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        report = _export_model(model, task, meta, sample, tmp, **kwargs)
+    report.path = Path(path)
+    return report
+
+
+def _export_model(
     model: Any,
     task: Any,
     meta: Any,
     sample: np.ndarray,
-    path: str | Path,
+    path: Path,
     *,
     run_id: str | None = None,
     config: dict[str, Any] | None = None,
@@ -70,15 +90,6 @@ def export_model(
     tolerance: float = PARITY_TOLERANCE,
     part: str | None = None,
 ) -> ExportReport:
-    """Export ``model`` (a :class:`TrainforgeModel`) and verify it against torch.
-
-    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split; for a generator its
-      ``example_input``, see :func:`export_sample`) used for the parity check at batch sizes 1 and ``N``
-      (``N`` capped at 256).
-    - ``part``: export only this part of the model (``model.export_parts()``, e.g. ``"encoder"``).
-    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails, or the
-      part is unknown; a file that fails the gate is deleted.
-    """
     import onnx
     import torch
 
@@ -86,8 +97,6 @@ def export_model(
     from trainforge.training.modeling import InferenceModel, PartModel
 
     started = time.perf_counter()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
     if part:
         parts = model.export_parts() if hasattr(model, "export_parts") else {}

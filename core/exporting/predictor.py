@@ -8,6 +8,7 @@ turns a fallback from CUDA to CPU into an error.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from trainforge.atomic import atomic_output
 from trainforge.errors import ConfigError, DataError, TrainforgeError
 
 log = logging.getLogger(__name__)
@@ -253,11 +255,25 @@ def predict(
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
     if "task" not in meta:
         raise TrainforgeError(f"{path}: not a trainforge model (no trainforge.* metadata)")
-    classes = meta.get("class_names")
-    outputs = meta["outputs"]
     out_path = Path(output) if output else None
-    if out_path:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_path) if out_path else contextlib.nullcontext(None) as tmp_path:
+        rows, correct, se, ae, frames = _predict_chunks(session, meta, input, target, chunk_rows, tmp_path)
+    metrics: dict[str, float] = {}
+    if target is not None:
+        if meta["task"] == "classification":
+            metrics["accuracy"] = correct / rows
+        else:
+            metrics.update(mse=se / rows, mae=ae / rows)
+    predictions = pd.concat(frames, ignore_index=True) if frames else None
+    return PredictResult(rows, active, str(out_path) if out_path else None, metrics, predictions)
+
+
+def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, target: str | None, chunk_rows: int,
+                    out_path: Path | None) -> tuple[int, int, float, float, list[Any]]:
+    """Predict chunk by chunk, appending to ``out_path`` (else collecting frames); raises DataError for no rows."""
+    import pandas as pd
+
+    classes, outputs = meta.get("class_names"), meta["outputs"]
     rows, correct, se, ae = 0, 0, 0.0, 0.0
     frames = []
     for chunk in read_chunks(input, chunk_rows):
@@ -286,14 +302,7 @@ def predict(
         rows += len(x)
     if rows == 0:
         raise DataError(f"{input}: no rows")
-    metrics: dict[str, float] = {}
-    if target is not None:
-        if meta["task"] == "classification":
-            metrics["accuracy"] = correct / rows
-        else:
-            metrics.update(mse=se / rows, mae=ae / rows)
-    predictions = pd.concat(frames, ignore_index=True) if frames else None
-    return PredictResult(rows, active, str(out_path) if out_path else None, metrics, predictions)
+    return rows, correct, se, ae, frames
 
 
 def _run(session: Any, outputs: list[str], input_name: str, x: np.ndarray) -> list[np.ndarray]:

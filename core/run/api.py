@@ -79,6 +79,7 @@ def train(
     extras: dict[str, Any] | None = None,
     data: Any = None,
     resume: str | None = None,
+    on_start: Any = None,
     **flags: Any,
 ) -> TrainResult:
     """Train one model and track it in MLflow; see the module docstring for the steps.
@@ -89,6 +90,10 @@ def train(
     - ``data``: a pre-loaded :class:`~trainforge.training.data.DataBundle` to reuse (tuning loads it once).
     - ``resume``: an MLflow run id; continue that run from its ``checkpoints/last.pt`` (model, optimizer,
       scheduler, epoch, RNG states) with its config, logging into the same run.
+    - ``on_start``: called with the run id as soon as the run is open (the CLI prints it on stderr).
+    - The run records this process in the tags ``trainforge.host``/``.pid``/``.pid_start``
+      (:mod:`trainforge.tracking.stale`). SIGTERM (:mod:`trainforge.interrupts`) and Ctrl-C end it KILLED
+      after uploading the best checkpoint; the ``KeyboardInterrupt`` re-raised carries ``run_id``.
     - Under torchrun (``WORLD_SIZE`` > 1) every rank trains a shard with DDP; only rank 0 tracks and
       exports (see :mod:`trainforge.training.distributed`).
 
@@ -123,18 +128,26 @@ def train(
     check_device(cfg["trainer"])
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
-    run_tags = {"trainforge.command": "train", **(tags or {})}
+    from trainforge.tracking.stale import process_tags
+
+    run_tags = {"trainforge.command": "train", **process_tags(), **(tags or {})}
     if resume:
         run = mlflow.start_run(run_id=resume)  # the same run, status RUNNING again
         experiment_id = run.info.experiment_id
+        mlflow.set_tags(process_tags())  # the process training it now
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
                                nested=parent_run_id is not None, tags=run_tags)
     run_id = run.info.run_id
+    if on_start is not None:
+        on_start(run_id)
     try:
         with tracking.run_status(run_id), tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
             return _run(cfg, bundle, run_id, experiment_id, Path(tmp), export=export, quiet=quiet,
                         callbacks=list(callbacks), extras=extras or {}, resume_state=resume_state)
+    except KeyboardInterrupt as exc:
+        exc.run_id = run_id  # for the caller's message (the CLI prints how to resume)
+        raise
     finally:
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
             mlflow.end_run()

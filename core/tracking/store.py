@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainforge import interrupts
 from trainforge.errors import TrainforgeError
 from trainforge.tracking.locks import sqlite_file
 
@@ -101,8 +102,8 @@ def run_status(run_id: str) -> Iterator[None]:
     client = MlflowClient()
     try:
         yield
-    except KeyboardInterrupt:
-        _end(client, run_id, "KILLED", "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts.Terminated)
+        _end(client, run_id, "KILLED", interrupts.describe(exc))
         raise
     except BaseException as exc:
         _end(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
@@ -112,24 +113,34 @@ def run_status(run_id: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``.
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then raise ``KeyboardInterrupt`` (or
+    :class:`trainforge.interrupts.Terminated`).
 
     For MLflow writes: a ``KeyboardInterrupt`` raised inside a SQLite transaction can leave the store locked
     for the rest of the process, so the run could not then be marked KILLED ("database is locked").
-    A no-op outside the main thread and when SIGINT does not have Python's default handler (e.g. nested
-    blocks). If the block raises, its exception propagates and a held Ctrl-C is dropped.
+    A no-op outside the main thread and for a signal whose handler is not the one that raises (Python's
+    default for SIGINT, :func:`trainforge.interrupts.install`'s for SIGTERM; e.g. nested blocks). If the
+    block raises, its exception propagates and a held signal is dropped.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    held = []
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            held.append(signal.SIGINT)
+        if interrupts.installed():
+            held.append(signal.SIGTERM)
+    if not held:
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in received:
+        interrupts.handle_sigterm()  # raises Terminated unless already terminating
+    if signal.SIGINT in received:
         raise KeyboardInterrupt
 
 

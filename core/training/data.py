@@ -243,7 +243,8 @@ def sample_rows(split: Any, n: int = 256) -> np.ndarray:
 def write_split(bundle: DataBundle, split: str, output: str, target_column: str = "target") -> int:
     """Write a split's raw features (flattened, named by ``feature_names``) and target to CSV or Parquet.
 
-    Classification targets are written as class labels. Returns the number of rows written.
+    Classification targets are written as class labels. Returns the number of rows written. The file is
+    written to a temporary name and renamed (:func:`trainforge.atomic.atomic_output`).
     """
     import pandas as pd
 
@@ -263,8 +264,11 @@ def write_split(bundle: DataBundle, split: str, output: str, target_column: str 
     else:
         for i in range(y.shape[1]):
             frame[f"{target_column}_{i}"] = y[:, i]
-    if output.lower().endswith((".parquet", ".pq")):
-        frame.to_parquet(output, index=False)
-    else:
-        frame.to_csv(output, index=False)
+    from trainforge.atomic import atomic_output
+
+    with atomic_output(output) as tmp:  # an existing file is replaced only by a complete one
+        if output.lower().endswith((".parquet", ".pq")):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
     return len(frame)
