@@ -41,8 +41,10 @@ class Group(click.Group):
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic", "urllib3"):
+    for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # urllib3 warns on every retry of an unreachable tracking server; the command's error says it in one line
+    logging.getLogger("urllib3").setLevel(logging.ERROR if not verbose else level)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for our output (--json)
     if not verbose:  # MLflow configures its own handler at import, at INFO unless told otherwise
@@ -245,9 +247,13 @@ def plugins(as_json: bool) -> None:
              "defaults": e.spec.defaults, "tunable": e.spec.search_space is not None,
              **({"tasks": sorted(e.spec.tasks)} if hasattr(e.spec, "tasks") else {})}
             for e in manager.entries()]
+    problems = manager.problems()
+    rows += [{"kind": "problem", "name": p.plugin, "status": p.status, "description": p.reason,
+              "distribution": p.distribution, "version": p.version, "plugin": p.plugin} for p in problems]
     if as_json:
         _print_json(rows)
         return
+    rows = [r for r in rows if r["kind"] != "problem"]
     width = max(len(r["name"]) for r in rows)
     kind = None
     for r in rows:
@@ -256,6 +262,12 @@ def plugins(as_json: bool) -> None:
             click.echo(f"{kind}s:")
         origin = f"{r['distribution']} {r['version']}".strip()
         click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]")
+    labels = {"broken": "BROKEN (skipped)", "conflict": "CONFLICT (the name is unusable)",
+              "empty": "WARNING (registers nothing)"}
+    if problems:
+        click.echo("plugin problems (block one with TRAINFORGE_BLOCK_PLUGINS=DISTRIBUTION):")
+    for p in problems:
+        click.echo(f"  {p.plugin} [{p.distribution} {p.version}]: {labels[p.status]}: {p.reason}")
 
 
 @cli.command(epilog="""\b

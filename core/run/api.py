@@ -120,9 +120,10 @@ def train(
     experiment_id = tracking.setup(tracking_uri, experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     bundle = data if data is not None else load_data(cfg)
-    from trainforge.training.modeling import check_compatible
+    from trainforge.training.modeling import check_compatible, preflight
 
     check_compatible(cfg["model"], bundle.meta)  # fail before a run is opened
+    preflight(cfg["model"], bundle.meta)  # e.g. a model whose output shape does not fit the task
     from trainforge.training.trainer import check_device
 
     check_device(cfg["trainer"])

@@ -55,11 +55,43 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
 
     uri = tracking_uri(uri)
     if db := sqlite_file(uri):  # a SQLite file: create its folder
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: cannot create the folder "
+                                  f"{Path(db).parent} ({exc.strerror or exc})") from None
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    with sqlite_lock(uri):  # processes starting together must not both create the schema
+    with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
         return _experiment_id(mlflow, uri, name)
+
+
+#: MLflow's HTTP client settings during the first request to a tracking server (env var -> value), so an
+#: unreachable server fails in ~10 s instead of MLflow's defaults (7 retries, backoff factor 2, 120 s
+#: timeout: minutes). Variables the user set are left alone. Names: mlflow.environment_variables.
+FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+@contextlib.contextmanager
+def first_contact(uri: str) -> Iterator[None]:
+    """Bound MLflow's retries and timeout (:data:`FIRST_CONTACT`) while the block talks to an HTTP server."""
+    if not uri.startswith(("http://", "https://")):
+        yield
+        return
+    added = {k: v for k, v in FIRST_CONTACT.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (MLflow's carry tracebacks)."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @contextlib.contextmanager
@@ -88,7 +120,7 @@ def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
     except TrainforgeError:
         raise
     except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
-        raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {exc}") from exc
+        raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager
