@@ -267,6 +267,16 @@ def _damaged(name: str, *command: str):
     return setup
 
 
+def _damaged_onnx(shared, out: Path, damage: list) -> list[str]:
+    damage.append(Damage(shared.root, shared.mlp["run_id"], "model.onnx"))
+    data = bytearray(damage[0].original)
+    middle = len(data) // 2
+    data[middle:middle + 200] = os.urandom(200)  # can still pass onnx.checker and predict other labels
+    damage[0].path.write_bytes(bytes(data))
+    (out / "in.csv").write_text(",".join(FEATURES) + "\n5.1,3.5,1.4,0.2\n")
+    return ["predict", f"runs:/{shared.mlp['run_id']}", "-i", str(out / "in.csv"), "-o", str(out / "out.csv")]
+
+
 def _file_as_folder(shared, out: Path, damage: list) -> list[str]:
     (out / "a-file.txt").write_text("not a folder")
     return ["train", *IRIS, "--tracking-uri", f"sqlite:///{out}/a-file.txt/mlflow.db"]
@@ -297,6 +307,7 @@ ROWS = {
     "untrusted-skops-export": (_untrusted_skops, 1, "types trainforge does not trust", "out.onnx"),
     "predict-nan-row-50002": (_nan_late, 1, "in.csv: row 50003, column 3: NaN", "out.csv"),
     "predict-header-only": (_header_only, 1, "in.csv: no rows", "out.csv"),
+    "predict-damaged-onnx": (_damaged_onnx, 1, "does not match the SHA-256 recorded at export", "out.csv"),
 }
 FRESH = {"p-seed-abc", "p-val-fraction-abc", "p-patience-abc", "sqlite-under-a-file", "unreachable-server",
          "data-bad-param"}
@@ -346,6 +357,28 @@ def test_outputs_are_written_whole(workdir, shared):
     assert done.returncode == 0, done.stderr
     assert len((workdir / "pred.csv").read_text().splitlines()) == 31  # header + the 30 test rows
     no_partial_files(workdir)
+
+
+def test_no_silent_wrong_answer(workdir, shared):
+    """Integer labels against class names are read as indices (said on stderr), never a silent accuracy of 0;
+    exporting a run that did not finish says it was cut short."""
+    from sklearn.datasets import load_iris
+
+    load_iris(as_frame=True).frame.to_csv(workdir / "iris.csv", index=False)  # target 0/1/2
+    done = tf(shared.root, "predict", shared.mlp["onnx_path"], "-i", str(workdir / "iris.csv"), "--target", "target",
+              "--json")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["metrics"]["accuracy"] > 0.6  # 3 epochs: far from 0, far from perfect
+    (warning,) = done.stderr.strip().splitlines()
+    assert "holds class indices 0..2, not the model's class names (setosa, versicolor, virginica)" in warning
+    (workdir / "bad.csv").write_text(",".join([*FEATURES, "target"]) + "\n5.1,3.5,1.4,0.2,rose\n")
+    bad = tf(shared.root, "predict", shared.mlp["onnx_path"], "-i", str(workdir / "bad.csv"), "--target", "target")
+    assert bad.returncode == 1 and "matches none of the model's classes" in one_line(bad.stderr)
+
+    export = tf(shared.root, "export", shared.mlp["run_id"], "-o", str(workdir / "m.onnx"))
+    assert export.returncode == 0, export.stderr
+    assert "is KILLED: training was cut short at epoch 3 of 3 planned; exporting its best epoch" in export.stderr
+    assert (workdir / "m.onnx").stat().st_size > 0
 
 
 # -- plugins that break -------------------------------------------------------------------------------------

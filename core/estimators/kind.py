@@ -270,9 +270,9 @@ def export_run(run_id: str, output: str | Path | None = None, *, part: str | Non
     report = export_estimator(estimator, meta, sample, Path(output) if output else Path(f"{run_id}.onnx"),
                               run_id=run_id, config=config)
     if log_to_run:
-        import mlflow
+        from trainforge.exporting.exporter import log_onnx_artifact
 
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=run_id)
+        log_onnx_artifact(report.path, run_id)
     return report
 
 

@@ -26,11 +26,12 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray) -> None:
     import onnx
     from mlflow.models import infer_signature
 
+    from trainforge.exporting.exporter import log_onnx_artifact
     from trainforge.exporting.predictor import usable_providers
     from trainforge.tracking import store as tracking
 
     with tracking.deferred_interrupt():
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
+        log_onnx_artifact(report.path, result.run_id)  # with its sha256, which predict checks
         mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
                            run_id=result.run_id)
 

@@ -150,10 +150,26 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> str:
 
         tracking.setup_uri(tracking_uri)
         run_id, _, sub = model[len("runs:/"):].partition("/")
-        return tracking.download(run_id, sub or "onnx/model.onnx")
+        local = tracking.download(run_id, sub or "onnx/model.onnx")
+        if sub in ("", "onnx/model.onnx"):
+            _check_sha256(run_id, local)
+        return local
     if not Path(model).is_file():
         raise TrainforgeError(f"model file not found: {model}")
     return model
+
+
+def _check_sha256(run_id: str, path: str) -> None:
+    """Refuse a run's ONNX file whose SHA-256 differs from the one recorded when it was logged (a damaged or
+    replaced file can pass ``onnx.checker`` and predict different labels). Runs logged before the tag
+    existed are not checked."""
+    from trainforge.exporting.exporter import SHA256_TAG, file_sha256
+    from trainforge.tracking import store as tracking
+
+    recorded = tracking.get_run(run_id).data.tags.get(SHA256_TAG)
+    if recorded and file_sha256(path) != recorded:
+        raise TrainforgeError(f"runs:/{run_id}: onnx/model.onnx does not match the SHA-256 recorded at export "
+                              f"({recorded[:12]}...); the file is damaged or was replaced: re-export the run")
 
 
 def read_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
@@ -275,7 +291,7 @@ def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, targe
 
     classes, outputs = meta.get("class_names"), meta["outputs"]
     rows, correct, se, ae = 0, 0, 0.0, 0.0
-    frames = []
+    frames, as_index = [], None
     for chunk in read_chunks(input, chunk_rows):
         x, y = to_features(chunk, meta, target, Path(input), rows)
         result = dict(zip(outputs, _run(session, outputs, meta["input_name"], x), strict=True))
@@ -286,7 +302,12 @@ def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, targe
             for i, name in enumerate(classes):
                 frame[f"prob_{name}"] = probs[:, i]
             if y is not None:
-                correct += int((labels.astype(str) == _labels(y)).sum())
+                truth = _labels(y)
+                if as_index is None:  # decided on the first chunk: names, or indices of the class names
+                    as_index = _targets_are_indices(truth, classes, input, target)
+                if as_index:
+                    truth = _index_to_name(truth, classes, input, rows)
+                correct += int((labels.astype(str) == truth).sum())
         else:  # regression/forecasting "prediction"; other tasks' first output, flattened per row
             pred = result["prediction"] if "prediction" in result else result[outputs[0]]
             pred = pred.reshape(len(pred), -1)
@@ -333,6 +354,32 @@ def write_csv(frame: Any, path: Path, header: bool) -> None:
             fh.write(frame.iloc[:0].to_csv(index=False).encode())
         options = pacsv.WriteOptions(include_header=False, quoting_style="needed" if needs_quotes else "none")
         pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), fh, options)
+
+
+def _targets_are_indices(truth: np.ndarray, classes: list[Any], path: Any, target: str) -> bool:
+    """True when the target column holds class indices 0..K-1 rather than the model's class names (e.g.
+    scikit-learn's ``load_iris(as_frame=True).frame``: 0/1/2 for setosa/versicolor/virginica); a column
+    matching neither is a DataError rather than a silent accuracy of 0."""
+    names = {str(c) for c in classes}
+    values = set(truth.tolist())
+    if values & names:
+        return False
+    if all(v.lstrip("-").isdigit() and 0 <= int(v) < len(classes) for v in values):
+        log.warning("%s: column %r holds class indices 0..%d, not the model's class names (%s): read as indices",
+                    path, target, len(classes) - 1, ", ".join(map(str, classes)))
+        return True
+    example = ", ".join(sorted(values)[:3])
+    raise DataError(f"{path}: column {target!r} ({example}, ...) matches none of the model's classes "
+                    f"({', '.join(map(str, classes))})")
+
+
+def _index_to_name(truth: np.ndarray, classes: list[Any], path: Any, first_row: int) -> np.ndarray:
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    bad = [i for i, v in enumerate(truth) if not (v.lstrip("-").isdigit() and 0 <= int(v) < len(classes))]
+    if bad:
+        raise DataError(f"{path}: row {first_row + bad[0] + 2}: target {truth[bad[0]]!r} is not a class index "
+                        f"0..{len(classes) - 1} like the rows before it")
+    return names[truth.astype(np.int64)].astype(str)
 
 
 def _labels(y: Any) -> np.ndarray:

@@ -327,7 +327,7 @@ def export_study_best(study: str, output: str | Path | None = None, *, storage: 
                     opset=opset)
     parent = the_study.user_attrs.get(study_mod.PARENT_ATTR)
     if log_to_run and parent:
-        import mlflow
+        from trainforge.exporting.exporter import log_onnx_artifact
 
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=parent)
+        log_onnx_artifact(report.path, parent)
     return report
