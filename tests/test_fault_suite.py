@@ -305,7 +305,7 @@ ROWS = {
                                "last.pt: not a readable trainforge checkpoint", None),
     "legacy-pickle-export": (_legacy_pickle, 1, "no longer loads (a pickle can run code", "out.onnx"),
     "untrusted-skops-export": (_untrusted_skops, 1, "types trainforge does not trust", "out.onnx"),
-    "predict-nan-row-50002": (_nan_late, 1, "in.csv: row 50003, column 3: NaN", "out.csv"),
+    "predict-nan-row-50002": (_nan_late, 1, "in.csv: row 50002 (line 50003), column 'petal length (cm)': NaN", "out.csv"),
     "predict-header-only": (_header_only, 1, "in.csv: no rows", "out.csv"),
     "predict-damaged-onnx": (_damaged_onnx, 1, "does not match the SHA-256 recorded at export", "out.csv"),
 }

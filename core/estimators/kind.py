@@ -124,8 +124,10 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
     estimator.fit(x, y.ravel() if y.ndim == 1 or y.shape[1] == 1 else y)
     seconds = time.perf_counter() - started
     if meta.task == "classification" and list(estimator.classes_) != list(range(meta.output_dim)):
-        raise ConfigError(f"the training split lacks classes: the estimator saw {list(estimator.classes_)} of "
-                          f"{meta.output_dim}; lower trainer.test_fraction / val_fraction")
+        missing = [meta.class_names[i] if meta.class_names else str(i) for i in range(meta.output_dim)
+                   if i not in set(int(c) for c in estimator.classes_)]
+        raise ConfigError(f"the training split lacks class(es) {', '.join(map(repr, missing))}; lower "
+                          "trainer.test_fraction / val_fraction")
 
     task = get_task(meta.task, meta=meta)
     history = {f"{split}_{k}": v for split in ("train", "val")

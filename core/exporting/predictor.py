@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from trainforge.atomic import atomic_output
-from trainforge.errors import ConfigError, DataError, TrainforgeError
+from trainforge.errors import ConfigError, DataError, TrainforgeError, row_label
 
 log = logging.getLogger(__name__)
 
@@ -202,7 +202,7 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
     """Features reshaped to ``(N, *input_shape)`` float32, and the target column (or None)."""
     shape = [int(d) for d in meta["input_shape"][1:]]
     width = int(np.prod(shape))
-    y = None
+    y, columns = None, None
     if isinstance(chunk, np.ndarray):
         x = chunk.reshape(len(chunk), -1)
     else:
@@ -220,10 +220,10 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
             if not is_numeric_dtype(chunk[col].dtype):  # also pandas' extension dtypes (str in pandas 3)
                 ok = chunk[col].map(_is_number).to_numpy(dtype=bool)
                 if not ok.all():
-                    pos = int(np.flatnonzero(~ok)[0])  # row numbers count the header as row 1, like the file
-                    raise DataError(f"{path}: row {first_row + pos + 2}, column {col!r}: not a number "
-                                    f"({chunk[col].iloc[pos]!r})")
-        x = chunk.to_numpy(dtype=np.float32)
+                    pos = int(np.flatnonzero(~ok)[0])
+                    raise DataError(f"{path}: {row_label(first_row + pos, _is_csv(path))}, column {col!r}: not a "
+                                    f"number ({chunk[col].iloc[pos]!r})")
+        x, columns = chunk.to_numpy(dtype=np.float32), list(chunk.columns)
     if x.shape[1] != width:
         raise DataError(
             f"{path}: {x.shape[1]} feature columns, but the model expects {width} "
@@ -232,8 +232,14 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *shape)
     if not np.isfinite(x).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0])
-        raise DataError(f"{path}: row {first_row + row + 2}, column {col + 1}: NaN or infinite feature")
+        name = repr(str(columns[col])) if columns is not None and len(columns) == x.reshape(len(x), -1).shape[1] \
+            else str(col + 1)
+        raise DataError(f"{path}: {row_label(first_row + row, _is_csv(path))}, column {name}: NaN or infinite feature")
     return x, y
+
+
+def _is_csv(path: Path) -> bool:
+    return Path(path).suffix.lower() in (".csv", ".txt", ".gz")
 
 
 def _is_number(value: Any) -> bool:
@@ -377,7 +383,7 @@ def _index_to_name(truth: np.ndarray, classes: list[Any], path: Any, first_row: 
     names = np.asarray([str(c) for c in classes], dtype=object)
     bad = [i for i, v in enumerate(truth) if not (v.lstrip("-").isdigit() and 0 <= int(v) < len(classes))]
     if bad:
-        raise DataError(f"{path}: row {first_row + bad[0] + 2}: target {truth[bad[0]]!r} is not a class index "
+        raise DataError(f"{path}: {row_label(first_row + bad[0], _is_csv(path))}: target {truth[bad[0]]!r} is not a class index "
                         f"0..{len(classes) - 1} like the rows before it")
     return names[truth.astype(np.int64)].astype(str)
 

@@ -9,6 +9,7 @@ streaming reader) goes through a ``DataLoader``, so a ``DistributedSampler`` can
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from trainforge.errors import ConfigError, DataError
 from trainforge.specs import ArrayData, TableFile
 
 SPLIT_KEYS = ("val_fraction", "test_fraction")
+
+log = logging.getLogger(__name__)
 
 
 def batches(
@@ -107,7 +110,7 @@ def validate(name: str, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
     bad = ~np.isfinite(x.reshape(len(x), -1))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        col_name = data.feature_names[col] if data.feature_names and col < len(data.feature_names) else col
+        col_name = data.feature_names[col] if data.feature_names and col < len(data.feature_names) else col + 1
         raise DataError(
             f"{where}: row {row + 1}, column {col_name!r}: feature is NaN or infinite "
             f"({int(bad.sum())} such values); clean or impute the data first"
@@ -174,9 +177,12 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], tas
     x, y = validate(name, data)
     natural, task = target_kind(data.task), task or data.task
     kind = target_kind(task)
+    if natural == "label" and not data.ordered:
+        _check_class_counts(name, y, data.class_names)
     train, val, test = split_indices(name, len(x), y, natural == "label", trainer_config,
                                      ordered=data.ordered, gap=data.gap)
     mean, std = standardization(x[train], data.layout)
+    _check_constant(name, x[train], data.feature_names)
     target_mean = target_std = None
     if kind in ("label", "value") and kind != natural:
         raise DataError(f"dataset {name!r} ({data.task}) has no {kind} targets for the {task} task")
@@ -213,6 +219,32 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], tas
         return TensorSplit(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]))
 
     return DataBundle(part(train), part(val), part(test), meta)
+
+
+def _check_class_counts(name: str, y: np.ndarray, class_names: list[Any] | None) -> None:
+    """A stratified split needs two rows of every class; the error names the class by its label."""
+    counts = np.bincount(y.astype(np.int64), minlength=len(class_names or []))
+    lonely = [int(i) for i in np.flatnonzero(counts == 1)]
+    if lonely:
+        labels = ", ".join(repr(str(class_names[i]) if class_names and i < len(class_names) else str(i))
+                           for i in lonely[:5])
+        raise DataError(f"dataset {name!r}: class {labels} has a single row; a stratified train/val/test split "
+                        "needs at least 2 rows of each class (drop that class or add rows)")
+
+
+def _check_constant(name: str, x: np.ndarray, feature_names: list[str] | None) -> None:
+    """Warn about feature columns constant on the training split (tabular ``(N, D)`` data); all constant is
+    a DataError. Images are standardized per channel: constant pixels (e.g. digit borders) are not reported."""
+    if x.ndim != 2 or len(x) < 2:
+        return
+    constant = np.flatnonzero(np.ptp(x, axis=0) == 0)
+    if len(constant) == 0:
+        return
+    names = [feature_names[i] if feature_names and i < len(feature_names) else f"column {i + 1}" for i in constant]
+    if len(constant) == x.shape[1]:
+        raise DataError(f"dataset {name!r}: every feature column is constant on the training split; nothing to learn")
+    log.warning("dataset %r: %d feature column(s) constant on the training split, they carry no information: %s",
+                name, len(constant), ", ".join(map(str, names[:10])) + (" ..." if len(names) > 10 else ""))
 
 
 def standardization(x: np.ndarray, layout: str = "auto") -> tuple[np.ndarray, np.ndarray]:
