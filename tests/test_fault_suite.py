@@ -381,6 +381,39 @@ def test_no_silent_wrong_answer(workdir, shared):
     assert (workdir / "m.onnx").stat().st_size > 0
 
 
+def test_data_checks_say_what_they_inferred(workdir):
+    """The inferred task and constant columns are said on stderr; an all-constant table and a class with a
+    single row are one error line naming the label, before any store is touched."""
+    import numpy as np
+    import pandas as pd
+
+    x = np.random.default_rng(0).normal(size=(200, 2))
+    labels = (x[:, 0] > 0).astype(float)
+    labels[7] = 0.5  # one non-integer value: the task becomes regression, which is now said
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "c": 1.0, "label": labels}).to_csv(workdir / "t.csv", index=False)
+    done = tf(workdir, "data", "--dataset", "csv", "-p", f"dataset.path={workdir / 't.csv'}", "-o", "rows.csv")
+    assert done.returncode == 0, done.stderr
+    warned = done.stderr.strip().splitlines()
+    assert len(warned) == 2 and "task inferred from column 'label': regression" in warned[0], warned
+    assert "-p dataset.task=classification" in warned[0] and "constant on the training split" in warned[1]
+    assert "1 feature column(s)" in warned[1] and warned[1].endswith(": c")
+    fixed = tf(workdir, "data", "--dataset", "csv", "-p", f"dataset.path={workdir / 't.csv'}", "-p",
+               "dataset.task=regression", "-o", "rows.csv")
+    assert "task inferred" not in fixed.stderr
+
+    y = (x[:, 0] > 0).astype(int)
+    y[5] = 7
+    pd.DataFrame({"a": x[:, 0], "b": x[:, 1], "label": y}).to_csv(workdir / "u.csv", index=False)
+    once = tf(workdir, "train", *IRIS[:2], "--dataset", "csv", "-p", f"dataset.path={workdir / 'u.csv'}", "--quiet",
+            "-p", "dataset.task=classification")
+    assert once.returncode == 1 and "class '7' has a single row" in one_line(once.stderr)
+    pd.DataFrame({"a": 1.0, "b": 2.0, "label": (x[:, 0] > 0).astype(int)}).to_csv(workdir / "v.csv", index=False)
+    flat = tf(workdir, "train", *IRIS[:2], "--dataset", "csv", "-p", f"dataset.path={workdir / 'v.csv'}", "--quiet",
+            "-p", "dataset.task=classification")
+    assert flat.returncode == 1 and "every feature column is constant" in one_line(flat.stderr)
+    assert not store_runs(workdir)
+
+
 # -- plugins that break -------------------------------------------------------------------------------------
 PLUGIN_PACKAGES = {
     "tf-broken-import": ("tf_broken_import", "import not_a_module_anywhere\n"),
