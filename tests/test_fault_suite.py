@@ -115,7 +115,7 @@ def test_sigterm_during_train_ends_the_run_killed_with_its_checkpoints(workdir):
     assert run.data.tags["trainforge.host"] and run.data.tags["trainforge.pid"] == str(proc.pid)
 
 
-def test_kill_9_then_runs_stale_mark_killed_and_resume(workdir):
+def test_kill_9_then_runs_stale_mark_killed(workdir):
     proc = start(workdir, "train", "--model", "mlp", "--dataset", "iris", "--epochs", "400", "--quiet",
                  "--patience", "0", "--no-export")
     wait_for(str(workdir / LAST_PT), proc)
@@ -132,9 +132,7 @@ def test_kill_9_then_runs_stale_mark_killed_and_resume(workdir):
     assert store_runs(workdir)[0].info.status == "KILLED"
     assert "checkpoints/last.pt" in artifacts(workdir, run_id)  # kept
     assert tf(workdir, "runs", "--stale").stdout.strip() == "no stale runs"
-    resumed = tf(workdir, "train", "--resume", run_id, "--quiet", "--json")
-    assert resumed.returncode == 0, resumed.stderr
-    assert store_runs(workdir)[0].info.status == "FINISHED"
+    # `train --resume` accepts a KILLED run (tests/test_scaleout.py checks resuming gives the same metrics)
 
 
 TUNE = ["tune", "--model", "mlp", "--dataset", "digits", "--epochs", "300", "--n-trials", "4", "--pruner", "none",
