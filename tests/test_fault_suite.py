@@ -398,6 +398,11 @@ def test_data_checks_say_what_they_inferred(workdir):
     fixed = tf(workdir, "data", "--dataset", "csv", "-p", f"dataset.path={workdir / 't.csv'}", "-p",
                "dataset.task=regression", "-o", "rows.csv")
     assert "task inferred" not in fixed.stderr
+    trained = tf(workdir, "train", *IRIS[:2], "--dataset", "csv", "-p", f"dataset.path={workdir / 't.csv'}",
+                 "--epochs", "1", "--quiet", "--no-export")
+    assert trained.returncode == 0, trained.stderr
+    (run,) = store_runs(workdir)
+    assert run.data.tags["trainforge.constant_features"] == "c" and run.data.tags["trainforge.task"] == "regression"
 
     y = (x[:, 0] > 0).astype(int)
     y[5] = 7
@@ -409,7 +414,7 @@ def test_data_checks_say_what_they_inferred(workdir):
     flat = tf(workdir, "train", *IRIS[:2], "--dataset", "csv", "-p", f"dataset.path={workdir / 'v.csv'}", "--quiet",
             "-p", "dataset.task=classification")
     assert flat.returncode == 1 and "every feature column is constant" in one_line(flat.stderr)
-    assert not store_runs(workdir)
+    assert len(store_runs(workdir)) == 1  # the errors came before a run was opened
 
 
 # -- plugins that break -------------------------------------------------------------------------------------

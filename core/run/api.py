@@ -131,7 +131,7 @@ def train(
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
     from trainforge.tracking.stale import process_tags
 
-    run_tags = {"trainforge.command": "train", **process_tags(), **(tags or {})}
+    run_tags = {"trainforge.command": "train", **process_tags(), **_data_tags(bundle), **(tags or {})}
     if resume:
         run = mlflow.start_run(run_id=resume)  # the same run, status RUNNING again
         experiment_id = run.info.experiment_id
@@ -225,6 +225,16 @@ def _run(
     if export:
         export_and_log(result, model, task, meta, bundle, workdir)
     return result
+
+
+def _data_tags(bundle: Any) -> dict[str, str]:
+    """``trainforge.constant_features``: the training split's constant columns (warned about when loading)."""
+    from trainforge.training.data import TensorSplit, constant_features
+
+    if not isinstance(bundle.train, TensorSplit):
+        return {}
+    names = constant_features(bundle.train.x.cpu().numpy(), bundle.meta.feature_names)
+    return {"trainforge.constant_features": ", ".join(names)[:5000]} if names else {}
 
 
 def _wait_for_writers(trainer: Any) -> None:

@@ -232,19 +232,24 @@ def _check_class_counts(name: str, y: np.ndarray, class_names: list[Any] | None)
                         "needs at least 2 rows of each class (drop that class or add rows)")
 
 
-def _check_constant(name: str, x: np.ndarray, feature_names: list[str] | None) -> None:
-    """Warn about feature columns constant on the training split (tabular ``(N, D)`` data); all constant is
-    a DataError. Images are standardized per channel: constant pixels (e.g. digit borders) are not reported."""
+def constant_features(x: np.ndarray, feature_names: list[str] | None) -> list[str]:
+    """Names (else ``column N`` from 1) of the columns of tabular ``(N, D)`` features that never change;
+    ``[]`` for other shapes (images are standardized per channel: constant border pixels are normal)."""
     if x.ndim != 2 or len(x) < 2:
+        return []
+    return [feature_names[i] if feature_names and i < len(feature_names) else f"column {i + 1}"
+            for i in np.flatnonzero(np.ptp(x, axis=0) == 0)]
+
+
+def _check_constant(name: str, x: np.ndarray, feature_names: list[str] | None) -> None:
+    """Warn about feature columns constant on the training split; all constant is a DataError."""
+    names = constant_features(x, feature_names)
+    if not names:
         return
-    constant = np.flatnonzero(np.ptp(x, axis=0) == 0)
-    if len(constant) == 0:
-        return
-    names = [feature_names[i] if feature_names and i < len(feature_names) else f"column {i + 1}" for i in constant]
-    if len(constant) == x.shape[1]:
+    if len(names) == x.shape[1]:
         raise DataError(f"dataset {name!r}: every feature column is constant on the training split; nothing to learn")
     log.warning("dataset %r: %d feature column(s) constant on the training split, they carry no information: %s",
-                name, len(constant), ", ".join(map(str, names[:10])) + (" ..." if len(names) > 10 else ""))
+                name, len(names), ", ".join(map(str, names[:10])) + (" ..." if len(names) > 10 else ""))
 
 
 def standardization(x: np.ndarray, layout: str = "auto") -> tuple[np.ndarray, np.ndarray]:
