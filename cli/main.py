@@ -28,13 +28,23 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TrainforgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
+            from trainforge import interrupts
+
+            run_id = getattr(exc, "run_id", None)
+            detail = (f": run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume "
+                      f"{run_id}") if run_id else ""
+            click.echo(f"Aborted: {interrupts.describe(exc)}{detail}", err=True)
+            ctx.exit(interrupts.exit_code(exc))
 
 
 def _setup_logging(verbose: int) -> None:
     level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic", "urllib3"):
+    for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    # urllib3 warns on every retry of an unreachable tracking server; the command's error says it in one line
+    logging.getLogger("urllib3").setLevel(logging.ERROR if not verbose else level)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for our output (--json)
     if not verbose:  # MLflow configures its own handler at import, at INFO unless told otherwise
@@ -58,6 +68,10 @@ def cli(verbose: int) -> None:
       trainforge ui
     """
     _setup_logging(verbose)
+    if click.get_current_context().invoked_subcommand not in ("ui", "server"):
+        from trainforge import interrupts
+
+        interrupts.install()  # SIGTERM (schedulers, docker stop) is handled like Ctrl-C
 
 
 @cli.command(epilog="""\b
@@ -113,7 +127,7 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
 
     result = run_train(
         config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-        export=not no_export, quiet=quiet, resume=resume,
+        export=not no_export, quiet=quiet, resume=resume, on_start=_announce,
         model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
         optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
         trainer__device=device, trainer__precision=precision, trainer__patience=patience,
@@ -131,6 +145,10 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
         click.echo(f"  {key:<16} {value:.4f}")
     if result.onnx_path:
         click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs torch: {max(result.parity.values()):.2g})")
+
+
+def _announce(run_id: str) -> None:
+    click.echo(f"run {run_id} started", err=True)
 
 
 @cli.command(epilog="""\b
@@ -238,9 +256,13 @@ def plugins(as_json: bool) -> None:
              "defaults": e.spec.defaults, "tunable": e.spec.search_space is not None,
              **({"tasks": sorted(e.spec.tasks)} if hasattr(e.spec, "tasks") else {})}
             for e in manager.entries()]
+    problems = manager.problems()
+    rows += [{"kind": "problem", "name": p.plugin, "status": p.status, "description": p.reason,
+              "distribution": p.distribution, "version": p.version, "plugin": p.plugin} for p in problems]
     if as_json:
         _print_json(rows)
         return
+    rows = [r for r in rows if r["kind"] != "problem"]
     width = max(len(r["name"]) for r in rows)
     kind = None
     for r in rows:
@@ -249,6 +271,12 @@ def plugins(as_json: bool) -> None:
             click.echo(f"{kind}s:")
         origin = f"{r['distribution']} {r['version']}".strip()
         click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]")
+    labels = {"broken": "BROKEN (skipped)", "conflict": "CONFLICT (the name is unusable)",
+              "empty": "WARNING (registers nothing)"}
+    if problems:
+        click.echo("plugin problems (block one with TRAINFORGE_BLOCK_PLUGINS=DISTRIBUTION):")
+    for p in problems:
+        click.echo(f"  {p.plugin} [{p.distribution} {p.version}]: {labels[p.status]}: {p.reason}")
 
 
 @cli.command(epilog="""\b
@@ -338,6 +366,10 @@ cli.add_command(tune)
 from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
 
 cli.add_command(doctor)
+
+from trainforge.cli.runs import runs  # noqa: E402  (click only)
+
+cli.add_command(runs)
 
 
 def main() -> None:

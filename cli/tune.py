@@ -99,8 +99,11 @@ def tune(config_file: str | None, params: tuple[str, ...], model: str | None, da
     else:
         _summary(result)
     if result.interrupted:
-        click.echo(f"interrupted: finished trials are kept; resume with --study {result.study}", err=True)
-        sys.exit(130)
+        from trainforge import interrupts
+
+        how = "terminated (SIGTERM)" if interrupts.received() else "interrupted"
+        click.echo(f"{how}: finished trials are kept; resume with --study {result.study}", err=True)
+        sys.exit(interrupts.exit_code())
 
 
 def _summary(result) -> None:

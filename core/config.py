@@ -125,9 +125,11 @@ def resolve(tree: dict[str, Any]) -> dict[str, Any]:
         name = given.pop("name", None) or DEFAULT_SELECTION[section]
         spec = manager.get(section, str(name))
         _check_keys(f"{section} {name!r}", given, spec.defaults)
+        _check_types(f"{section}.", given, spec.defaults, allow_none=True)
         out[section] = {"name": spec.name, **copy.deepcopy(spec.defaults), **given}
     trainer = dict(tree.get("trainer") or {})
     _check_keys("trainer", trainer, TRAINER_DEFAULTS)
+    _check_types("trainer.", trainer, TRAINER_DEFAULTS, allow_none=False)
     out["trainer"] = {**TRAINER_DEFAULTS, **trainer}
     for section in EXTRA_SECTIONS:
         if tree.get(section):
@@ -141,6 +143,30 @@ def _check_keys(where: str, given: dict[str, Any], defaults: dict[str, Any]) -> 
     if unknown:
         valid = ", ".join(sorted(defaults)) or "(none)"
         raise ConfigError(f"unknown parameter(s) for {where}: {', '.join(unknown)}; valid: {valid}")
+
+
+def _check_types(prefix: str, given: dict[str, Any], defaults: dict[str, Any], *, allow_none: bool) -> None:
+    """Each value must have its documented default's type: a bool for a bool, an integer for an int, a
+    number for a float, a list for a list (``None`` defaults and strings accept anything). Raises
+    :class:`ConfigError` naming the key, e.g. ``trainer.seed must be an integer (default 0), got 'abc'``."""
+    kinds = ((bool, "true or false", lambda v: isinstance(v, bool)),
+             (int, "an integer", lambda v: isinstance(v, int) and not isinstance(v, bool)),
+             (float, "a number", lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)),
+             ((list, tuple), "a list", lambda v: isinstance(v, (list, tuple))))
+    for key, value in given.items():
+        default = defaults.get(key)
+        if default is None or (value is None and allow_none):
+            continue
+        if isinstance(default, float) and isinstance(value, str):  # YAML 1.1 reads 1e-3 as a string
+            try:
+                value = given[key] = float(value)
+            except ValueError:
+                pass
+        for cls, what, ok in kinds:
+            if isinstance(default, cls):
+                if not ok(value):
+                    raise ConfigError(f"{prefix}{key} must be {what} (default {default!r}), got {value!r}")
+                break
 
 
 def _check_trainer(t: dict[str, Any]) -> None:

@@ -24,3 +24,10 @@ class DataError(TrainforgeError):
 
 class ExportError(TrainforgeError):
     """The ONNX export failed its gate (checker or parity with torch)."""
+
+
+def row_label(index: int, csv: bool = False) -> str:
+    """How data errors name a row (one convention everywhere): ``row N`` counts data rows from 1, a header
+    is not a row; for a CSV file the line of the file follows, ``row 4 (line 5)``. Columns are named by
+    their header, else ``column N`` counted from 1."""
+    return f"row {index + 1}" + (f" (line {index + 2})" if csv else "")

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from pathlib import Path
 
 import trainforge
 from trainforge import ArrayData, DataError
+from trainforge.errors import row_label
+
+log = logging.getLogger(__name__)
 
 MAX_CLASSES = 50  # an integral target with at most this many distinct values is read as class labels
 
@@ -105,13 +109,14 @@ def load_parquet(path=None, target=None, features=None, task="auto", streaming="
 def frame_to_arrays(frame, file, target, features, task, kind):
     """Validate a table read by ``csv``/``parquet`` and turn it into :class:`ArrayData`.
 
-    Errors say ``line N`` (the CSV line, header = line 1) or ``row N`` (1-based Parquet row).
+    Errors name rows as ``trainforge.errors.row_label`` does: ``row N`` (data rows from 1), plus ``(line N+1)``
+    for a CSV file.
     """
     import numpy as np
     import pandas as pd
 
     def where(i: int) -> str:
-        return f"line {i + 2}" if kind == "csv" else f"row {i + 1}"
+        return row_label(i, csv=kind == "csv")
 
     columns = [str(c) for c in frame.columns]
     frame.columns = columns
@@ -136,7 +141,10 @@ def frame_to_arrays(frame, file, target, features, task, kind):
     if y_col.isna().any():
         row = int(np.flatnonzero(y_col.isna().to_numpy())[0])
         raise DataError(f"{file}: {where(row)}, column {target!r}: the target is empty")
-    task = infer_task(y_col) if task == "auto" else task
+    if task == "auto":
+        task = infer_task(y_col)
+        log.warning("%s: task inferred from column %r: %s (set -p dataset.task=classification or regression to "
+                    "choose)", file, target, task)
     if task not in ("classification", "regression"):
         raise DataError(f"dataset {kind}: task must be auto, classification or regression, got {task!r}")
     class_names = None

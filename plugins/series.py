@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trainforge
 from trainforge import DataError
+from trainforge.errors import row_label
 
 SUNSPOTS_HELP = "the sunspots dataset needs statsmodels: pip install 'trainforge[series]'"
 
@@ -60,7 +61,7 @@ def read_column(path, column=None):
     values = pd.to_numeric(frame[column], errors="coerce")
     if values.isna().any():
         row = int(np.flatnonzero(values.isna().to_numpy())[0])
-        where = f"row {row + 1}" if parquet else f"line {row + 2}"
+        where = row_label(row, csv=not parquet)
         raise DataError(f"{file}: {where}, column {column!r}: {frame[column].iloc[row]!r} is not a number")
     return values.to_numpy(dtype=np.float32), str(column)
 

@@ -123,6 +123,8 @@ def error_line(result) -> str:
     assert result.exit_code == 1, f"exit {result.exit_code}, output:\n{result.output}\n{result.exception!r}"
     assert "Traceback" not in result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
+    if len(lines) == 2 and lines[0].startswith("run ") and lines[0].endswith(" started"):
+        lines = lines[1:]  # `train` names its run on stderr as soon as it opens (the error came later)
     assert len(lines) == 1, f"expected one line, got:\n{result.output}\n{result.exception!r}"
     assert lines[0].startswith("Error: "), lines[0]
     return lines[0]

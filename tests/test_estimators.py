@@ -38,7 +38,7 @@ def test_random_forest_on_iris(forest):
     assert {"train_accuracy", "val_accuracy", "test_accuracy", "test_f1"} <= set(run.data.metrics)
     paths = {a.path for folder in ("checkpoints", "plots", "onnx")
              for a in mlflow_client(root).list_artifacts(result.run_id, folder)}
-    assert {"checkpoints/estimator.pkl", "plots/confusion_matrix.png", "onnx/model.onnx"} <= paths
+    assert {"checkpoints/estimator.skops", "plots/confusion_matrix.png", "onnx/model.onnx"} <= paths
 
 
 def test_forest_onnx_predicts_the_same_labels_on_every_test_row(forest, cli, workdir):

@@ -217,23 +217,31 @@ def test_same_name_twice_is_an_error_naming_both(fresh_plugins, cli):
 
 
 def test_duplicate_from_a_distribution(tmp_path, monkeypatch, fresh_plugins, cli):
+    """A distribution that registers a built-in's name: that name is unusable (naming both plugins), the
+    rest of the registry works, and `trainforge plugins` shows the conflict."""
     source = PLUGIN_SOURCE.replace('name="tiny-linear"', 'name="cnn"')
     write_distribution(tmp_path / "dup-site", source, dist="dup-dist", module="tf_dup_plugin", ep="dup")
     monkeypatch.syspath_prepend(str(tmp_path / "dup-site"))
     try:
-        line = error_line(cli("plugins", ok=False))
+        out = cli("plugins").output
+        assert "CONFLICT" in out and "dup-dist" in out
+        assert "mlp" in _names(cli) and "cnn" not in _names(cli) and "tiny-sgd" in _names(cli, "optimizer")
+        line = error_line(cli("train", "--model", "cnn", "--dataset", "digits", "--quiet", ok=False))
         assert "'cnn'" in line and "trainforge.plugins.models" in line and "'dup'" in line and "dup-dist" in line
+        assert "TRAINFORGE_BLOCK_PLUGINS=dup-dist" in line
     finally:
         sys.modules.pop("tf_dup_plugin", None)
 
 
-def test_misspelled_hook_fails_loudly(tmp_path, monkeypatch, fresh_plugins, cli):
+def test_misspelled_hook_is_reported(tmp_path, monkeypatch, fresh_plugins, cli):
     source = "import trainforge\n\n@trainforge.hookimpl\ndef register_modles(register):\n    pass\n"
     write_distribution(tmp_path / "bad-site", source, dist="bad-dist", module="tf_bad_plugin", ep="bad")
     monkeypatch.syspath_prepend(str(tmp_path / "bad-site"))
     try:
-        line = error_line(cli("plugins", ok=False))
-        assert "register_modles" in line
+        rows = [r for r in _plugins(cli) if r["kind"] == "problem"]
+        assert [(r["name"], r["status"], r["distribution"]) for r in rows] == [("bad", "broken", "bad-dist")]
+        assert "register_modles" in rows[0]["description"]
+        assert "mlp" in _names(cli)  # the other plugins still work
     finally:
         sys.modules.pop("tf_bad_plugin", None)
 

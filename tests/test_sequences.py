@@ -57,7 +57,7 @@ def test_shuffled_split_is_unchanged_for_unordered_data():
 def test_timeseries_errors_name_file_line_and_column(tmp_path):
     path = tmp_path / "bad.csv"
     path.write_text("value\n1\n2\nthree\n4\n")
-    with pytest.raises(DataError, match=r"bad.csv: line 4, column 'value': 'three' is not a number"):
+    with pytest.raises(DataError, match=r"bad.csv: row 3 \(line 4\), column 'value': 'three' is not a number"):
         data_mod.load({"name": "timeseries", "path": str(path)}, TRAINER)
     with pytest.raises(DataError, match="no column 'nope'; columns: value"):
         data_mod.load({"name": "timeseries", "path": str(path), "column": "nope"}, TRAINER)

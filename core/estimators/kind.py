@@ -3,7 +3,11 @@
 The run looks like a one-epoch torch run in MLflow: the same params and tags (plus
 ``trainforge.fit=estimator``), ``train_*``/``val_*`` metrics at step 1 and ``test_*`` metrics computed by
 the same :class:`~trainforge.contracts.Task` objects, ``config.yaml``, ``data_meta.json``, the task's plots
-and the fitted estimator (``checkpoints/estimator.pkl``, a pickle: load it only from stores you trust).
+and the fitted estimator ``checkpoints/estimator.skops``, written with skops (``skops.io.dump``). Unlike a
+pickle, loading it runs no code from the file: ``skops.io.load`` builds only the types skops trusts by
+default (scikit-learn estimators, numpy, builtins) and those in :data:`TRUSTED_TYPES`; a file naming any
+other type is refused. Runs written before (``checkpoints/estimator.pkl``, a pickle) are not loaded at
+all (a crafted pickle runs code when loaded): re-exporting one asks to retrain it.
 
 Export (skl2onnx): the estimator sees flattened raw rows, so the graph starts with ``Flatten`` behind an
 input ``input`` ``(batch, *input_shape)`` float32, like every trainforge model. Outputs are renamed to
@@ -17,18 +21,47 @@ from __future__ import annotations
 import json
 import logging
 import math
-import pickle
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from trainforge.errors import ConfigError, ExportError
+from trainforge.errors import ConfigError, ExportError, TrainforgeError
 from trainforge.kinds import KIND_TAG, register_kind
 
 log = logging.getLogger(__name__)
-PICKLE = "checkpoints/estimator.pkl"
+MODEL_FILE = "checkpoints/estimator.skops"
+LEGACY_PICKLE = "checkpoints/estimator.pkl"  # before skops: never loaded
+#: types outside skops' defaults that the built-in estimators (random forests, gradient boosting) hold
+TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+
+
+def save_estimator(estimator: Any, path: Path) -> None:
+    """Write a fitted estimator with ``skops.io.dump`` (no pickle)."""
+    import skops.io
+
+    skops.io.dump(estimator, path)
+
+
+def load_estimator(path: str | Path) -> Any:
+    """Read an estimator written by :func:`save_estimator`; no code from the file runs.
+
+    Raises :class:`ExportError` when the file is unreadable or names a type that is neither trusted by
+    skops by default nor listed in :data:`TRUSTED_TYPES`.
+    """
+    import skops.io
+
+    try:
+        untrusted = [t for t in skops.io.get_untrusted_types(file=path) if t not in TRUSTED_TYPES]
+        if untrusted:
+            raise ExportError(f"{Path(path).name} holds types trainforge does not trust: {', '.join(untrusted)}; "
+                              "it was not loaded")
+        return skops.io.load(path, trusted=list(TRUSTED_TYPES))
+    except ExportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged file: one line
+        raise ExportError(f"{Path(path).name}: not a readable estimator file ({type(exc).__name__}: {exc})") from None
 
 
 def split_arrays(split: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -91,8 +124,10 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
     estimator.fit(x, y.ravel() if y.ndim == 1 or y.shape[1] == 1 else y)
     seconds = time.perf_counter() - started
     if meta.task == "classification" and list(estimator.classes_) != list(range(meta.output_dim)):
-        raise ConfigError(f"the training split lacks classes: the estimator saw {list(estimator.classes_)} of "
-                          f"{meta.output_dim}; lower trainer.test_fraction / val_fraction")
+        missing = [meta.class_names[i] if meta.class_names else str(i) for i in range(meta.output_dim)
+                   if i not in set(int(c) for c in estimator.classes_)]
+        raise ConfigError(f"the training split lacks class(es) {', '.join(map(repr, missing))}; lower "
+                          "trainer.test_fraction / val_fraction")
 
     task = get_task(meta.task, meta=meta)
     history = {f"{split}_{k}": v for split in ("train", "val")
@@ -102,13 +137,12 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
     mlflow.log_metrics({**test, "best_epoch": 1, "epochs_run": 1, "train_seconds": seconds}, run_id=run_id)
 
     (workdir / "checkpoints").mkdir(parents=True, exist_ok=True)
-    with open(workdir / PICKLE, "wb") as fh:
-        pickle.dump(estimator, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    save_estimator(estimator, workdir / MODEL_FILE)
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (workdir / "data_meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
     for name in ("config.yaml", "data_meta.json"):
         mlflow.log_artifact(str(workdir / name), run_id=run_id)
-    mlflow.log_artifact(str(workdir / PICKLE), artifact_path="checkpoints", run_id=run_id)
+    mlflow.log_artifact(str(workdir / MODEL_FILE), artifact_path="checkpoints", run_id=run_id)
     plot_dir = workdir / "plots"
     plot_dir.mkdir(exist_ok=True)
     tx, ty = split_arrays(bundle.test)
@@ -199,13 +233,19 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
         entry = proto.metadata_props.add()
         entry.key, entry.value = META_PREFIX + key, str(value)
     proto.producer_name, proto.producer_version = "trainforge", __version__
-    onnx.save(proto, str(path))
+    from trainforge.atomic import atomic_output
+
+    with atomic_output(path) as tmp:  # an existing file is replaced only by a complete one
+        onnx.save(proto, str(tmp))
     return ExportReport(path, opset, diffs, time.perf_counter() - started, metadata)
 
 
 def export_run(run_id: str, output: str | Path | None = None, *, part: str | None = None,
                log_to_run: bool = False) -> Any:
-    """Re-export the pickled estimator of run ``run_id`` (see :func:`trainforge.exporting.exporter.export`)."""
+    """Re-export the estimator of run ``run_id`` (see :func:`trainforge.exporting.exporter.export`).
+
+    Raises :class:`ExportError` for a run that stored its estimator as a pickle (written before skops):
+    it is not loaded, the message says to retrain."""
     import yaml
 
     from trainforge.contracts import DataMeta
@@ -214,8 +254,15 @@ def export_run(run_id: str, output: str | Path | None = None, *, part: str | Non
 
     if part:
         raise ExportError(f"run {run_id} is a scikit-learn estimator: it has no part {part!r} to export")
-    with open(tracking.download(run_id, PICKLE), "rb") as fh:
-        estimator = pickle.load(fh)  # noqa: S301 - the run's own artifact, see the module docstring
+    try:
+        local = tracking.download(run_id, MODEL_FILE)
+    except TrainforgeError:
+        if not _has_artifact(run_id, LEGACY_PICKLE):
+            raise
+        raise ExportError(f"run {run_id} stored its estimator as a pickle ({LEGACY_PICKLE}), which trainforge no "
+                          "longer loads (a pickle can run code when loaded); retrain it with trainforge train "
+                          "to get a re-exportable run") from None
+    estimator = load_estimator(local)
     with open(tracking.download(run_id, "config.yaml")) as fh:
         config = yaml.safe_load(fh)
     with open(tracking.download(run_id, "data_meta.json")) as fh:
@@ -225,10 +272,20 @@ def export_run(run_id: str, output: str | Path | None = None, *, part: str | Non
     report = export_estimator(estimator, meta, sample, Path(output) if output else Path(f"{run_id}.onnx"),
                               run_id=run_id, config=config)
     if log_to_run:
-        import mlflow
+        from trainforge.exporting.exporter import log_onnx_artifact
 
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=run_id)
+        log_onnx_artifact(report.path, run_id)
     return report
+
+
+def _has_artifact(run_id: str, path: str) -> bool:
+    from mlflow.tracking import MlflowClient
+
+    folder, _, _name = path.rpartition("/")
+    try:
+        return any(a.path == path for a in MlflowClient().list_artifacts(run_id, folder))
+    except Exception:  # noqa: BLE001 - unreadable store: treat as absent
+        return False
 
 
 class EstimatorKind:

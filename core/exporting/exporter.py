@@ -63,12 +63,34 @@ class ExportReport:
                 "cuda_max_abs_diff": {str(k): v for k, v in self.cuda_max_abs_diff.items()}}
 
 
-def export_model(
+def export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: str | Path, **kwargs: Any) -> ExportReport:
+    """Export ``model`` (a :class:`TrainforgeModel`) and verify it against torch.
+
+    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split; for a generator its
+      ``example_input``, see :func:`export_sample`) used for the parity check at batch sizes 1 and ``N``
+      (``N`` capped at 256).
+    - ``kwargs``: ``run_id``, ``config``, ``opset``, ``tolerance`` (default :data:`PARITY_TOLERANCE`) and
+      ``part``: export only this part of the model (``model.export_parts()``, e.g. ``"encoder"``).
+    - The parity check runs on onnxruntime's CPU provider and, where it can run, on its CUDA provider
+      (with the options ``trainforge predict`` uses); both must stay within ``tolerance``.
+    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails, or the
+      part is unknown. The file is written under a temporary name and renamed once it passed the gate
+      (:func:`trainforge.atomic.atomic_output`): on failure an existing ``path`` is left as it was.
+    """
+    from trainforge.atomic import atomic_output
+
+    with atomic_output(path) as tmp:
+        report = _export_model(model, task, meta, sample, tmp, **kwargs)
+    report.path = Path(path)
+    return report
+
+
+def _export_model(
     model: Any,
     task: Any,
     meta: Any,
     sample: np.ndarray,
-    path: str | Path,
+    path: Path,
     *,
     run_id: str | None = None,
     config: dict[str, Any] | None = None,
@@ -76,17 +98,6 @@ def export_model(
     tolerance: float = PARITY_TOLERANCE,
     part: str | None = None,
 ) -> ExportReport:
-    """Export ``model`` (a :class:`TrainforgeModel`) and verify it against torch.
-
-    - ``sample``: real float32 rows ``(N, *input_shape)`` (e.g. the test split; for a generator its
-      ``example_input``, see :func:`export_sample`) used for the parity check at batch sizes 1 and ``N``
-      (``N`` capped at 256).
-    - ``part``: export only this part of the model (``model.export_parts()``, e.g. ``"encoder"``).
-    - The parity check runs on onnxruntime's CPU provider and, where it can run, on its CUDA provider
-      (with the options ``trainforge predict`` uses); both must stay within ``tolerance``.
-    - Raises :class:`ExportError` when the exporter, ``onnx.checker`` or the parity check fails, or the
-      part is unknown; a file that fails the gate is deleted.
-    """
     import onnx
     import torch
 
@@ -94,8 +105,6 @@ def export_model(
     from trainforge.training.modeling import InferenceModel, PartModel
 
     started = time.perf_counter()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.to("cpu").eval()
     if part:
         parts = model.export_parts() if hasattr(model, "export_parts") else {}
@@ -211,6 +220,42 @@ def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str], pr
     return diffs
 
 
+def _warn_cut_short(run: Any, best_epoch: int, planned: int) -> None:
+    """Say that a run's training did not finish (KILLED, FAILED, or RUNNING with its process gone)."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        reached = max((m.step for m in MlflowClient().get_metric_history(run.info.run_id, "train_loss")), default=0)
+    except Exception:  # noqa: BLE001 - the warning must not stop the export
+        reached = 0
+    log.warning("run %s is %s: training was cut short at epoch %s of %d planned; exporting its best epoch %d",
+                run.info.run_id, run.info.status, reached or "?", planned, best_epoch)
+
+
+SHA256_TAG = "trainforge.onnx_sha256"
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def log_onnx_artifact(path: str | Path, run_id: str) -> None:
+    """Log ``path`` as the run's ``onnx/model.onnx`` and record its SHA-256 in the tag ``trainforge.onnx_sha256``,
+    which ``trainforge predict runs:/RUN_ID`` checks before it runs the file."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    mlflow.log_artifact(str(path), artifact_path="onnx", run_id=run_id)
+    MlflowClient().set_tag(run_id, SHA256_TAG, file_sha256(path))
+
+
 def read_metadata(path: str | Path) -> dict[str, Any]:
     """The ``trainforge.*`` metadata of an ONNX file, JSON values decoded. Raises ExportError if unreadable."""
     import onnxruntime as ort
@@ -259,12 +304,15 @@ def export(
     from trainforge.training.tasks import get_task
 
     tracking.setup_uri(tracking_uri)
-    kind = tracking.get_run(run_id).data.tags.get(KIND_TAG)
+    run = tracking.get_run(run_id)
+    kind = run.data.tags.get(KIND_TAG)
     if kind:  # not the epoch loop's torch module (e.g. a scikit-learn estimator): its kind re-exports it
         return get_kind(kind).export_run(run_id, output, part=part, log_to_run=log_to_run)
     local = tracking.download(run_id, "checkpoints/best.pt")
     checkpoint = load_checkpoint(local)
     config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
+    if run.info.status != "FINISHED":
+        _warn_cut_short(run, int(checkpoint.get("epoch", 0)), int(config["trainer"]["epochs"]))
     model = build_model(config["model"], meta)
     model.load_state_dict(checkpoint["state_dict"])
     bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
@@ -273,7 +321,5 @@ def export(
     sample = export_sample(model, data_mod.sample_rows(bundle.test))
     report = export_model(model, task, meta, sample, path, run_id=run_id, config=config, opset=opset, part=part)
     if log_to_run:
-        import mlflow
-
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=run_id)
+        log_onnx_artifact(report.path, run_id)
     return report

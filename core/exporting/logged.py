@@ -63,12 +63,13 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    from trainforge.exporting.exporter import log_onnx_artifact
     from trainforge.exporting.providers import usable_providers
     from trainforge.tracking import store as tracking
 
     name = name or model_name(getattr(result, "config", None))
     with tracking.deferred_interrupt():
-        mlflow.log_artifact(str(report.path), artifact_path="onnx", run_id=result.run_id)
+        log_onnx_artifact(report.path, result.run_id)  # with its sha256, which predict checks
         mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
                            run_id=result.run_id)
 

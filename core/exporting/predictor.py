@@ -10,6 +10,7 @@ the export gate.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,7 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from trainforge.errors import DataError, TrainforgeError
+from trainforge.atomic import atomic_output
+from trainforge.errors import DataError, TrainforgeError, row_label
 from trainforge.exporting.providers import CPU, CUDA, PROVIDERS, session_providers, usable_providers
 
 log = logging.getLogger(__name__)
@@ -117,10 +119,26 @@ def resolve_model(model: str, tracking_uri: str | None = None) -> str:
 
         tracking.setup_uri(tracking_uri)
         run_id, _, sub = model[len("runs:/"):].partition("/")
-        return tracking.download(run_id, sub or "onnx/model.onnx")
+        local = tracking.download(run_id, sub or "onnx/model.onnx")
+        if sub in ("", "onnx/model.onnx"):
+            _check_sha256(run_id, local)
+        return local
     if not Path(model).is_file():
         raise TrainforgeError(f"model file not found: {model}")
     return model
+
+
+def _check_sha256(run_id: str, path: str) -> None:
+    """Refuse a run's ONNX file whose SHA-256 differs from the one recorded when it was logged (a damaged or
+    replaced file can pass ``onnx.checker`` and predict different labels). Runs logged before the tag
+    existed are not checked."""
+    from trainforge.exporting.exporter import SHA256_TAG, file_sha256
+    from trainforge.tracking import store as tracking
+
+    recorded = tracking.get_run(run_id).data.tags.get(SHA256_TAG)
+    if recorded and file_sha256(path) != recorded:
+        raise TrainforgeError(f"runs:/{run_id}: onnx/model.onnx does not match the SHA-256 recorded at export "
+                              f"({recorded[:12]}...); the file is damaged or was replaced: re-export the run")
 
 
 def read_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
@@ -153,7 +171,7 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
     """Features reshaped to ``(N, *input_shape)`` float32, and the target column (or None)."""
     shape = [int(d) for d in meta["input_shape"][1:]]
     width = int(np.prod(shape))
-    y = None
+    y, columns = None, None
     if isinstance(chunk, np.ndarray):
         x = chunk.reshape(len(chunk), -1)
     else:
@@ -171,10 +189,10 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
             if not is_numeric_dtype(chunk[col].dtype):  # also pandas' extension dtypes (str in pandas 3)
                 ok = chunk[col].map(_is_number).to_numpy(dtype=bool)
                 if not ok.all():
-                    pos = int(np.flatnonzero(~ok)[0])  # row numbers count the header as row 1, like the file
-                    raise DataError(f"{path}: row {first_row + pos + 2}, column {col!r}: not a number "
-                                    f"({chunk[col].iloc[pos]!r})")
-        x = chunk.to_numpy(dtype=np.float32)
+                    pos = int(np.flatnonzero(~ok)[0])
+                    raise DataError(f"{path}: {row_label(first_row + pos, _is_csv(path))}, column {col!r}: not a "
+                                    f"number ({chunk[col].iloc[pos]!r})")
+        x, columns = chunk.to_numpy(dtype=np.float32), list(chunk.columns)
     if x.shape[1] != width:
         raise DataError(
             f"{path}: {x.shape[1]} feature columns, but the model expects {width} "
@@ -183,8 +201,14 @@ def to_features(chunk: Any, meta: dict[str, Any], target: str | None, path: Path
     x = np.ascontiguousarray(x, dtype=np.float32).reshape(len(x), *shape)
     if not np.isfinite(x).all():
         row, col = (int(i) for i in np.argwhere(~np.isfinite(x.reshape(len(x), -1)))[0])
-        raise DataError(f"{path}: row {first_row + row + 2}, column {col + 1}: NaN or infinite feature")
+        name = repr(str(columns[col])) if columns is not None and len(columns) == x.reshape(len(x), -1).shape[1] \
+            else str(col + 1)
+        raise DataError(f"{path}: {row_label(first_row + row, _is_csv(path))}, column {name}: NaN or infinite feature")
     return x, y
+
+
+def _is_csv(path: Path) -> bool:
+    return Path(path).suffix.lower() in (".csv", ".txt", ".gz")
 
 
 def _is_number(value: Any) -> bool:
@@ -222,13 +246,27 @@ def predict(
     meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
     if "task" not in meta:
         raise TrainforgeError(f"{path}: not a trainforge model (no trainforge.* metadata)")
-    classes = meta.get("class_names")
-    outputs = meta["outputs"]
     out_path = Path(output) if output else None
-    if out_path:
-        out_path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(out_path) if out_path else contextlib.nullcontext(None) as tmp_path:
+        rows, correct, se, ae, frames = _predict_chunks(session, meta, input, target, chunk_rows, tmp_path)
+    metrics: dict[str, float] = {}
+    if target is not None:
+        if meta["task"] == "classification":
+            metrics["accuracy"] = correct / rows
+        else:
+            metrics.update(mse=se / rows, mae=ae / rows)
+    predictions = pd.concat(frames, ignore_index=True) if frames else None
+    return PredictResult(rows, active, str(out_path) if out_path else None, metrics, predictions)
+
+
+def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, target: str | None, chunk_rows: int,
+                    out_path: Path | None) -> tuple[int, int, float, float, list[Any]]:
+    """Predict chunk by chunk, appending to ``out_path`` (else collecting frames); raises DataError for no rows."""
+    import pandas as pd
+
+    classes, outputs = meta.get("class_names"), meta["outputs"]
     rows, correct, se, ae = 0, 0, 0.0, 0.0
-    frames = []
+    frames, as_index = [], None
     for chunk in read_chunks(input, chunk_rows):
         x, y = to_features(chunk, meta, target, Path(input), rows)
         result = dict(zip(outputs, _run(session, outputs, meta["input_name"], x), strict=True))
@@ -239,7 +277,12 @@ def predict(
             for i, name in enumerate(classes):
                 frame[f"prob_{name}"] = probs[:, i]
             if y is not None:
-                correct += int((labels.astype(str) == _labels(y)).sum())
+                truth = _labels(y)
+                if as_index is None:  # decided on the first chunk: names, or indices of the class names
+                    as_index = _targets_are_indices(truth, classes, input, target)
+                if as_index:
+                    truth = _index_to_name(truth, classes, input, rows)
+                correct += int((labels.astype(str) == truth).sum())
         else:  # regression/forecasting "prediction"; other tasks' first output, flattened per row
             pred = result["prediction"] if "prediction" in result else result[outputs[0]]
             pred = pred.reshape(len(pred), -1)
@@ -255,14 +298,7 @@ def predict(
         rows += len(x)
     if rows == 0:
         raise DataError(f"{input}: no rows")
-    metrics: dict[str, float] = {}
-    if target is not None:
-        if meta["task"] == "classification":
-            metrics["accuracy"] = correct / rows
-        else:
-            metrics.update(mse=se / rows, mae=ae / rows)
-    predictions = pd.concat(frames, ignore_index=True) if frames else None
-    return PredictResult(rows, active, str(out_path) if out_path else None, metrics, predictions)
+    return rows, correct, se, ae, frames
 
 
 def _run(session: Any, outputs: list[str], input_name: str, x: np.ndarray) -> list[np.ndarray]:
@@ -293,6 +329,32 @@ def write_csv(frame: Any, path: Path, header: bool) -> None:
             fh.write(frame.iloc[:0].to_csv(index=False).encode())
         options = pacsv.WriteOptions(include_header=False, quoting_style="needed" if needs_quotes else "none")
         pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), fh, options)
+
+
+def _targets_are_indices(truth: np.ndarray, classes: list[Any], path: Any, target: str) -> bool:
+    """True when the target column holds class indices 0..K-1 rather than the model's class names (e.g.
+    scikit-learn's ``load_iris(as_frame=True).frame``: 0/1/2 for setosa/versicolor/virginica); a column
+    matching neither is a DataError rather than a silent accuracy of 0."""
+    names = {str(c) for c in classes}
+    values = set(truth.tolist())
+    if values & names:
+        return False
+    if all(v.lstrip("-").isdigit() and 0 <= int(v) < len(classes) for v in values):
+        log.warning("%s: column %r holds class indices 0..%d, not the model's class names (%s): read as indices",
+                    path, target, len(classes) - 1, ", ".join(map(str, classes)))
+        return True
+    example = ", ".join(sorted(values)[:3])
+    raise DataError(f"{path}: column {target!r} ({example}, ...) matches none of the model's classes "
+                    f"({', '.join(map(str, classes))})")
+
+
+def _index_to_name(truth: np.ndarray, classes: list[Any], path: Any, first_row: int) -> np.ndarray:
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    bad = [i for i, v in enumerate(truth) if not (v.lstrip("-").isdigit() and 0 <= int(v) < len(classes))]
+    if bad:
+        raise DataError(f"{path}: {row_label(first_row + bad[0], _is_csv(path))}: target {truth[bad[0]]!r} is not a class index "
+                        f"0..{len(classes) - 1} like the rows before it")
+    return names[truth.astype(np.int64)].astype(str)
 
 
 def _labels(y: Any) -> np.ndarray:

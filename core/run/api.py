@@ -92,6 +92,7 @@ def train(
     extras: dict[str, Any] | None = None,
     data: Any = None,
     resume: str | None = None,
+    on_start: Any = None,
     **flags: Any,
 ) -> TrainResult:
     """Train one model and track it in MLflow; see the module docstring for the steps.
@@ -102,6 +103,10 @@ def train(
     - ``data``: a pre-loaded :class:`~trainforge.training.data.DataBundle` to reuse (tuning loads it once).
     - ``resume``: an MLflow run id; continue that run from its ``checkpoints/last.pt`` (model, optimizer,
       scheduler, epoch, RNG states) with its config, logging into the same run.
+    - ``on_start``: called with the run id as soon as the run is open (the CLI prints it on stderr).
+    - The run records this process in the tags ``trainforge.host``/``.pid``/``.pid_start``
+      (:mod:`trainforge.tracking.stale`). SIGTERM (:mod:`trainforge.interrupts`) and Ctrl-C end it KILLED
+      after uploading the best checkpoint; the ``KeyboardInterrupt`` re-raised carries ``run_id``.
     - Under torchrun (``WORLD_SIZE`` > 1) every rank trains a shard with DDP; only rank 0 tracks and
       exports (see :mod:`trainforge.training.distributed`).
 
@@ -131,30 +136,40 @@ def train(
     experiment_id = tracking.setup(tracking_uri, experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     bundle = data if data is not None else load_data(cfg)
-    from trainforge.training.modeling import check_compatible
+    from trainforge.training.modeling import check_compatible, preflight
 
     check_compatible(cfg["model"], bundle.meta)  # fail before a run is opened
+    preflight(cfg["model"], bundle.meta)  # e.g. a model whose output shape does not fit the task
     from trainforge.training.trainer import check_device
 
     check_device(cfg["trainer"])
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
-    run_tags = {"trainforge.command": "train", "trainforge.world_size": str(distributed.world()[1]), **(tags or {})}
+    from trainforge.tracking.stale import process_tags
+
+    run_tags = {"trainforge.command": "train", "trainforge.world_size": str(distributed.world()[1]),
+                **process_tags(), **_data_tags(bundle), **(tags or {})}
     if distributed.describe():
         run_tags["trainforge.distributed"] = distributed.describe()
     system_metrics = tracking.system_metrics(cfg["trainer"])
     if resume:  # the same run, status RUNNING again
         run = mlflow.start_run(run_id=resume, log_system_metrics=system_metrics)
         experiment_id = run.info.experiment_id
+        mlflow.set_tags(process_tags())  # the process training it now
     else:
         run = mlflow.start_run(experiment_id=experiment_id, run_name=name, parent_run_id=parent_run_id,
                                nested=parent_run_id is not None, tags=run_tags,
                                log_system_metrics=system_metrics)
     run_id = run.info.run_id
+    if on_start is not None:
+        on_start(run_id)
     try:
         with tracking.run_status(run_id), tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
             return _run(cfg, bundle, run_id, experiment_id, Path(tmp), export=export, quiet=quiet,
                         callbacks=list(callbacks), extras=extras or {}, resume_state=resume_state)
+    except KeyboardInterrupt as exc:
+        exc.run_id = run_id  # for the caller's message (the CLI prints how to resume)
+        raise
     finally:
         if mlflow.active_run() is not None and mlflow.active_run().info.run_id == run_id:
             mlflow.end_run()
@@ -231,6 +246,16 @@ def _run(
     if export:
         export_and_log(result, model, task, meta, bundle, workdir)
     return result
+
+
+def _data_tags(bundle: Any) -> dict[str, str]:
+    """``trainforge.constant_features``: the training split's constant columns (warned about when loading)."""
+    from trainforge.training.data import TensorSplit, constant_features
+
+    if not isinstance(bundle.train, TensorSplit):
+        return {}
+    names = constant_features(bundle.train.x.cpu().numpy(), bundle.meta.feature_names)
+    return {"trainforge.constant_features": ", ".join(names)[:5000]} if names else {}
 
 
 def _wait_for_writers(trainer: Any) -> None:

@@ -99,7 +99,8 @@ class MLflowLogger(Callback):
 
 class ResumeCheckpoint(Callback):
     """Upload ``checkpoints/last.pt`` (the trainer's full :meth:`~trainforge.training.trainer.Trainer.state_dict`
-    plus config and data metadata) to the MLflow run, at most every ``every_s`` seconds (0: every epoch).
+    plus config and data metadata) to the MLflow run after the first epoch of the fit, then at most every
+    ``every_s`` seconds (0: every epoch), so even a short run killed with ``kill -9`` can be resumed.
 
     ``trainforge train --resume RUN_ID`` continues from it into the same run. Metrics are flushed first,
     so the run never holds a checkpoint newer than its logged metrics.
@@ -107,7 +108,7 @@ class ResumeCheckpoint(Callback):
 
     def __init__(self, run_id: str, path: Path, config: dict[str, Any], meta: dict[str, Any], every_s: float) -> None:
         self.run_id, self.path, self.config, self.meta = run_id, Path(path), config, meta
-        self.every_s, self.last = float(every_s), 0.0
+        self.every_s, self.last, self.saved = float(every_s), 0.0, False
 
     def on_fit_start(self, trainer: Trainer) -> None:
         import time
@@ -120,9 +121,9 @@ class ResumeCheckpoint(Callback):
         import mlflow
 
         now = time.monotonic()
-        if now - self.last < self.every_s:
+        if self.saved and now - self.last < self.every_s:
             return
-        self.last = now
+        self.last, self.saved = now, True
         for cb in trainer.callbacks:  # metrics first: the MLflow logger buffers epochs between its writes
             if isinstance(cb, MLflowLogger):
                 cb.flush()

@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from trainforge import interrupts
 from trainforge.errors import ConfigError, TrainforgeError
 from trainforge.tracking.locks import sqlite_file
 
@@ -58,11 +59,43 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
 
     uri = tracking_uri(uri)
     if db := sqlite_file(uri):  # a SQLite file: create its folder
-        Path(db).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: cannot create the folder "
+                                  f"{Path(db).parent} ({exc.strerror or exc})") from None
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    with sqlite_lock(uri):  # processes starting together must not both create the schema
+    with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
         return _experiment_id(mlflow, uri, name)
+
+
+#: MLflow's HTTP client settings during the first request to a tracking server (env var -> value), so an
+#: unreachable server fails in ~10 s instead of MLflow's defaults (7 retries, backoff factor 2, 120 s
+#: timeout: minutes). Variables the user set are left alone. Names: mlflow.environment_variables.
+FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+
+
+@contextlib.contextmanager
+def first_contact(uri: str) -> Iterator[None]:
+    """Bound MLflow's retries and timeout (:data:`FIRST_CONTACT`) while the block talks to an HTTP server."""
+    if not uri.startswith(("http://", "https://")):
+        yield
+        return
+    added = {k: v for k, v in FIRST_CONTACT.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for key in added:
+            os.environ.pop(key, None)
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message, at most ``limit`` characters (MLflow's carry tracebacks)."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 @contextlib.contextmanager
@@ -91,7 +124,7 @@ def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
     except TrainforgeError:
         raise
     except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
-        raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {exc}") from exc
+        raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {one_line(exc)}") from None
 
 
 @contextlib.contextmanager
@@ -105,8 +138,8 @@ def run_status(run_id: str) -> Iterator[None]:
     client = MlflowClient()
     try:
         yield
-    except KeyboardInterrupt:
-        _end(client, run_id, "KILLED", "interrupted (Ctrl-C)")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts.Terminated)
+        _end(client, run_id, "KILLED", interrupts.describe(exc))
         raise
     except BaseException as exc:
         _end(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
@@ -116,24 +149,34 @@ def run_status(run_id: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) until the block ends, then raise ``KeyboardInterrupt``.
+    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then raise ``KeyboardInterrupt`` (or
+    :class:`trainforge.interrupts.Terminated`).
 
     For MLflow writes: a ``KeyboardInterrupt`` raised inside a SQLite transaction can leave the store locked
     for the rest of the process, so the run could not then be marked KILLED ("database is locked").
-    A no-op outside the main thread and when SIGINT does not have Python's default handler (e.g. nested
-    blocks). If the block raises, its exception propagates and a held Ctrl-C is dropped.
+    A no-op outside the main thread and for a signal whose handler is not the one that raises (Python's
+    default for SIGINT, :func:`trainforge.interrupts.install`'s for SIGTERM; e.g. nested blocks). If the
+    block raises, its exception propagates and a held signal is dropped.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    held = []
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            held.append(signal.SIGINT)
+        if interrupts.installed():
+            held.append(signal.SIGTERM)
+    if not held:
         yield
         return
     received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, _frame: received.append(signum))
+    previous = {sig: signal.signal(sig, lambda signum, _frame: received.append(signum)) for sig in held}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in received:
+        interrupts.handle_sigterm()  # raises Terminated unless already terminating
+    if signal.SIGINT in received:
         raise KeyboardInterrupt
 
 

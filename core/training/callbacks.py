@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from trainforge.contracts import Callback
+from trainforge.errors import TrainforgeError
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from trainforge.training.trainer import Trainer
@@ -94,8 +95,16 @@ def save_checkpoint(
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs from the file)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    """Load a checkpoint with ``weights_only=True`` (no code runs from the file).
+
+    Raises :class:`TrainforgeError` for a damaged, truncated or foreign file (torch's own message, which
+    suggests ``weights_only=False``, i.e. running code from the file, is not passed on).
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError ...
+        raise TrainforgeError(f"{Path(path).name}: not a readable trainforge checkpoint (damaged or truncated: "
+                              f"{type(exc).__name__}); retrain, or resume from another run") from None
 
 
 class ProgressBar(Callback):

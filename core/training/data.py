@@ -9,6 +9,7 @@ streaming reader) goes through a ``DataLoader``, so a ``DistributedSampler`` can
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +22,8 @@ from trainforge.errors import ConfigError, DataError
 from trainforge.specs import ArrayData, TableFile
 
 SPLIT_KEYS = ("val_fraction", "test_fraction")
+
+log = logging.getLogger(__name__)
 
 
 def batches(
@@ -107,7 +110,7 @@ def validate(name: str, data: ArrayData) -> tuple[np.ndarray, np.ndarray]:
     bad = ~np.isfinite(x.reshape(len(x), -1))
     if bad.any():
         row, col = (int(i) for i in np.argwhere(bad)[0])
-        col_name = data.feature_names[col] if data.feature_names and col < len(data.feature_names) else col
+        col_name = data.feature_names[col] if data.feature_names and col < len(data.feature_names) else col + 1
         raise DataError(
             f"{where}: row {row + 1}, column {col_name!r}: feature is NaN or infinite "
             f"({int(bad.sum())} such values); clean or impute the data first"
@@ -174,9 +177,12 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], tas
     x, y = validate(name, data)
     natural, task = target_kind(data.task), task or data.task
     kind = target_kind(task)
+    if natural == "label" and not data.ordered:
+        _check_class_counts(name, y, data.class_names)
     train, val, test = split_indices(name, len(x), y, natural == "label", trainer_config,
                                      ordered=data.ordered, gap=data.gap)
     mean, std = standardization(x[train], data.layout)
+    _check_constant(name, x[train], data.feature_names)
     target_mean = target_std = None
     if kind in ("label", "value") and kind != natural:
         raise DataError(f"dataset {name!r} ({data.task}) has no {kind} targets for the {task} task")
@@ -215,6 +221,37 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], tas
     return DataBundle(part(train), part(val), part(test), meta)
 
 
+def _check_class_counts(name: str, y: np.ndarray, class_names: list[Any] | None) -> None:
+    """A stratified split needs two rows of every class; the error names the class by its label."""
+    counts = np.bincount(y.astype(np.int64), minlength=len(class_names or []))
+    lonely = [int(i) for i in np.flatnonzero(counts == 1)]
+    if lonely:
+        labels = ", ".join(repr(str(class_names[i]) if class_names and i < len(class_names) else str(i))
+                           for i in lonely[:5])
+        raise DataError(f"dataset {name!r}: class {labels} has a single row; a stratified train/val/test split "
+                        "needs at least 2 rows of each class (drop that class or add rows)")
+
+
+def constant_features(x: np.ndarray, feature_names: list[str] | None) -> list[str]:
+    """Names (else ``column N`` from 1) of the columns of tabular ``(N, D)`` features that never change;
+    ``[]`` for other shapes (images are standardized per channel: constant border pixels are normal)."""
+    if x.ndim != 2 or len(x) < 2:
+        return []
+    return [feature_names[i] if feature_names and i < len(feature_names) else f"column {i + 1}"
+            for i in np.flatnonzero(np.ptp(x, axis=0) == 0)]
+
+
+def _check_constant(name: str, x: np.ndarray, feature_names: list[str] | None) -> None:
+    """Warn about feature columns constant on the training split; all constant is a DataError."""
+    names = constant_features(x, feature_names)
+    if not names:
+        return
+    if len(names) == x.shape[1]:
+        raise DataError(f"dataset {name!r}: every feature column is constant on the training split; nothing to learn")
+    log.warning("dataset %r: %d feature column(s) constant on the training split, they carry no information: %s",
+                name, len(names), ", ".join(map(str, names[:10])) + (" ..." if len(names) > 10 else ""))
+
+
 def standardization(x: np.ndarray, layout: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """Mean and std of training features: per feature for vectors, per channel for ``(N, C, ...)`` images,
     per feature ``F`` over all steps for ``layout="sequence"`` windows ``(N, T, F)``.
@@ -243,7 +280,8 @@ def sample_rows(split: Any, n: int = 256) -> np.ndarray:
 def write_split(bundle: DataBundle, split: str, output: str, target_column: str = "target") -> int:
     """Write a split's raw features (flattened, named by ``feature_names``) and target to CSV or Parquet.
 
-    Classification targets are written as class labels. Returns the number of rows written.
+    Classification targets are written as class labels. Returns the number of rows written. The file is
+    written to a temporary name and renamed (:func:`trainforge.atomic.atomic_output`).
     """
     import pandas as pd
 
@@ -263,8 +301,11 @@ def write_split(bundle: DataBundle, split: str, output: str, target_column: str 
     else:
         for i in range(y.shape[1]):
             frame[f"{target_column}_{i}"] = y[:, i]
-    if output.lower().endswith((".parquet", ".pq")):
-        frame.to_parquet(output, index=False)
-    else:
-        frame.to_csv(output, index=False)
+    from trainforge.atomic import atomic_output
+
+    with atomic_output(output) as tmp:  # an existing file is replaced only by a complete one
+        if output.lower().endswith((".parquet", ".pq")):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False)
     return len(frame)

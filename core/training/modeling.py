@@ -199,7 +199,42 @@ def build_model(model_section: dict[str, Any], meta: DataMeta) -> TrainforgeMode
         net = spec.build(input_shape=input_shape, output_dim=meta.output_dim, **_params(model_section))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {spec.name!r} could not be built with {_params(model_section)}: {exc}") from exc
-    return TrainforgeModel(net, meta, flatten, net_input_shape, output_shape)
+    model = TrainforgeModel(net, meta, flatten, net_input_shape, output_shape)
+    if meta.task in ("classification", "regression") and not getattr(net, "has_custom_step", False):
+        check_output_shape(model, meta, spec.name)
+    return model
+
+
+def preflight(model_section: dict[str, Any], meta: DataMeta) -> None:
+    """Build the model once and check its output shape (:func:`check_output_shape`) with torch's RNG state
+    restored afterwards, so a run can fail on a bad model before it is opened without changing the
+    initial weights it then trains. A no-op for models not trained by the epoch loop."""
+    if manager.get("model", model_section["name"]).fit != "epochs":
+        return
+    with torch.random.fork_rng(devices=[]):
+        build_model(model_section, meta)
+
+
+def check_output_shape(model: nn.Module, meta: DataMeta, name: str) -> None:
+    """Run two zero rows through ``model`` (eval mode, no gradients) and check the output is ``(N, C)``:
+    C classes for classification, C targets for regression. Raises :class:`ConfigError` with one line,
+    e.g. ``model 'x' returned (N, 1) for classification with 2 classes; expected (N, 2)``, before any
+    training (where a wrong shape otherwise surfaces as a torch error deep inside the loss)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *meta.input_shape))
+    except Exception as exc:  # noqa: BLE001 - the model's own error, in one line
+        raise ConfigError(f"model {name!r} failed on an input of shape (N, {', '.join(map(str, meta.input_shape))}): "
+                          f"{type(exc).__name__}: {exc}") from None
+    finally:
+        model.train(was_training)
+    expected = (2, int(meta.output_dim))
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != expected:
+        got = f"({', '.join(['N', *map(str, out.shape[1:])])})" if isinstance(out, torch.Tensor) else type(out).__name__
+        what = f"{meta.output_dim} classes" if meta.task == "classification" else f"{meta.output_dim} targets"
+        raise ConfigError(f"model {name!r} returned {got} for {meta.task} with {what}; expected (N, {meta.output_dim})")
 
 
 def build_optimizer(section: dict[str, Any], params: Any) -> torch.optim.Optimizer:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainforge.errors import DataError
+from trainforge.errors import DataError, row_label
 from trainforge.specs import STREAMING_AUTO_BYTES
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ class Table:
                     yield first, pa.Table.from_batches([batch]).select(columns)
                 first += batch.num_rows
         except pa.ArrowInvalid as exc:
-            raise DataError(f"{self.path}: cannot parse near row {first + 2}: {exc}") from None
+            raise DataError(f"{self.path}: cannot parse near {row_label(first, csv=True)}: {exc}") from None
 
 
 @dataclass
@@ -160,7 +160,8 @@ class StreamingSplit(torch.utils.data.IterableDataset):
             if not np.isfinite(x).all():
                 r, c = (int(i) for i in np.argwhere(~np.isfinite(x))[0])
                 row = first + int(np.flatnonzero(keep)[r])
-                raise DataError(f"{self.table.path}: row {row + 1}, column {spec.features[c]!r}: NaN or missing feature")
+                raise DataError(f"{self.table.path}: {row_label(row, csv=not self.table.parquet)}, column "
+                                f"{spec.features[c]!r}: NaN or missing feature")
             yield x, self._target(frag.column(spec.target).to_numpy(zero_copy_only=False)[keep])
 
     def _target(self, raw: np.ndarray) -> np.ndarray:

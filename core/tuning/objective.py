@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from trainforge import interrupts
 from trainforge.contracts import Callback
 
 log = logging.getLogger(__name__)
@@ -117,7 +118,7 @@ class Objective:
             finish_child(pruning.run_id or self._last_run(trial), "PRUNED", trial, epoch=pruning.epoch)
             raise
         except BaseException as exc:  # noqa: BLE001 - recorded, then re-raised for Optuna
-            reason = "interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
+            reason = interrupts.describe(exc) if isinstance(exc, KeyboardInterrupt) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason[:2000])
             trial.set_user_attr("epochs_run", pruning.epoch)
             finish_child(pruning.run_id or self._last_run(trial), "FAIL", trial, reason=reason)
@@ -194,7 +195,7 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
             elif reason:
                 client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
             if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
-                client.set_terminated(run_id, status="KILLED" if reason and "Ctrl-C" in reason else "FAILED")
+                client.set_terminated(run_id, status="KILLED" if reason in ("interrupted (Ctrl-C)", "terminated (SIGTERM)") else "FAILED")
     except Exception:  # bookkeeping must not hide the trial's own outcome
         log.exception("could not record state %s on MLflow run %s", state, run_id)
 

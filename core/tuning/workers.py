@@ -106,24 +106,42 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
 
 def _worker_main(plan: Plan, n_trials: int | None, timeout: float | None, index: int, threads: int,
                  queue: Any) -> None:
-    """Entry point of a spawned worker process: run trials, report ``(index, status, detail)``."""
-    logging.basicConfig(level=plan.log_level, format="%(levelname)s %(name)s: %(message)s")
-    import optuna
-    import torch
+    """Entry point of a spawned worker process: run trials, report ``(index, status, detail)``.
 
-    torch.set_num_threads(threads)
-    if plan.quiet:
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
+    The worker starts with SIGINT ignored (see :func:`run_workers`) and takes Ctrl-C and SIGTERM
+    (:mod:`trainforge.interrupts`) only inside the ``try`` below; once one arrived, later ones are ignored so
+    they cannot break the clean-up (Optuna's FAIL write, MLflow's KILLED, the storage's connections) with a
+    ``KeyboardInterrupt`` traceback.
+    """
+    from trainforge import interrupts
+
     ran = [0]
     try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        interrupts.install()
+        logging.basicConfig(level=plan.log_level, format="%(levelname)s %(name)s: %(message)s")
+        import optuna
+        import torch
+
+        torch.set_num_threads(threads)
+        if plan.quiet:
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
         queue.put((index, "ok", run_trials(plan, n_trials, timeout, index, counter=ran)))
-    except KeyboardInterrupt:
-        queue.put((index, "interrupted", ran[0]))
+    except KeyboardInterrupt as exc:
+        _ignore_signals()
+        queue.put((index, "terminated" if isinstance(exc, interrupts.Terminated) else "interrupted", ran[0]))
     except TrainforgeError as exc:
         queue.put((index, "error", str(exc)))
     except Exception as exc:  # noqa: BLE001 - reported by the parent process
         log.exception("worker %d failed", index)
         queue.put((index, "error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        _ignore_signals()  # the interpreter's exit (atexit, finalizers) must not be interrupted either
+
+
+def _ignore_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: int,
@@ -133,9 +151,13 @@ def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: i
     ``n_trials`` is split evenly (worker ``i`` gets ``n // jobs`` plus one of the remainder; ``None``: no
     per-worker limit, e.g. with ``plan.study_trials``); each worker
     uses ``cpu_count // jobs`` torch threads. On Ctrl-C the workers (which share the terminal's process
-    group) get 10 s to record their interrupted trials, then SIGINT, then termination.
+    group) get 10 s to record their interrupted trials, then SIGINT, then termination. SIGTERM to this
+    process is forwarded to the workers (a scheduler signals only the pid it started). A worker that was
+    interrupted or terminated makes this raise ``KeyboardInterrupt`` / ``Terminated`` once all have ended.
     """
     import multiprocessing
+
+    from trainforge import interrupts
 
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -144,24 +166,35 @@ def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: i
     deadline = None if timeout is None else time.monotonic() + float(timeout)
     procs = [ctx.Process(target=_worker_main, args=(plan, n, timeout, i, threads, queue), name=f"trainforge-tune-{i}")
              for i, n in enumerate(shares) if n is None or n > 0]
-    for proc in procs:
-        proc.start()
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited: no Ctrl-C during a worker's start-up
+    try:
+        for proc in procs:
+            proc.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
     try:
         while any(p.is_alive() for p in procs):
             for proc in procs:
                 proc.join(timeout=0.5)
             if deadline is not None and time.monotonic() > deadline + 3600:
                 break  # a worker hung far past the timeout: stop waiting
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, interrupts.Terminated):
+            for proc in procs:
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
         _stop(procs)
         raise
     results = []
     while len(results) < len(procs) and not queue.empty():
         results.append(queue.get())
-    ran = sum(int(detail) for _, status, detail in results if status in ("ok", "interrupted"))
+    ran = sum(int(detail) for _, status, detail in results if status in ("ok", "interrupted", "terminated"))
     if counter is not None:
         counter[0] = ran
     errors = [f"worker {i}: {detail}" for i, status, detail in results if status == "error"]
+    if any(status == "terminated" for _, status, _ in results):
+        interrupts.record(signal.SIGTERM)
+        raise interrupts.Terminated("a worker was terminated (SIGTERM)")
     if any(status == "interrupted" for _, status, _ in results):
         raise KeyboardInterrupt
     if errors:
