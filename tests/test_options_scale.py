@@ -39,12 +39,12 @@ def test_predict_across_chunk_boundaries_matches_one_session_call(digits_run, cl
 @pytest.mark.parametrize("bad, fragment", [("oops", "not a number"), (float("nan"), "NaN")])
 def test_a_bad_row_after_the_first_chunk_reports_its_true_row_number(digits_run, cli, workdir, bad, fragment):
     frame = _digits_rows(CHUNK_ROWS + 5000).astype(object)
-    index = CHUNK_ROWS + 1234  # in the second chunk; the file's row counts the header as row 1
+    index = CHUNK_ROWS + 1234  # in the second chunk: data row index + 1, CSV line index + 2 (the header is line 1)
     frame.iloc[index, 5] = bad
     frame.to_csv(workdir / "bad.csv", index=False)
     line = error_line(cli("predict", digits_run.result["onnx_path"], "--input", "bad.csv", "--output", "o.csv",
                           ok=False))
-    assert f"row {index + 2}," in line and fragment in line and "bad.csv" in line
+    assert f"row {index + 1} (line {index + 2})," in line and fragment in line and "bad.csv" in line
     assert "pixel_0_5" in line or "column 6" in line
 
 

@@ -110,10 +110,13 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], *, 
 
 def trials_frame(study: Any) -> Any:
     """``study.trials_dataframe()`` reordered for reading: ``number``, ``state``, ``value``, the ``params_*``
-    columns, then the rest; ``duration`` becomes ``duration_s`` (float seconds)."""
+    columns, then the rest; ``duration`` becomes ``duration_s`` (float seconds; NaN for unfinished trials)."""
+    import pandas as pd
+
     frame = study.trials_dataframe()
     if "duration" in frame.columns:
-        frame["duration"] = frame["duration"].dt.total_seconds()
+        # all-None when no trial has finished (e.g. Ctrl-C at start-up): object dtype, so convert first
+        frame["duration"] = pd.to_timedelta(frame["duration"]).dt.total_seconds()
         frame = frame.rename(columns={"duration": "duration_s"})
     first = [c for c in ("number", "state", "value") if c in frame.columns]
     first += [c for c in frame.columns if c.startswith("params_")]
