@@ -127,7 +127,7 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
 
     result = run_train(
         config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-        export=not no_export, quiet=quiet, resume=resume, on_start=_announce,
+        export=not no_export, quiet=quiet, resume=resume, on_start=_announce, export_worker=True,
         model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
         optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
         trainer__device=device, trainer__precision=precision, trainer__patience=patience,

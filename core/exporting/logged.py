@@ -11,38 +11,77 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 #: the pyfunc model's code: executed by MLflow to load the model, imports no trainforge module
 SERVING_CODE = Path(__file__).with_name("serving.py")
 
 
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path,
-                   quantize: str = "none", name: str | None = None) -> None:
+                   quantize: str = "none", name: str | None = None, worker: Any = None) -> None:
     """Export the verified ONNX file and log it (:func:`log_onnx`; ``name`` is the MLflow model's name).
 
     ``quantize="int8"``: the verified fp32 file is quantized (:func:`trainforge.exporting.quantize.quantize_model`,
     calibrated on the training split) and the int8 file is what gets logged; the parity metrics logged are
     the fp32 gate's, the file it was derived from.
+    ``worker``: an :class:`~trainforge.exporting.worker.ExportWorker` the job was already submitted to (see
+    :func:`submit_export`); its report is used, or the export runs here if the worker was lost.
     """
     import dataclasses
 
-    from trainforge.exporting.exporter import export_model, export_sample
-    from trainforge.training.data import sample_rows
+    from trainforge.exporting.exporter import export_model
+    from trainforge.exporting.worker import WorkerLost
 
-    sample = export_sample(model, sample_rows(bundle.test))
-    report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
-                          config=result.config)
+    sample = parity_sample(model, bundle)
+    report = None
+    if worker is not None and worker.submitted:
+        try:
+            report = worker.result()
+            log.info("ONNX export ran in the export worker (pid %d) while this process logged the run",
+                     worker.process.pid)
+        except WorkerLost as exc:
+            log.warning("%s; exporting in the training process", exc)
+    if report is None:
+        report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
+                              config=result.config)
     if quantize == "int8":
         from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
+        from trainforge.training.data import sample_rows
 
         quantized = quantize_model(report.path, workdir / "int8" / "model.onnx",
                                    calibration=sample_rows(bundle.train, CALIBRATION_ROWS))
         report = dataclasses.replace(report, path=quantized.path)
     log_onnx(result, report, sample, name=name)
+
+
+def parity_sample(model: Any, bundle: Any) -> np.ndarray:
+    """The export's parity sample: the test split's first rows (a generator's input codes instead)."""
+    from trainforge.exporting.exporter import export_sample
+    from trainforge.training.data import sample_rows
+
+    return export_sample(model, sample_rows(bundle.test))
+
+
+def submit_export(worker: Any, checkpoint: Path, model: Any, bundle: Any, workdir: Path, run_id: str,
+                  config: dict[str, Any]) -> Any:
+    """Send the export of ``checkpoint`` to ``worker`` (:class:`~trainforge.exporting.worker.ExportWorker`);
+    returns the worker, or None (worker closed) if it is gone, so that the export runs in process."""
+    from trainforge.exporting.worker import WorkerLost
+
+    try:
+        worker.submit(checkpoint, parity_sample(model, bundle), workdir / "model.onnx", run_id=run_id,
+                      config=config)
+    except WorkerLost as exc:
+        log.warning("%s; the export will run in the training process", exc)
+        worker.close()
+        return None
+    return worker
 
 
 def model_name(config: dict[str, Any] | None) -> str:

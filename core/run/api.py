@@ -93,6 +93,7 @@ def train(
     data: Any = None,
     resume: str | None = None,
     on_start: Any = None,
+    export_worker: bool = False,
     **flags: Any,
 ) -> TrainResult:
     """Train one model and track it in MLflow; see the module docstring for the steps.
@@ -104,6 +105,9 @@ def train(
     - ``resume``: an MLflow run id; continue that run from its ``checkpoints/last.pt`` (model, optimizer,
       scheduler, epoch, RNG states) with its config, logging into the same run.
     - ``on_start``: called with the run id as soon as the run is open (the CLI prints it on stderr).
+    - ``export_worker``: prepare and run the ONNX export in a forked process
+      (:mod:`trainforge.exporting.worker`) while this one trains; only from a process that has not used
+      torch yet (the CLI). Otherwise, or where fork is unavailable, the export runs in this process.
     - The run records this process in the tags ``trainforge.host``/``.pid``/``.pid_start``
       (:mod:`trainforge.tracking.stale`). SIGTERM (:mod:`trainforge.interrupts`) and Ctrl-C end it KILLED
       after uploading the best checkpoint; the ``KeyboardInterrupt`` re-raised carries ``run_id``.
@@ -112,9 +116,6 @@ def train(
 
     Raises :class:`TrainforgeError` subclasses for user errors; the run is then marked FAILED.
     """
-    import mlflow
-
-    from trainforge.tracking import store as tracking
     from trainforge.training import distributed
 
     resume_state = None
@@ -133,6 +134,29 @@ def train(
         with tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
             return _run(cfg, bundle, None, None, Path(tmp), export=False, quiet=True, callbacks=[],
                         extras=extras or {}, resume_state=resume_state)
+    worker = None
+    if export and export_worker and distributed.world()[1] == 1 and _fits_epochs(cfg):
+        from trainforge.exporting.worker import ExportWorker
+
+        worker = ExportWorker.start()  # before MLflow and the training use threads
+    try:
+        return _open_and_run(cfg, data, tracking_uri, experiment, run_name, parent_run_id, tags, export, quiet,
+                             callbacks, extras, resume, resume_state, on_start, worker)
+    finally:
+        if worker is not None:
+            worker.close()
+
+
+def _open_and_run(cfg: dict[str, Any], data: Any, tracking_uri: str | None, experiment: str | None,
+                  run_name: str | None, parent_run_id: str | None, tags: dict[str, str] | None, export: bool,
+                  quiet: bool, callbacks: Iterable[Any], extras: dict[str, Any] | None, resume: str | None,
+                  resume_state: Any, on_start: Any, worker: Any) -> TrainResult:
+    """:func:`train` on the main rank: set the store up, open the run, train, log, export."""
+    import mlflow
+
+    from trainforge.tracking import store as tracking
+    from trainforge.training import distributed
+
     experiment_id = tracking.setup(tracking_uri, experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     bundle = data if data is not None else load_data(cfg)
@@ -166,7 +190,7 @@ def train(
     try:
         with tracking.run_status(run_id), tempfile.TemporaryDirectory(prefix="trainforge-") as tmp:
             return _run(cfg, bundle, run_id, experiment_id, Path(tmp), export=export, quiet=quiet,
-                        callbacks=list(callbacks), extras=extras or {}, resume_state=resume_state)
+                        callbacks=list(callbacks), extras=extras or {}, resume_state=resume_state, worker=worker)
     except KeyboardInterrupt as exc:
         exc.run_id = run_id  # for the caller's message (the CLI prints how to resume)
         raise
@@ -178,6 +202,7 @@ def train(
 def _run(
     cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: str, workdir: Path, *,
     export: bool, quiet: bool, callbacks: list[Any], extras: dict[str, Any], resume_state: Any = None,
+    worker: Any = None,
 ) -> TrainResult:
     import mlflow
 
@@ -226,6 +251,12 @@ def _run(
 
     # The best epoch's weights are what test metrics, the checkpoint and the export use.
     trainer.restore_best()
+    saved = False
+    if worker is not None and export and run_id is not None:  # it exports while this process logs
+        from trainforge.exporting.logged import submit_export
+
+        ckpt = reporting.save_best_checkpoint(workdir, cfg, trainer, meta)
+        worker, saved = submit_export(worker, ckpt, model, bundle, workdir, run_id, cfg), True
     try:  # meanwhile the MLflow logger writes the last epochs' metrics in the background
         test = {f"test_{k}": v for k, v in trainer.evaluate(bundle.test).items()}
         if run_id is None:  # a DDP rank other than 0: nothing to log or export
@@ -234,7 +265,7 @@ def _run(
                    "train_seconds": trainer.seconds}
         with tracking.deferred_interrupt():  # see its docstring: no Ctrl-C inside a database write
             mlflow.log_metrics(summary, run_id=run_id)
-            reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle)
+            reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle, checkpoint_saved=saved)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             _wait_for_writers(trainer)
@@ -244,8 +275,18 @@ def _run(
     result = TrainResult(run_id, experiment_id, test, trainer.best_epoch, len(trainer.history), trainer.seconds,
                          cfg, history=trainer.history, model=model)
     if export:
-        export_and_log(result, model, task, meta, bundle, workdir)
+        export_and_log(result, model, task, meta, bundle, workdir, worker=worker)
     return result
+
+
+def _fits_epochs(cfg: dict[str, Any]) -> bool:
+    """Whether the model is a torch module trained by the epoch loop (not e.g. a scikit-learn kind)."""
+    from trainforge import manager
+
+    try:
+        return manager.get("model", cfg["model"]["name"]).fit == "epochs"
+    except Exception:  # noqa: BLE001 - an unknown model is reported where the run starts
+        return False
 
 
 def _data_tags(bundle: Any) -> dict[str, str]:

@@ -92,19 +92,29 @@ def collect_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -
     return x_all, np.concatenate(ys), np.concatenate(outs)
 
 
-def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any, bundle: Any) -> None:
-    """Best checkpoint, resolved config (YAML), learning curves and the task's test plots (a confusion
-    matrix, predicted vs actual, forecast vs actual, a reconstruction or sample grid)."""
-    import mlflow
-
-    from trainforge import plots
+def save_best_checkpoint(workdir: Path, cfg: dict[str, Any], trainer: Any, meta: Any) -> Path:
+    """Write the best epoch's weights, config and data meta to ``<workdir>/checkpoints/best.pt``."""
     from trainforge.training.callbacks import save_checkpoint
 
-    meta = bundle.meta
     ckpt = workdir / "checkpoints" / "best.pt"
     best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else {}
     save_checkpoint(ckpt, trainer.best_state or trainer.model.state_dict(), cfg, meta.to_dict(),
                     trainer.best_epoch, best)
+    return ckpt
+
+
+def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any, bundle: Any,
+                  checkpoint_saved: bool = False) -> None:
+    """Best checkpoint (written by :func:`save_best_checkpoint` unless ``checkpoint_saved``), resolved
+    config (YAML), learning curves and the task's test plots (a confusion matrix, predicted vs actual,
+    forecast vs actual, a reconstruction or sample grid)."""
+    import mlflow
+
+    from trainforge import plots
+
+    meta = bundle.meta
+    if not checkpoint_saved:
+        save_best_checkpoint(workdir, cfg, trainer, meta)
     upload_checkpoint(run_id, workdir)
 
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))

@@ -67,6 +67,10 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
+        if db:
+            from trainforge.tracking.schema import prepare
+
+            prepare(db)  # a new store's schema from a template: milliseconds instead of MLflow's seconds
         return _experiment_id(mlflow, uri, name)
 
 
