@@ -31,6 +31,8 @@ class Group(click.Group):
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
             from trainforge import interrupts
 
+            if getattr(exc, "workers_reported", False) or int(os.environ.get("RANK", "0")) > 0:
+                ctx.exit(interrupts.exit_code(exc))  # under --nproc N, rank 0 alone speaks for the run
             run_id = getattr(exc, "run_id", None)
             detail = (f": run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume "
                       f"{run_id}") if run_id else ""
