@@ -28,6 +28,13 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TrainforgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # a store that became unwritable mid-command: one line, not a traceback
+            from trainforge.errors import environment_fault
+
+            line = environment_fault(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
             from trainforge import interrupts
 
