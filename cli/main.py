@@ -28,9 +28,18 @@ class Group(click.Group):
             return super().invoke(ctx)
         except TrainforgeError as exc:
             raise click.ClickException(str(exc)) from None
+        except Exception as exc:  # a store that became unwritable mid-command: one line, not a traceback
+            from trainforge.errors import environment_fault
+
+            line = environment_fault(exc)
+            if line is None:
+                raise
+            raise click.ClickException(line) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
             from trainforge import interrupts
 
+            if getattr(exc, "workers_reported", False) or int(os.environ.get("RANK", "0")) > 0:
+                ctx.exit(interrupts.exit_code(exc))  # under --nproc N, rank 0 alone speaks for the run
             run_id = getattr(exc, "run_id", None)
             detail = (f": run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume "
                       f"{run_id}") if run_id else ""
@@ -213,6 +222,7 @@ def export(run_id: str | None, study: str | None, trial: int | None, storage: st
 @cli.command(epilog="""\b
 Examples:
   trainforge predict runs:/3f2a9c... --input test.csv --output predictions.csv --target target
+  trainforge predict models:/digits-cnn/3 --input test.csv      # or models:/digits-cnn@champion
   trainforge predict model.onnx --input images.npy --provider cpu""")
 @click.argument("model")
 @click.option("--input", "-i", "input_path", required=True, type=click.Path(dir_okay=False),
@@ -226,7 +236,10 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (rows, provider, metrics).")
 def predict(model: str, input_path: str, output: str | None, target: str | None, provider: str,
             no_fallback: bool, tracking_uri: str | None, as_json: bool) -> None:
-    """Predict with an ONNX model (a .onnx path or runs:/RUN_ID) using onnxruntime."""
+    """Predict with an ONNX model (a .onnx path, runs:/RUN_ID or models:/NAME/VERSION) using onnxruntime.
+
+    A model from the store is checked against the SHA-256 its run recorded at export; a mismatch is refused.
+    """
     from trainforge.exporting.predictor import predict as run_predict
 
     result = run_predict(model, input_path, output, target=target, provider=provider,
@@ -324,12 +337,13 @@ Examples:
 def ui(port: int, host: str, tracking_uri: str | None, experiment: str | None, workers: int) -> None:
     """Open the MLflow UI on the local store; prints a link to the experiment's runs table once it answers.
 
-    A port already in use is an error (exit 1). SIGTERM or Ctrl-C stops the whole server. MLflow's job
+    A port already in use is an error (exit 1). A ``--host`` other than loopback gets a warning on stderr
+    (and MLflow admits only Host headers naming this machine). SIGTERM or Ctrl-C stops the whole server. MLflow's job
     runner stays off unless ``MLFLOW_SERVER_ENABLE_JOB_EXECUTION`` says otherwise.
     """
     from pathlib import Path
 
-    from trainforge.cli.server import check_port, supervise
+    from trainforge.cli.server import LOOPBACK, check_port, host_patterns, supervise, warn_exposed
     from trainforge.tracking.store import ARTIFACT_ROOT
     from trainforge.tracking.store import tracking_uri as resolve_uri
 
@@ -339,6 +353,9 @@ def ui(port: int, host: str, tracking_uri: str | None, experiment: str | None, w
         Path(uri[len("sqlite:///"):].partition("?")[0]).parent.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port),
            "--default-artifact-root", str(Path.cwd() / ARTIFACT_ROOT), "--workers", str(workers)]
+    if host not in LOOPBACK:  # MLflow's Host-header check: this machine's names, not "*"
+        warn_exposed(host, "MLflow's UI has no authentication (for a team, use `trainforge server --basic-auth`)")
+        cmd += ["--allowed-hosts", ",".join(host_patterns(host, port))]
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "trainforge"
     click.echo(f"starting the MLflow UI for {uri} ...", err=True)
     # MLflow's job runner (GenAI evaluation and prompt jobs: 8 huey processes) serves no training run

@@ -14,8 +14,13 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def server_command(backend_store_uri: str, artifacts_destination: str, host: str, port: int,
-                   workers: int | None = None) -> list[str]:
-    """The ``mlflow server`` command line (artifacts proxied by the server: ``--serve-artifacts``)."""
+                   workers: int | None = None, allowed: list[str] | None = None,
+                   basic_auth: bool = False) -> list[str]:
+    """The ``mlflow server`` command line (artifacts proxied by the server: ``--serve-artifacts``).
+
+    ``allowed`` becomes ``--allowed-hosts`` (MLflow's Host-header check against DNS rebinding; MLflow's own
+    default when None); ``basic_auth`` adds ``--app-name basic-auth``.
+    """
     if backend_store_uri.startswith("sqlite:///") and not backend_store_uri.startswith("sqlite:////"):
         Path(backend_store_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     if "://" not in artifacts_destination:
@@ -26,16 +31,18 @@ def server_command(backend_store_uri: str, artifacts_destination: str, host: str
            "--host", host, "--port", str(port)]
     if workers:
         cmd += ["--workers", str(workers)]
-    if host not in LOOPBACK:
-        # MLflow checks the Host header; clients on other machines use this machine's name or address.
-        cmd += ["--allowed-hosts", "*"]
+    if allowed:
+        cmd += ["--allowed-hosts", ",".join(allowed)]
+    if basic_auth:
+        cmd += ["--app-name", "basic-auth"]
     return cmd
 
 
 @click.command(epilog="""\b
 Examples:
   trainforge server                                   # http://127.0.0.1:5000, SQLite under mlruns/
-  trainforge server --backend-store-uri postgresql://mlflow@db/mlflow --artifacts-destination s3://bucket/mlflow --host 0.0.0.0
+  trainforge server --backend-store-uri postgresql://mlflow@db/mlflow --artifacts-destination s3://bucket/mlflow \\
+                    --host 0.0.0.0 --allowed-hosts mlflow.example.com --basic-auth
   # then, on every machine of the team:
   export MLFLOW_TRACKING_URI=http://SERVER:5000   # or: trainforge train --tracking-uri http://SERVER:5000""")
 @click.option("--backend-store-uri", default="sqlite:///mlruns/mlflow.db", show_default=True,
@@ -45,17 +52,114 @@ Examples:
 @click.option("--host", default="127.0.0.1", show_default=True, help="Bind address (loopback unless told).")
 @click.option("--port", type=int, default=5000, show_default=True)
 @click.option("--workers", type=int, help="Server worker processes (mlflow's default when omitted).")
-def server(backend_store_uri: str, artifacts_destination: str, host: str, port: int, workers: int | None) -> None:
+@click.option("--allowed-hosts", "allowed_hosts", multiple=True, metavar="NAME[,NAME...]",
+              help="Names clients reach the server by (repeatable or comma-separated; fnmatch patterns such as "
+                   "'*.example.com' work). Requests with another Host header are refused (MLflow's DNS-rebinding "
+                   "protection). Default with a non-loopback --host: this machine's host name, FQDN and "
+                   "addresses; loopback names are always allowed.")
+@click.option("--basic-auth", is_flag=True,
+              help="Require a user name and password (MLflow's basic-auth app). The first start needs "
+                   "MLFLOW_AUTH_ADMIN_PASSWORD (at least 12 characters) for the user 'admin'; clients set "
+                   "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD. Needs trainforge[auth].")
+@click.option("--auth-database-uri", default="sqlite:///mlruns/basic_auth.db", show_default=True,
+              help="With --basic-auth: the database of users and permissions.")
+def server(backend_store_uri: str, artifacts_destination: str, host: str, port: int, workers: int | None,
+           allowed_hosts: tuple[str, ...], basic_auth: bool, auth_database_uri: str) -> None:
     """Start an MLflow tracking server that every trainforge command can log to."""
+    import os
+
     check_port(host, port)
-    cmd = server_command(backend_store_uri, artifacts_destination, host, port, workers)
+    allowed = host_patterns(host, port, allowed_hosts)
+    env = auth_env(auth_database_uri) if basic_auth else None
+    cmd = server_command(backend_store_uri, artifacts_destination, host, port, workers, allowed, basic_auth)
     if host not in LOOPBACK:
-        click.echo(f"warning: the server is bound to {host}, reachable from other machines; "
-                   "MLflow has no authentication by default", err=True)
+        warn_exposed(host, "anyone who can reach it can read and write runs" if not basic_auth
+                     else "clients log in with MLflow's basic auth")
+        click.echo(f"allowed Host headers: {', '.join(allowed)}", err=True)
     click.echo(f"starting an MLflow tracking server (store {backend_store_uri}, artifacts {artifacts_destination})",
                err=True)
     raise SystemExit(supervise(cmd, host, port, lambda: f"MLflow tracking server at {base_url(host, port)} "
-                                                        "(Ctrl-C stops it)"))
+                                                        "(Ctrl-C stops it)", env={**os.environ, **(env or {})}))
+
+
+def warn_exposed(host: str, auth: str) -> None:
+    """The warning ``server`` and ``ui`` print when bound beyond loopback."""
+    click.echo(f"warning: the server is bound to {host}, reachable from other machines; {auth}", err=True)
+
+
+def host_patterns(host: str, port: int, given: tuple[str, ...] = ()) -> list[str] | None:
+    """The ``--allowed-hosts`` list for MLflow: each name bare and as ``name:port`` (MLflow compares the whole
+    Host header, port included, with ``fnmatch``: ``mlflow.server.security_utils.is_allowed_host_header``).
+
+    Loopback names are always in. ``given`` (repeatable, comma-separated) adds names; without it, a server
+    bound beyond loopback admits this machine's host name, FQDN and addresses. Returns None (MLflow's
+    default: loopback and private-network addresses) for a loopback server with no ``given`` names.
+    """
+    names = [n.strip() for item in given for n in item.split(",") if n.strip()]
+    if not names and host in LOOPBACK:
+        return None
+    if not names:
+        names = own_names(host)
+    out: list[str] = []
+    for name in ["localhost", "127.0.0.1", "[::1]", *names]:
+        if name.count(":") > 1 and not name.startswith("["):
+            name = f"[{name}]"  # a bare IPv6 address, written as in a Host header
+        has_port = "]:" in name if name.startswith("[") else ":" in name
+        out += [p for p in ((name,) if has_port else (name, f"{name}:{port}")) if p not in out]
+    return out
+
+
+def own_names(host: str) -> list[str]:
+    """This machine's host name, FQDN and IP addresses (the bind address too when it is a specific one)."""
+    import socket
+
+    names = [socket.gethostname(), socket.getfqdn()]
+    if host not in ("0.0.0.0", "::", ""):
+        names.append(host)
+    for name in list(names):
+        with contextlib.suppress(OSError):
+            names += [info[4][0] for info in socket.getaddrinfo(name, None, proto=socket.IPPROTO_TCP)]
+    with contextlib.suppress(OSError), socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect(("192.0.2.1", 9))  # no packet is sent: this only picks the outgoing interface's address
+        names.append(sock.getsockname()[0])
+    return [n for n in dict.fromkeys(names) if n and n not in LOOPBACK]
+
+
+def auth_env(database_uri: str) -> dict[str, str]:
+    """Environment for ``mlflow server --app-name basic-auth``; raises ``click.ClickException`` when it cannot start.
+
+    MLflow 3.17 reads its auth settings from the INI file at ``MLFLOW_AUTH_CONFIG_PATH`` (its packaged
+    ``basic_auth.ini`` keeps users in ``./basic_auth.db`` of the working folder), creates the admin user on
+    first start from ``MLFLOW_AUTH_ADMIN_PASSWORD`` (12 characters at least), and needs
+    ``MLFLOW_FLASK_SERVER_SECRET_KEY`` for CSRF protection of its sign-up form; a random one is made when unset.
+    """
+    import importlib.util
+    import os
+    import secrets
+
+    if importlib.util.find_spec("flask_wtf") is None:
+        raise click.ClickException("--basic-auth needs Flask-WTF: pip install 'trainforge[auth]'")
+    env = {"MLFLOW_FLASK_SERVER_SECRET_KEY": os.environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
+    if not os.environ.get("MLFLOW_AUTH_CONFIG_PATH"):
+        if database_uri.startswith("sqlite:///") and not database_uri.startswith("sqlite:////"):
+            db = Path(database_uri[len("sqlite:///"):]).resolve()
+            db.parent.mkdir(parents=True, exist_ok=True)
+            database_uri = f"sqlite:///{db}"
+            first_start = not db.exists()
+        else:
+            first_start = False  # a server database: MLflow itself says when the admin password is missing
+        password = os.environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")
+        if first_start and len(password) < 12:
+            raise click.ClickException("--basic-auth: set MLFLOW_AUTH_ADMIN_PASSWORD (12 characters at least) for "
+                                       "the first start; it becomes the password of the user 'admin'")
+        config = Path(database_uri[len("sqlite:///"):]).with_suffix(".ini") if database_uri.startswith(
+            "sqlite:///") else Path("mlruns/basic_auth.ini").resolve()
+        config.parent.mkdir(parents=True, exist_ok=True)
+        config.write_text("[mlflow]\ndefault_permission = READ\n"
+                          f"database_uri = {database_uri}\nadmin_username = admin\n"
+                          "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(config)
+    return env
 
 
 #: seconds to wait for the server to answer before giving up (a first start creates the database schema)

@@ -31,3 +31,24 @@ def row_label(index: int, csv: bool = False) -> str:
     is not a row; for a CSV file the line of the file follows, ``row 4 (line 5)``. Columns are named by
     their header, else ``column N`` counted from 1."""
     return f"row {index + 1}" + (f" (line {index + 2})" if csv else "")
+
+
+#: OSError numbers that mean "the machine cannot write here", not a bug: read-only file system, permission
+#: denied, no space left, disk quota exceeded
+UNWRITABLE = {30: "read-only file system", 13: "permission denied", 28: "no space left on device",
+              122: "disk quota exceeded"}
+
+
+def environment_fault(exc: BaseException) -> str | None:
+    """One line for an exception that is the machine's fault (an unwritable or full store, found in ``exc``
+    or its causes: an ``OSError`` with an :data:`UNWRITABLE` errno, SQLite's "attempt to write a readonly
+    database"), else None."""
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, OSError) and exc.errno in UNWRITABLE:
+            where = f"{exc.filename}: " if exc.filename else ""
+            return f"cannot write {where}{UNWRITABLE[exc.errno]}"
+        if "attempt to write a readonly database" in str(exc):
+            return "cannot write the SQLite tracking database: it is read-only (a read-only file or folder)"
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None

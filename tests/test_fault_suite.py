@@ -60,6 +60,35 @@ def test_sigterm_during_train_ends_the_run_killed_with_its_checkpoints(workdir):
     assert run.data.tags["trainforge.host"] and run.data.tags["trainforge.pid"] == str(proc.pid)
 
 
+@pytest.mark.slow
+def test_sigterm_to_train_nproc_2_ends_the_run_killed_and_leaves_no_worker(workdir):
+    """SIGTERM to the parent of ``train --nproc 2`` (torchrun, gloo on CPU) is forwarded to the workers. Before:
+    the parent exited 143 at once while both workers ran on, orphaned, to the last epoch (run FINISHED)."""
+    import psutil
+
+    proc = start(workdir, "train", "--nproc", "2", "--model", "mlp", "--dataset", "digits", "--epochs", "300",
+                 "--quiet", "--patience", "0", "--device", "cpu")
+    wait_for(str(workdir / LAST_PT), proc, timeout=240)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    assert len(tree) == 3  # torchrun and its two workers
+    try:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+        left = [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        assert left == [], f"torchrun or workers still running after the parent exited: {left}"
+    finally:
+        for p in tree:  # a failed test leaves nothing behind
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    err = proc.stderr.read()
+    assert proc.returncode == 143, err
+    line = one_line(err, "Aborted: ")
+    (run,) = store_runs(workdir)
+    assert line.startswith("Aborted: terminated (SIGTERM)") and f"--resume {run.info.run_id}" in line
+    assert run.info.status == "KILLED" and run.data.tags["trainforge.error"] == "terminated (SIGTERM)"
+    assert {"checkpoints/best.pt", "checkpoints/last.pt"} <= artifacts(workdir, run.info.run_id)
+
+
 def test_kill_9_then_runs_stale_mark_killed(workdir):
     proc = start(workdir, "train", "--model", "mlp", "--dataset", "iris", "--epochs", "400", "--quiet",
                  "--patience", "0", "--no-export")

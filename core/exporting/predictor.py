@@ -22,6 +22,7 @@ import numpy as np
 from trainforge.atomic import atomic_output
 from trainforge.errors import DataError, TrainforgeError, row_label
 from trainforge.exporting.providers import CPU, CUDA, PROVIDERS, session_providers, usable_providers
+from trainforge.exporting.sources import resolve_model
 
 log = logging.getLogger(__name__)
 
@@ -110,35 +111,6 @@ def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool
             raise TrainforgeError(f"{requested[0]} was requested but onnxruntime fell back to {active}")
         log.warning("%s was requested but onnxruntime runs on %s", requested[0], active)
     return session, active
-
-
-def resolve_model(model: str, tracking_uri: str | None = None) -> str:
-    """An ONNX path, or ``runs:/RUN_ID`` (the run's ``onnx/model.onnx``)."""
-    if model.startswith("runs:/"):
-        from trainforge.tracking import store as tracking
-
-        tracking.setup_uri(tracking_uri)
-        run_id, _, sub = model[len("runs:/"):].partition("/")
-        local = tracking.download(run_id, sub or "onnx/model.onnx")
-        if sub in ("", "onnx/model.onnx"):
-            _check_sha256(run_id, local)
-        return local
-    if not Path(model).is_file():
-        raise TrainforgeError(f"model file not found: {model}")
-    return model
-
-
-def _check_sha256(run_id: str, path: str) -> None:
-    """Refuse a run's ONNX file whose SHA-256 differs from the one recorded when it was logged (a damaged or
-    replaced file can pass ``onnx.checker`` and predict different labels). Runs logged before the tag
-    existed are not checked."""
-    from trainforge.exporting.exporter import SHA256_TAG, file_sha256
-    from trainforge.tracking import store as tracking
-
-    recorded = tracking.get_run(run_id).data.tags.get(SHA256_TAG)
-    if recorded and file_sha256(path) != recorded:
-        raise TrainforgeError(f"runs:/{run_id}: onnx/model.onnx does not match the SHA-256 recorded at export "
-                              f"({recorded[:12]}...); the file is damaged or was replaced: re-export the run")
 
 
 def read_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:

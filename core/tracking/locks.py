@@ -17,6 +17,8 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+from trainforge.errors import TrainforgeError
+
 
 class NullLock:
     """A lock that never waits (stores without a lock primitive we use)."""
@@ -51,8 +53,12 @@ class FileLock(NullLock):
             import fcntl
         except ImportError:  # Windows: no flock
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path, "a")  # noqa: SIM115 - kept open while the lock is held
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            handle = open(self.path, "a")  # noqa: SIM115 - kept open while the lock is held
+        except OSError as exc:  # e.g. a read-only folder
+            raise TrainforgeError(f"cannot create the lock file {self.path}: {exc.strerror or exc}; its folder "
+                                  "must be writable") from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX)
         except BaseException:

@@ -52,8 +52,13 @@ def upload_checkpoint(run_id: str, workdir: Path) -> None:
     if folder.is_dir() and any(folder.iterdir()):
         try:
             mlflow.log_artifacts(str(folder), artifact_path="checkpoints", run_id=run_id)
-        except Exception:  # never hide the error that brought us here
-            log.exception("could not upload the checkpoint of run %s", run_id)
+        except Exception as exc:  # never hide the error that brought us here
+            from trainforge.errors import environment_fault
+
+            if (fault := environment_fault(exc)) is not None:  # e.g. the store became read-only: no traceback
+                log.error("could not upload the checkpoint of run %s: %s", run_id, fault)
+            else:
+                log.exception("could not upload the checkpoint of run %s", run_id)
 
 
 def predict_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -66,12 +66,39 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
                                   f"{Path(db).parent} ({exc.strerror or exc})") from None
     mlflow.set_tracking_uri(uri)
     name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
-    with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
-        if db:
-            from trainforge.tracking.schema import prepare
+    try:
+        with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
+            if db:
+                from trainforge.tracking.schema import prepare
 
-            prepare(db)  # a new store's schema from a template: milliseconds instead of MLflow's seconds
-        return _experiment_id(mlflow, uri, name)
+                prepare(db)  # a new store's schema from a template: milliseconds instead of MLflow's seconds
+            experiment_id = _experiment_id(mlflow, uri, name)
+    except TrainforgeError as exc:
+        raise TrainforgeError(str(exc) if str(exc).startswith("cannot use") else
+                              f"cannot use the MLflow tracking store {uri!r}: {exc}") from None
+    check_writable(uri, mlflow.get_experiment(experiment_id).artifact_location)
+    return experiment_id
+
+
+def check_writable(uri: str, artifact_location: str | None) -> None:
+    """Raise :class:`TrainforgeError` before a run opens when a local store cannot be written: the SQLite
+    file (or its folder) and the experiment's artifact folder (``os.access``: a read-only mount or missing
+    permissions; root passes permission bits, which do not stop root's writes either)."""
+    from urllib.parse import unquote, urlparse
+
+    paths = []
+    if db := sqlite_file(uri):
+        paths.append(Path(db))
+    if artifact_location and urlparse(artifact_location).scheme in ("", "file"):
+        paths.append(Path(unquote(urlparse(artifact_location).path)))
+    for path in paths:
+        while not path.exists() and path.parent != path:
+            path = path.parent  # created on first use: the nearest existing folder must be writable
+        if not os.access(path, os.W_OK):
+            read_only = bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+            raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {path} is "
+                                  f"{'on a read-only file system' if read_only else 'not writable'}; runs are "
+                                  "written there (choose another store with --tracking-uri)")
 
 
 #: MLflow's HTTP client settings during the first request to a tracking server (env var -> value), so an

@@ -21,6 +21,7 @@ Semantics:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -129,8 +130,102 @@ def wrap(model: torch.nn.Module, device: torch.device) -> Any:
 
 
 def launch(argv: list[str], nproc: int) -> int:
-    """Run ``trainforge <argv>`` in ``nproc`` local processes under torchrun; returns its exit code."""
+    """Run ``trainforge <argv>`` in ``nproc`` local processes under torchrun; returns its exit code.
+
+    torchrun runs in its own session; SIGTERM (a scheduler) or SIGINT (Ctrl-C) to this process is forwarded
+    to torchrun, whose agent sends it to the workers and SIGKILLs what is left after 30 s: the workers end
+    their run KILLED with the best checkpoint, as one process does. The ``KeyboardInterrupt`` (or
+    ``Terminated``) is re-raised once torchrun has ended, so no worker is left behind. stderr is relayed unchanged until then; after the
+    signal, torchrun's own log lines and its ``SignalException`` traceback are dropped (:class:`_Relay`):
+    the workers' lines say what happened.
+    """
+    import signal
+
+    from trainforge import interrupts
+
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "trainforge.cli.main", *argv]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))}
-    return subprocess.call(cmd, env=env)
+    # its own session: a terminal's Ctrl-C reaches this process only, which forwards one signal (the agent
+    # sends it on to each worker once; a second SIGINT would interrupt the workers' clean-up)
+    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_die_with_parent)
+    relay = _Relay(proc.stderr.fileno())
+    try:
+        code = proc.wait()
+        relay.join()
+        return code
+    except KeyboardInterrupt as exc:
+        relay.filtering.set()
+        forwarded = signal.SIGTERM if isinstance(exc, interrupts.Terminated) else signal.SIGINT
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            if proc.poll() is None:
+                proc.send_signal(forwarded)
+            proc.wait()
+            relay.join()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        exc.workers_reported = True  # rank 0 printed the run's line (how to resume); the CLI adds none
+        raise
+
+
+def _die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM for torchrun when this process dies, even by SIGKILL (Linux ``PR_SET_PDEATHSIG``),
+    so its agent stops the workers instead of leaving them running."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
+class _Relay:
+    """Copy torchrun's stderr (shared with its workers) to ours, in a thread.
+
+    Bytes pass unchanged (progress bars keep their carriage returns) until :attr:`filtering` is set; then
+    lines are copied one by one, minus torchrun's log lines (``W1201 10:39:20.466000 PID torch/...``) and
+    any traceback ending in torch's ``SignalException`` (torchrun re-raises the signal it got).
+    """
+
+    def __init__(self, fd: int) -> None:
+        import threading
+
+        self.fd, self.filtering = fd, threading.Event()
+        self._pending, self._traceback, self._ended = b"", [], False
+        self._thread = threading.Thread(target=self._run, name="torchrun-stderr", daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float = 30.0) -> None:
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while chunk := os.read(self.fd, 65536):
+            if not self.filtering.is_set():
+                os.write(2, chunk)
+                continue
+            *lines, self._pending = (self._pending + chunk).split(b"\n")
+            for line in lines:
+                self._line(line + b"\n")
+        if self._pending:
+            self._line(self._pending)
+        if self._traceback and b"SignalException" not in b"".join(self._traceback):
+            os.write(2, b"".join(self._traceback))
+        os.close(self.fd)
+
+    def _line(self, line: bytes) -> None:
+        import re
+
+        if self._traceback:
+            chained = line.strip() == b"" or line.startswith((b"During handling", b"The above exception", b"Traceback"))
+            if line[:1] in (b" ", b"\t") or chained or not self._ended:
+                self._traceback.append(line)
+                self._ended = line[:1] not in (b" ", b"\t") and not chained  # the exception line
+                return
+            block, self._traceback = b"".join(self._traceback), []
+            if b"SignalException" not in block:
+                os.write(2, block)
+        if line.startswith(b"Traceback (most recent call last):"):
+            self._traceback, self._ended = [line], False
+        elif not re.match(rb"[IWE]\d{4} [\d:.]+ +\d+ torch/distributed/", line):
+            os.write(2, line)
