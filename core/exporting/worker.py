@@ -36,6 +36,9 @@ from trainforge.errors import ExportError
 log = logging.getLogger(__name__)
 
 
+SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
 class WorkerLost(RuntimeError):
     """The worker process ended without an answer; the caller exports in process instead."""
 
@@ -58,7 +61,12 @@ class ExportWorker:
             ctx = multiprocessing.get_context("fork")
             mine, theirs = ctx.Pipe()
             process = ctx.Process(target=_serve, args=(theirs, mine), name="trainforge-export", daemon=True)
-            process.start()
+            # the child must not see a Ctrl-C before it has set its own handlers: hold them over the fork
+            held = signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+            try:
+                process.start()
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
             theirs.close()
         except Exception as exc:  # noqa: BLE001 - e.g. no fork, process limits: export in process
             log.debug("no export worker (%s); the export runs in the training process", exc)
@@ -112,6 +120,7 @@ def _serve(conn: Any, parent_end: Any) -> None:
     parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (trainforge.interrupts)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # blocked by the parent over the fork
     try:
         _warm_up()
     except Exception as exc:  # noqa: BLE001 - the real export will report a real problem
