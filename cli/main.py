@@ -390,7 +390,9 @@ cli.add_command(runs)
 
 
 def main() -> None:
-    cli(prog_name="trainforge")
+    from trainforge.cli.quick_exit import run
+
+    run(lambda: cli(prog_name="trainforge"))  # skips the interpreter's teardown (see quick_exit)
 
 
 if __name__ == "__main__":
