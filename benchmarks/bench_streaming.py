@@ -154,6 +154,7 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_streaming.md")))
     args = parser.parse_args()
     results = []
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         for rows in sorted(args.rows):
             path = Path(tmp) / f"data_{rows}.parquet"
@@ -172,7 +173,8 @@ def main() -> None:
              f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} CPUs{', ' + args.label if args.label else ''}; "
              f"one epoch, MLP, batch 1024, `-p dataset.streaming=true`, row groups of {ROW_GROUP:,}, "
              f"{'no export' if args.no_export else 'with the ONNX export'}. RSS of the process tree sampled "
-             f"every {INTERVAL} s; ru_maxrss is the kernel's peak of the process.", "",
+             f"every {INTERVAL} s; ru_maxrss is the kernel's peak of the process. Load average "
+             f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after (rows/s move with it; RSS much less).", "",
              "| rows | file MB | peak RSS before fit MB | during the fit MB | after the last batch MB | "
              "ru_maxrss MB | after-fit s | train rows/s | test accuracy |",
              "|---|---|---|---|---|---|---|---|---|"]
