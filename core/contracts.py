@@ -54,7 +54,9 @@ class Task:
     - ``loss(outputs, target)``: scalar tensor minimized by the trainer;
     - ``new_state`` / ``update`` / ``compute``: metric accumulation over batches, one host sync per epoch;
     - ``head(outputs)``: raw model outputs -> the ONNX graph outputs named in ``onnx_outputs``;
-    - ``plots(folder, x, y, outputs, meta)``: PNG files logged to the run after the test evaluation.
+    - ``plots(folder, x, y, outputs, meta)``: PNG files logged to the run after the test evaluation;
+    - ``state_plots(folder, state, meta)``: optionally, those plots drawn from the test split's metric state
+      alone (e.g. a confusion matrix from its counts), so no test row is kept in memory.
     """
 
     name = ""
@@ -95,8 +97,20 @@ class Task:
         raise NotImplementedError
 
     def plots(self, folder: Path, x: np.ndarray, y: np.ndarray, outputs: np.ndarray, meta: Any) -> list[Path]:
-        """Write the task's test-split plots into ``folder``; ``x``/``y``/``outputs`` are numpy arrays."""
+        """Write the task's test-split plots into ``folder``; ``x``/``y``/``outputs`` are numpy arrays.
+
+        They hold every test row of an in-memory split; of a streamed split (larger than memory), a uniform
+        random sample of at most :data:`trainforge.tracking.runlog.PLOT_ROWS` rows, in split order.
+        """
         return []
+
+    def state_plots(self, folder: Path, state: dict[str, Any] | None, meta: Any) -> list[Path] | None:
+        """Write the test-split plots from ``state``, the metric state ``new_state``/``update`` accumulated
+        over the whole test split (folded, summed over DDP ranks; ``None`` for a model that owns its step).
+
+        Return the files written, or ``None`` (the default) to have :meth:`plots` draw them from rows instead.
+        """
+        return None
 
 
 @dataclass

@@ -51,14 +51,23 @@ def learning_curves_figure(history: list[dict[str, float]], task: str, main: str
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str], path: Path) -> Path:
-    """Test-split confusion matrix (rows: true class, columns: predicted), via scikit-learn."""
+    """Test-split confusion matrix (rows: true class, columns: predicted) of class indices ``(N,)``, via
+    scikit-learn's ``confusion_matrix``; drawn by :func:`confusion_matrix_counts`."""
+    from sklearn.metrics import confusion_matrix as counts
+
+    return confusion_matrix_counts(counts(y_true, y_pred, labels=list(range(len(labels)))), labels, path)
+
+
+def confusion_matrix_counts(counts: np.ndarray, labels: list[str], path: Path) -> Path:
+    """A confusion matrix drawn from its counts ``(K, K)`` int64 (rows: true class, columns: predicted), as
+    scikit-learn's ``ConfusionMatrixDisplay.from_predictions`` draws it (no colour bar), saved as a PNG at
+    ``path`` (100 dpi). Counts accumulated over a streamed split give the same picture as the rows would."""
     plt = _pyplot()
     from sklearn.metrics import ConfusionMatrixDisplay
 
     fig, ax = plt.subplots(figsize=(max(4, 0.5 * len(labels) + 2),) * 2)
-    ConfusionMatrixDisplay.from_predictions(
-        y_true, y_pred, labels=list(range(len(labels))), display_labels=labels, ax=ax, colorbar=False
-    )
+    ConfusionMatrixDisplay(confusion_matrix=np.asarray(counts, dtype=np.int64), display_labels=labels).plot(
+        ax=ax, colorbar=False)
     ax.set_title("test confusion matrix")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

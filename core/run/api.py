@@ -258,14 +258,16 @@ def _run(
         ckpt = reporting.save_best_checkpoint(workdir, cfg, trainer, meta)
         worker, saved = submit_export(worker, ckpt, model, bundle, workdir, run_id, cfg), True
     try:  # meanwhile the MLflow logger writes the last epochs' metrics in the background
-        test = {f"test_{k}": v for k, v in trainer.evaluate(bundle.test).items()}
+        metrics, test_state = trainer.evaluate_with_state(bundle.test)  # batch by batch, as training reads
+        test = {f"test_{k}": v for k, v in metrics.items()}
         if run_id is None:  # a DDP rank other than 0: nothing to log or export
             return TrainResult(None, None, test, trainer.best_epoch, len(trainer.history), trainer.seconds, cfg)
         summary = {**test, "best_epoch": trainer.best_epoch, "epochs_run": len(trainer.history),
                    "train_seconds": trainer.seconds}
         with tracking.deferred_interrupt():  # see its docstring: no Ctrl-C inside a database write
             mlflow.log_metrics(summary, run_id=run_id)
-            reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle, checkpoint_saved=saved)
+            reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle, test_state=test_state,
+                                    checkpoint_saved=saved)
     except BaseException:
         with contextlib.suppress(Exception):  # keep the original error
             _wait_for_writers(trainer)

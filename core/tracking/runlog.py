@@ -61,38 +61,83 @@ def upload_checkpoint(run_id: str, workdir: Path) -> None:
                 log.exception("could not upload the checkpoint of run %s", run_id)
 
 
-def predict_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-    """Targets and model outputs of a whole split as numpy arrays (``(N,)``/``(N, T)``, ``(N, K)``)."""
+#: at most this many test rows of a streamed split reach ``Task.plots`` (a uniform random sample, in split order)
+PLOT_ROWS = 20_000
+#: and at most about this many bytes of them (rows, targets and outputs; e.g. a few hundred large images)
+PLOT_BYTES = 64 * 2**20
+
+
+class RowSample:
+    """A uniform random sample without replacement of at most ``k`` rows of a stream of batches, in arrival
+    order: each row draws a seeded uniform key and the ``k`` smallest keys stay ("bottom-k" sampling, as
+    reservoir sampling; Efraimidis & Spirakis 2006 with equal weights). Memory: at most ``2 k`` rows."""
+
+    def __init__(self, k: int, seed: int = 0) -> None:
+        self.k, self.rng, self.seen = max(1, int(k)), np.random.default_rng(seed), 0
+        self.keys = np.empty(0)
+        self.parts: list[list[np.ndarray]] = []  # per column (x, y, outputs): kept rows in arrival order
+
+    def add(self, *columns: np.ndarray) -> None:
+        """Offer a batch: arrays with the same first axis ``(B, ...)``; kept rows are copied."""
+        keys = self.rng.random(len(columns[0]))
+        self.seen += len(keys)
+        if len(self.keys) >= self.k:  # only rows under the current k-th smallest key can enter
+            take = np.flatnonzero(keys < np.partition(self.keys, self.k - 1)[self.k - 1])
+        else:
+            take = np.arange(len(keys))
+        if not len(take):
+            return
+        self.keys = np.concatenate([self.keys, keys[take]])
+        self.parts = [[*old, np.asarray(c)[take]] for old, c in zip(self.parts or [[] for _ in columns],
+                                                                     columns, strict=True)]
+        if len(self.keys) >= 2 * self.k:
+            self._shrink()
+
+    def _shrink(self) -> None:
+        keep = np.sort(np.argpartition(self.keys, self.k - 1)[: self.k])  # the k smallest, in arrival order
+        self.keys = self.keys[keep]
+        self.parts = [[np.concatenate(p)[keep]] for p in self.parts]
+
+    def arrays(self) -> list[np.ndarray]:
+        """The sampled rows of each column, in arrival order."""
+        if len(self.keys) > self.k:
+            self._shrink()
+        return [np.concatenate(p) for p in self.parts]
+
+
+def collect_split(model: Any, split: Any, device: Any, batch_size: int = 1024, max_rows: int | None = None,
+                  seed: int = 0) -> tuple[np.ndarray, ...]:
+    """``(x, y, outputs)`` of a split as numpy arrays: every row, or with ``max_rows`` a :class:`RowSample`
+    of at most ``max_rows`` rows (and :data:`PLOT_BYTES`), in split order, seeded by ``seed``. A generator's
+    outputs are ``len(x)`` samples from its ``example_input`` instead."""
     import torch
 
     from trainforge.training.data import batches
 
     model.eval()
-    ys, outs = [], []
-    with torch.inference_mode():
-        for x, y in batches(split, batch_size):
-            outs.append(model(x.to(device)).float().cpu().numpy())
-            ys.append(y.cpu().numpy())
-    return np.concatenate(ys), np.concatenate(outs)
-
-
-def collect_split(model: Any, split: Any, device: Any, batch_size: int = 1024) -> tuple[np.ndarray, ...]:
-    """``(x, y, outputs)`` of a whole split as numpy arrays; a generator's outputs are ``len(x)`` samples
-    from its ``example_input`` instead."""
-    import torch
-
-    from trainforge.training.data import batches
-
-    model.eval()
+    generative = getattr(model, "generative", False)
     xs, ys, outs = [], [], []
+    sample = None
     with torch.inference_mode():
         for x, y in batches(split, batch_size):
-            xs.append(x.cpu().numpy())
-            ys.append(y.cpu().numpy())
-            if not getattr(model, "generative", False):
-                outs.append(model(x.to(device)).float().cpu().numpy())
+            cols = [x.cpu().numpy(), y.cpu().numpy()]
+            if not generative:
+                cols.append(model(x.to(device)).float().cpu().numpy())
+            if max_rows is None:
+                for part, col in zip((xs, ys, outs), cols, strict=False):
+                    part.append(col)
+                continue
+            if sample is None:  # rows of a few MB each (e.g. images) count against the byte budget too
+                row_bytes = max(1, sum(c[:1].nbytes for c in cols))
+                sample = RowSample(min(max_rows, max(1, PLOT_BYTES // (2 * row_bytes))), seed)
+            sample.add(*cols)
+        if sample is not None:
+            arrays = sample.arrays()
+            xs, ys, outs = [arrays[0]], [arrays[1]], arrays[2:]
+            log.info("test plots drawn from a uniform sample of %d of %d streamed test rows", len(xs[0]),
+                     sample.seen)
         x_all = np.concatenate(xs)
-        if getattr(model, "generative", False):
+        if generative:
             outs = [model(model.example_input(len(x_all)).to(device)).float().cpu().numpy()]
     return x_all, np.concatenate(ys), np.concatenate(outs)
 
@@ -109,10 +154,15 @@ def save_best_checkpoint(workdir: Path, cfg: dict[str, Any], trainer: Any, meta:
 
 
 def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any, bundle: Any,
-                  checkpoint_saved: bool = False) -> None:
+                  test_state: dict[str, Any] | None = None, checkpoint_saved: bool = False) -> None:
     """Best checkpoint (written by :func:`save_best_checkpoint` unless ``checkpoint_saved``), resolved
     config (YAML), learning curves and the task's test plots (a confusion matrix, predicted vs actual,
-    forecast vs actual, a reconstruction or sample grid)."""
+    forecast vs actual, a reconstruction or sample grid).
+
+    ``test_state``: the task's metric state over the test split (:meth:`Trainer.evaluate_with_state`); a task
+    whose ``state_plots`` draws from it (classification: the confusion counts) needs no test row. Other
+    plots get every row of an in-memory test split, a bounded sample of a streamed one (:func:`collect_split`).
+    """
     import mlflow
 
     from trainforge import plots
@@ -131,6 +181,17 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
     plot_dir.mkdir(exist_ok=True)
     plots.learning_curves(trainer.history, plot_dir / "learning_curves.png", meta.task,
                           main=getattr(trainer.task, "main_metric", None))
-    x, y_true, out = collect_split(trainer.model, bundle.test, trainer.device, int(cfg["trainer"]["eval_batch_size"]))
-    trainer.task.plots(plot_dir, x, y_true, out, meta)
+    if trainer.task.state_plots(plot_dir, test_state, meta) is None:
+        from trainforge.training.data import TensorSplit
+
+        streamed = not isinstance(bundle.test, TensorSplit)  # larger than memory: a bounded sample
+        x, y_true, out = collect_split(trainer.model, bundle.test, trainer.device,
+                                       int(cfg["trainer"]["eval_batch_size"]),
+                                       max_rows=PLOT_ROWS if streamed else None, seed=int(cfg["trainer"]["seed"]))
+        if streamed and len(x) < int(meta.sizes.get("test", 0)):
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient().set_tag(run_id, "trainforge.plot_rows",
+                                   f"{len(x)} of {meta.sizes['test']} test rows (uniform sample)")
+        trainer.task.plots(plot_dir, x, y_true, out, meta)
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots", run_id=run_id)

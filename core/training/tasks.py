@@ -126,6 +126,19 @@ class Classification(Task):
 
         return [plots.confusion_matrix(y, outputs.argmax(1), meta.class_names, folder / "confusion_matrix.png")]
 
+    def state_plots(self, folder: Path, state: dict[str, Any] | None, meta: Any) -> list[Path] | None:
+        """The confusion matrix from the test split's counts (the same picture as :meth:`plots` draws from
+        its rows, with no row kept: a streamed split stays in bounded memory)."""
+        if not state or "confusion" not in state:
+            return None
+        from trainforge import plots
+
+        self.fold(state)
+        k = int(state["confusion"].numel() ** 0.5)
+        counts = state["confusion"].view(k, k).cpu().numpy()
+        return [plots.confusion_matrix_counts(counts, meta.class_names or [str(i) for i in range(k)],
+                                              folder / "confusion_matrix.png")]
+
 
 class Regression(Task):
     """Regression: the model returns ``(N, T)`` float predictions; targets are float32 ``(N, T)``.

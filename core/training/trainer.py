@@ -126,9 +126,15 @@ class Trainer:
         # Small in-memory splits live on the device for the whole fit: one copy, no per-batch transfer.
         return split.to(self.device) if isinstance(split, TensorSplit) else split
 
-    @torch.inference_mode()
     def evaluate(self, split: Any) -> dict[str, float]:
         """Metrics of the current weights on a split (no gradients), keys without a prefix."""
+        return self.evaluate_with_state(split)[0]
+
+    @torch.inference_mode()
+    def evaluate_with_state(self, split: Any) -> tuple[dict[str, float], dict[str, Any] | None]:
+        """:meth:`evaluate`'s metrics and the task's metric state they came from (e.g. the confusion counts:
+        see :meth:`~trainforge.contracts.Task.state_plots`), folded and summed over DDP ranks; the state is
+        ``None`` for a model that owns its step. One pass over the split, batch by batch."""
         self.model.eval()
         state = {} if self.custom_step else self.task.new_state(self.output_dim, self.device)
         for x, y in batches(self._place(split), int(self.config["eval_batch_size"])):
@@ -139,7 +145,7 @@ class Trainer:
             with self._autocast():
                 out = self.model(x)
             self.task.update(state, out.float(), y, inputs=x)
-        return self._compute(state)
+        return self._compute(state), None if self.custom_step else state
 
     def _compute(self, state: dict[str, Any]) -> dict[str, float]:
         # Under DDP every rank saw a shard: sum the statistics so metrics cover the whole split (after the
