@@ -131,12 +131,13 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
                 del argv[i]
                 break
         raise SystemExit(launch(argv, nproc))
+    from trainforge.cli.quick_exit import standalone
     from trainforge.run.api import train as run_train
     from trainforge.training import distributed
 
     result = run_train(
         config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-        export=not no_export, quiet=quiet, resume=resume, on_start=_announce, export_worker=True,
+        export=not no_export, quiet=quiet, resume=resume, on_start=_announce, export_worker=standalone(),
         model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
         optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
         trainer__device=device, trainer__precision=precision, trainer__patience=patience,

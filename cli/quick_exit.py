@@ -35,8 +35,19 @@ def _code(value: Any) -> int:
     return 1
 
 
+_STANDALONE = {"on": False}
+
+
+def standalone() -> bool:
+    """Whether this process is the ``trainforge`` program itself (its ``main``), not a Python process that
+    runs a command in process (a test's ``CliRunner``, a notebook): only then may a command fork helpers
+    (:mod:`trainforge.exporting.worker`) or end the process."""
+    return _STANDALONE["on"]
+
+
 def run(command: Callable[[], Any]) -> None:
     """Run ``command`` (a click command in standalone mode, which ends with ``SystemExit``), then exit quickly."""
+    _STANDALONE["on"] = True
     if os.environ.get("TRAINFORGE_QUICK_EXIT", "1") == "0":
         command()
         return

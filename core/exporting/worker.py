@@ -10,7 +10,9 @@ the checkpoint, as ``trainforge export`` does, and runs the same gate, while the
 split, draws the plots and uploads the artifacts. The file, its metadata and the parity figures are the
 ones an in-process export gives.
 
-- Linux only (``fork``), in a process that has not used torch's thread pools yet; elsewhere, with
+- Linux only (``fork``), and only from the ``trainforge`` program itself, before it has run any torch
+  operation or started a thread (``trainforge.cli.quick_exit.standalone``); the worker runs torch with
+  one intra-op thread, as torch's DataLoader workers do. Elsewhere, with
   ``TRAINFORGE_EXPORT_WORKER=0``, or if the worker cannot start or dies, the export runs in the training
   process as before (logged at debug or warning level).
 - The worker ignores Ctrl-C (the parent decides) and dies with SIGTERM. Closing the pipe ends it, and so
@@ -26,6 +28,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,8 @@ log = logging.getLogger(__name__)
 
 
 SIGNALS = {signal.SIGINT, signal.SIGTERM}
+#: seconds to wait for the worker's answer before exporting in process instead (a stuck worker is ended)
+RESULT_TIMEOUT_S = 900.0
 
 
 class WorkerLost(RuntimeError):
@@ -54,6 +59,9 @@ class ExportWorker:
     def start(cls) -> ExportWorker | None:
         """Fork the worker; None where that is not possible or not safe (not Linux)."""
         if not sys.platform.startswith("linux") or os.environ.get("TRAINFORGE_EXPORT_WORKER", "1") == "0":
+            return None
+        if threading.active_count() > 1:  # a lock another thread holds would stay held in the child
+            log.debug("no export worker: this process already runs threads")
             return None
         try:
             import multiprocessing
@@ -94,6 +102,8 @@ class ExportWorker:
         when the worker died without an answer.
         """
         try:
+            if not self.conn.poll(RESULT_TIMEOUT_S):
+                raise EOFError
             status, value = self.conn.recv()
         except (OSError, EOFError):
             self.process.join(5)
@@ -121,6 +131,9 @@ def _serve(conn: Any, parent_end: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (trainforge.interrupts)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # blocked by the parent over the fork
+    import torch
+
+    torch.set_num_threads(1)  # as torch's DataLoader workers do: no intra-op pool inherited across the fork
     try:
         _warm_up()
     except Exception as exc:  # noqa: BLE001 - the real export will report a real problem
