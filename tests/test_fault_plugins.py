@@ -9,20 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from faults import (  # noqa: F401
-    EXE,
-    FEATURES,
-    IRIS,
-    _default_signals,
-    _env,
-    artifacts,
-    no_partial_files,
-    one_line,
-    start,
-    store_runs,
-    tf,
-    wait_for,
-)
+from faults import IRIS, one_line, store_runs, tf
 
 
 def test_data_checks_say_what_they_inferred(workdir):

@@ -19,20 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import last_json, mlflow_client
-from faults import (  # noqa: F401
-    EXE,
-    FEATURES,
-    IRIS,
-    _default_signals,
-    _env,
-    artifacts,
-    no_partial_files,
-    one_line,
-    start,
-    store_runs,
-    tf,
-    wait_for,
-)
+from faults import FEATURES, IRIS, artifacts, no_partial_files, one_line, start, store_runs, tf, wait_for
 
 LAST_PT = "mlruns/artifacts/*/*/artifacts/checkpoints/last.pt"
 
