@@ -185,16 +185,13 @@ def deferred_interrupt() -> Iterator[None]:
 
     For MLflow writes: a ``KeyboardInterrupt`` raised inside a SQLite transaction can leave the store locked
     for the rest of the process, so the run could not then be marked KILLED ("database is locked").
-    A no-op outside the main thread and for a signal whose handler is not the one that raises (Python's
-    default for SIGINT, :func:`trainforge.interrupts.install`'s for SIGTERM; e.g. nested blocks). If the
-    block raises, its exception propagates and a held signal is dropped.
+    A no-op outside the main thread and for a signal whose handler is not one that raises
+    (:func:`trainforge.interrupts.raises`; e.g. in nested blocks). If the block raises, its exception
+    propagates and a held signal is dropped.
     """
     held = []
     if threading.current_thread() is threading.main_thread():
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            held.append(signal.SIGINT)
-        if interrupts.installed():
-            held.append(signal.SIGTERM)
+        held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if interrupts.raises(sig)]
     if not held:
         yield
         return
