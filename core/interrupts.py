@@ -22,7 +22,6 @@ import os
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 
 class Terminated(KeyboardInterrupt):
