@@ -14,6 +14,7 @@ import yaml
 from conftest import last_json, mlflow_client
 from mlflow.tracking import MlflowClient
 
+import trainforge
 from trainforge import config as config_mod
 
 
@@ -189,3 +190,31 @@ def test_learning_curves_have_integer_epoch_ticks(epochs):
         import matplotlib.pyplot as plt
 
         plt.close(fig)
+
+
+class _SlowEpochs(trainforge.Callback):
+    """Makes each epoch last 0.25 s more and, at each epoch's end, reads back the epochs the store holds."""
+
+    def __init__(self, run_id_of):
+        self.run_id_of, self.seen = run_id_of, []
+
+    def on_epoch_end(self, trainer, epoch, metrics):
+        import time
+
+        time.sleep(0.25)
+        steps = [m.step for m in MlflowClient().get_metric_history(self.run_id_of(), "val_loss")]
+        self.seen.append((epoch, steps))
+
+
+def test_per_epoch_metrics_reach_the_store_during_the_fit(workdir):
+    """The UI lags the fit by about a second (MLflowLogger writes in a thread every second), every epoch is
+    written exactly once, and the end-of-fit write is complete when the run ends."""
+    probe = _SlowEpochs(lambda: mlflow.active_run().info.run_id)
+    result = trainforge.train(model__name="mlp", dataset__name="iris", overrides=["trainer.epochs=12",
+                              "trainer.patience=0"], quiet=True, export=False, callbacks=[probe])
+    # about 3 s of fit: epochs 1-4 are written while it runs, long before its end
+    assert any(epoch <= 9 and steps[:4] == [1, 2, 3, 4] for epoch, steps in probe.seen), probe.seen
+    history = MlflowClient().get_metric_history(result.run_id, "val_loss")
+    assert sorted(m.step for m in history) == list(range(1, 13))
+    assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
+        [h["val_loss"] for h in result.history])

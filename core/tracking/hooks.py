@@ -25,6 +25,6 @@ def build_resume(ctx):
 @hookimpl
 def register_callbacks(register):
     register(CallbackSpec(name="mlflow", order=50, build=build_mlflow,
-                          description="Log per-epoch metrics to the MLflow run (batched every 10 s)"))
+                          description="Log per-epoch metrics to the MLflow run (batched, written every second)"))
     register(CallbackSpec(name="resume-checkpoint", order=60, build=build_resume,
                           description="Upload checkpoints/last.pt for --resume every trainer.resume_every_s"))

@@ -22,18 +22,22 @@ log = logging.getLogger(__name__)
 class MLflowLogger(Callback):
     """Log per-epoch metrics (step = epoch, timestamp = the epoch's end) to an MLflow run.
 
-    Epochs are buffered and written with one ``log_batch`` call (chunked by MLflow) when the last write
-    is ``flush_every`` seconds old, at the end of the fit and on an exception, so nothing is lost and
-    the UI lags by at most ``flush_every`` seconds. Per-epoch calls (even MLflow's asynchronous ones,
-    whose writer thread competes with the training loop for the GIL) cost small models several
-    percent of their fit time (``benchmarks/``).
+    Epochs are buffered and written with one ``log_batch`` call (chunked by MLflow) in a writer thread,
+    once the last write is ``flush_every`` seconds old and has finished, and at the end of the fit; so the
+    UI lags by about ``flush_every`` seconds (1 s by default) and nothing is lost. Per-epoch calls (even
+    MLflow's asynchronous ones, whose writer thread competes with the training loop for the GIL) cost
+    small models several percent of their fit time; one write of all epochs at the end cost the digits
+    MLP about 3 ms per epoch more, measured as a whole process (``benchmarks/bench_run.py``): MLflow's
+    ORM writes each metric row, and that write then competed with the test evaluation and the artifact
+    logging for the GIL.
 
-    The end-of-fit write runs in a background thread while the caller evaluates the test split and logs
-    the run's artifacts; :meth:`wait` joins it and re-raises its error (``trainforge.train`` calls it
-    before the run ends). Writes after an exception are synchronous.
+    The end-of-fit write runs in the writer thread while the caller evaluates the test split and logs
+    the run's artifacts; :meth:`wait` joins it and re-raises its error, or the error of an earlier write
+    (``trainforge.train`` calls it before the run ends). Writes after an exception are synchronous, after
+    the running one has finished.
     """
 
-    def __init__(self, run_id: str, flush_every: float = 10.0) -> None:
+    def __init__(self, run_id: str, flush_every: float = 1.0) -> None:
         self.run_id, self.flush_every = run_id, float(flush_every)
         self.pending: list[tuple[int, int, dict[str, float]]] = []
         self.last_flush = time.monotonic()
@@ -45,8 +49,8 @@ class MLflowLogger(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, metrics: dict[str, float]) -> None:
         self.pending.append((int(time.time() * 1000), int(epoch), dict(metrics)))
-        if time.monotonic() - self.last_flush >= self.flush_every:
-            self.flush()
+        if time.monotonic() - self.last_flush >= self.flush_every and not self.writing():
+            self.flush(background=True)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self.flush(background=True)
@@ -72,6 +76,10 @@ class MLflowLogger(Callback):
         self._writer = threading.Thread(target=self._write_catching, args=(metrics,),
                                         name="trainforge-mlflow-writer", daemon=True)
         self._writer.start()
+
+    def writing(self) -> bool:
+        """True while a background write runs."""
+        return self._writer is not None and self._writer.is_alive()
 
     def wait(self) -> None:
         """Join the background write, if any; raises what it raised (e.g. an unreachable tracking server)."""
