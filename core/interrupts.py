@@ -48,11 +48,6 @@ def install() -> bool:
     return True
 
 
-def installed() -> bool:
-    """True when SIGTERM is handled by this module."""
-    return signal.getsignal(signal.SIGTERM) is handle_sigterm
-
-
 def raises(signum: int) -> bool:
     """True when ``signum`` currently raises ``KeyboardInterrupt`` in the main thread: SIGINT with Python's
     default handler or :func:`handle_sigint`, SIGTERM with :func:`handle_sigterm`."""

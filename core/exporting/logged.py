@@ -38,9 +38,10 @@ def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, w
     from trainforge.exporting.exporter import export_model
     from trainforge.exporting.worker import WorkerLost
 
-    sample = parity_sample(model, bundle)
+    submitted = worker is not None and worker.submitted
+    sample = worker.sample if submitted else parity_sample(model, bundle)  # the one the worker was sent
     report = None
-    if worker is not None and worker.submitted:
+    if submitted:
         try:
             report = worker.result()
             log.info("ONNX export ran in the export worker (pid %d) while this process logged the run",

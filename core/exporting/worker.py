@@ -54,6 +54,8 @@ class ExportWorker:
     def __init__(self, process: Any, conn: Any) -> None:
         self.process, self.conn = process, conn
         self.submitted = False
+        #: the parity sample of the submitted job (the one the run's logged parity metrics come from)
+        self.sample: np.ndarray | None = None
 
     @classmethod
     def start(cls) -> ExportWorker | None:
@@ -93,7 +95,7 @@ class ExportWorker:
                             "run_id": run_id, "config": config})
         except (OSError, EOFError) as exc:
             raise WorkerLost(f"export worker gone ({exc})") from None
-        self.submitted = True
+        self.submitted, self.sample = True, sample
 
     def result(self) -> Any:
         """The :class:`~trainforge.exporting.exporter.ExportReport` of the submitted job.
