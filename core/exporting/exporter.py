@@ -32,6 +32,7 @@ import numpy as np
 
 from trainforge.errors import ExportError
 from trainforge.exporting.providers import CPU, CUDA, cuda_usable, session_providers
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ def _warn_cut_short(run: Any, best_epoch: int, planned: int) -> None:
                 run.info.run_id, run.info.status, reached or "?", planned, best_epoch)
 
 
-SHA256_TAG = "trainforge.onnx_sha256"
+SHA256_TAG = tag.ONNX_SHA256
 
 
 def file_sha256(path: str | Path) -> str:

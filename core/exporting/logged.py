@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from trainforge.tracking import tags as tag
+
 log = logging.getLogger(__name__)
 
 #: the pyfunc model's code: executed by MLflow to load the model, imports no trainforge module
@@ -132,8 +134,8 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
                               onnx_execution_providers=usable_providers(),
                               pip_requirements=requirements(("onnx", "numpy")))
         client = MlflowClient()
-        client.set_tag(result.run_id, "trainforge.model_uri", info.model_uri)
-        client.set_tag(result.run_id, "trainforge.onnx_model_uri", plain.model_uri)
+        client.set_tag(result.run_id, tag.MODEL_URI, info.model_uri)
+        client.set_tag(result.run_id, tag.ONNX_MODEL_URI, plain.model_uri)
     result.model_uri = info.model_uri
     result.onnx_path = tracking.download(result.run_id, "onnx/model.onnx")
     result.parity = {str(k): v for k, v in report.max_abs_diff.items()}

@@ -19,6 +19,7 @@ from typing import Any
 
 from trainforge import config as config_mod
 from trainforge.contracts import TrainResult
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -171,10 +172,10 @@ def _open_and_run(cfg: dict[str, Any], data: Any, tracking_uri: str | None, expe
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
     from trainforge.tracking.stale import process_tags
 
-    run_tags = {"trainforge.command": "train", "trainforge.world_size": str(distributed.world()[1]),
+    run_tags = {tag.COMMAND: "train", tag.WORLD_SIZE: str(distributed.world()[1]),
                 **process_tags(), **_data_tags(bundle), **(tags or {})}
     if distributed.describe():
-        run_tags["trainforge.distributed"] = distributed.describe()
+        run_tags[tag.DISTRIBUTED] = distributed.describe()
     system_metrics = tracking.system_metrics(cfg["trainer"])
     if resume:  # the same run, status RUNNING again
         run = mlflow.start_run(run_id=resume, log_system_metrics=system_metrics)
@@ -298,7 +299,7 @@ def _data_tags(bundle: Any) -> dict[str, str]:
     if not isinstance(bundle.train, TensorSplit):
         return {}
     names = constant_features(bundle.train.x.cpu().numpy(), bundle.meta.feature_names)
-    return {"trainforge.constant_features": ", ".join(names)[:5000]} if names else {}
+    return {tag.CONSTANT_FEATURES: ", ".join(names)[:5000]} if names else {}
 
 
 def _wait_for_writers(trainer: Any) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from trainforge import config as config_mod
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -34,11 +35,11 @@ def log_params(run_id: str, cfg: dict[str, Any], meta: Any) -> None:
         **{f"data.{split}_size": str(n) for split, n in meta.sizes.items()},
     })
     mlflow.log_params(params, run_id=run_id)
-    tags = {"trainforge.version": __version__, "trainforge.task": meta.task}
+    tags = {tag.VERSION: __version__, tag.TASK: meta.task}
     for section in config_mod.PLUGIN_SECTIONS:
         name = cfg[section]["name"]
         entry = manager.registry()[section][name]
-        tags[f"trainforge.plugin.{section}"] = f"{name} ({entry.distribution} {entry.version})".strip()
+        tags[tag.named("plugin", section)] = f"{name} ({entry.distribution} {entry.version})".strip()
     client = MlflowClient()
     for key, value in tags.items():
         client.set_tag(run_id, key, value)
@@ -191,7 +192,7 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
         if streamed and len(x) < int(meta.sizes.get("test", 0)):
             from mlflow.tracking import MlflowClient
 
-            MlflowClient().set_tag(run_id, "trainforge.plot_rows",
+            MlflowClient().set_tag(run_id, tag.PLOT_ROWS,
                                    f"{len(x)} of {meta.sizes['test']} test rows (uniform sample)")
         trainer.task.plots(plot_dir, x, y_true, out, meta)
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots", run_id=run_id)

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-HOST_TAG, PID_TAG, START_TAG = "trainforge.host", "trainforge.pid", "trainforge.pid_start"
+from trainforge.tracking import tags as tag
+
+HOST_TAG, PID_TAG, START_TAG = tag.HOST, tag.PID, tag.PID_START
 
 
 def _start_ticks(pid: int) -> str:
@@ -108,5 +110,5 @@ def mark_killed(run_ids: list[str]) -> None:
 
     client = MlflowClient()
     for run_id in run_ids:
-        client.set_tag(run_id, "trainforge.error", "process died (found by trainforge runs --stale)")
+        client.set_tag(run_id, tag.ERROR, "process died (found by trainforge runs --stale)")
         client.set_terminated(run_id, status="KILLED")

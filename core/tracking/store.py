@@ -22,6 +22,7 @@ from typing import Any
 
 from trainforge import interrupts
 from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.tracking import tags as tag
 from trainforge.tracking.locks import sqlite_file
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def _end(client: Any, run_id: str, status: str, error: str | None) -> None:
         try:
             with deferred_interrupt():
                 if error:
-                    client.set_tag(run_id, "trainforge.error", error[:5000])
+                    client.set_tag(run_id, tag.ERROR, error[:5000])
                 active = mlflow.active_run()
                 if active is not None and active.info.run_id == run_id:
                     mlflow.end_run(status=status)

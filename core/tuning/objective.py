@@ -24,11 +24,12 @@ from typing import Any
 
 from trainforge import interrupts
 from trainforge.contracts import Callback
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
-STATE_TAG = "trainforge.trial_state"
-TRIAL_TAG = "trainforge.trial"
+STATE_TAG = tag.TRIAL_STATE
+TRIAL_TAG = tag.TRIAL
 #: put before a pruned trial's run name, so the runs table tells it from a complete one (both FINISHED);
 #: a prefix, because the UI's run-name column cuts long names at the end
 PRUNED_PREFIX = "pruned-"
@@ -102,8 +103,8 @@ class Objective:
         from trainforge.tuning.search import merge_sample
 
         pruning = OptunaPruning(trial, self.metric, report=self.deploy is None or self.deploy.prunable(self.metric))
-        tags = {"trainforge.command": "tune", "trainforge.study": self.study_name,
-                TRIAL_TAG: f"{self.study_name}#{trial.number}", "trainforge.trial_number": str(trial.number),
+        tags = {tag.COMMAND: "tune", tag.STUDY: self.study_name,
+                TRIAL_TAG: f"{self.study_name}#{trial.number}", tag.TRIAL_NUMBER: str(trial.number),
                 **self.extra_tags}
         try:
             sampled = self.space.sample(trial)
@@ -188,12 +189,12 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
 
                 client.log_batch(run_id, params=[Param(f"optuna.{k}", str(v)[:6000]) for k, v in trial.params.items()])
             if state == "PRUNED":
-                client.set_tag(run_id, "trainforge.pruned_epoch", str(epoch))
-                client.delete_tag(run_id, "trainforge.error")
+                client.set_tag(run_id, tag.PRUNED_EPOCH, str(epoch))
+                client.delete_tag(run_id, tag.ERROR)
                 client.set_terminated(run_id, status="FINISHED")
                 mark_pruned(client, run_id, epoch)
             elif reason:
-                client.set_tag(run_id, "trainforge.fail_reason", reason[:5000])
+                client.set_tag(run_id, tag.FAIL_REASON, reason[:5000])
             if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
                 client.set_terminated(run_id, status="KILLED" if reason in ("interrupted (Ctrl-C)", "terminated (SIGTERM)") else "FAILED")
     except Exception:  # bookkeeping must not hide the trial's own outcome

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.errors import ConfigError
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ def measure_trial(dep: Deployment, trial: Any, result: Any, best: dict[str, floa
     values = {name: figures[name] for name in dep.names}
     mlflow.log_metrics({**logged, **{f"objective_{k}": v for k, v in values.items()}}, run_id=result.run_id)
     mlflow.tracking.MlflowClient().log_batch(result.run_id, tags=[
-        mlflow.entities.RunTag(f"trainforge.{k}", str(v)) for k, v in (
+        mlflow.entities.RunTag(tag.named(k), str(v)) for k, v in (
             ("quantize", quantize), ("latency_batch", dep.latency_batch), ("latency_threads", dep.latency_threads),
             ("provider", timing.provider), ("latency_runs", timing.runs))])
     trial.set_user_attr(OBJECTIVES_ATTR, values)
@@ -261,8 +262,8 @@ def version_tags(trial: Any, dep: Deployment | None) -> dict[str, str]:
     if dep is None:
         return {}
     values = trial.user_attrs.get(OBJECTIVES_ATTR) or {}
-    return {**{f"trainforge.objective.{k}": f"{float(v):.6g}" for k, v in values.items()},
-            "trainforge.quantize": str(trial.user_attrs.get("quantize", "none"))}
+    return {**{tag.named("objective", k): f"{float(v):.6g}" for k, v in values.items()},
+            tag.QUANTIZE: str(trial.user_attrs.get("quantize", "none"))}
 
 
 def for_worker(settings: dict[str, Any], storage: str | None, study: str) -> Deployment | None:

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
-SELECTED_ATTR = "trainforge.selected_trial"
+SELECTED_ATTR = tag.SELECTED_TRIAL
 OPERATORS = {"<=": operator.le, ">=": operator.ge, "<": operator.lt, ">": operator.gt, "==": operator.eq}
 CONSTRAINT = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(<=|>=|==|<|>)\s*([-+0-9.eE]+)\s*$")
 
@@ -157,7 +158,7 @@ def log_front(study: Any, parent_run_id: str, names: list[str], chosen: Any, fix
     if chosen is not None:
         client.set_tag(parent_run_id, SELECTED_ATTR, str(chosen.number))
         for name, value in values_of(chosen, names).items():
-            client.set_tag(parent_run_id, f"trainforge.selected.{name}", f"{value:.6g}")
+            client.set_tag(parent_run_id, tag.named("selected", name), f"{value:.6g}")
         study.set_user_attr(SELECTED_ATTR, chosen.number)
 
 

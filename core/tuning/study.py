@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.tracking import tags as tag
 from trainforge.tracking.locks import sqlite_file
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120  # seconds (RDB storages only); en
 HEARTBEAT_ENV = ("TRAINFORGE_HEARTBEAT_INTERVAL", "TRAINFORGE_HEARTBEAT_GRACE")
 MAX_RETRY = 2  # re-runs of a trial whose worker died
 PARENT_ATTR = "mlflow_parent_run_id"
-SETTINGS_ATTR = "trainforge.settings"
+SETTINGS_ATTR = tag.SETTINGS
 PARENT_WAIT_SECONDS = 60.0
 #: Study names double as MLflow run and registered-model names: keep them to safe characters.
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
@@ -241,7 +242,7 @@ def create_parent_run(experiment_id: str, study_name: str, tags: dict[str, str])
     from mlflow.tracking.context.registry import resolve_tags
 
     run = MlflowClient().create_run(experiment_id, run_name=study_name, tags=resolve_tags({
-        "trainforge.command": "tune", "trainforge.role": "study", "trainforge.study": study_name, **tags}))
+        tag.COMMAND: "tune", tag.ROLE: "study", tag.STUDY: study_name, **tags}))
     return run.info.run_id
 
 

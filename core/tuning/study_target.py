@@ -40,12 +40,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from trainforge.errors import TrainforgeError
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 EXTRA_FAILS = 3
-HOST_ATTR, PID_ATTR = "trainforge.host", "trainforge.pid"
+HOST_ATTR, PID_ATTR = tag.HOST, tag.PID
 
 
 def mark_owner(trial: Any) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.errors import ConfigError, TrainforgeError
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -243,12 +244,12 @@ def tune(
         the_study.set_user_attr(study_mod.SETTINGS_ATTR, _jsonable(settings))
         objectives_mod.name_metrics(the_study, deploy)
         # Trial 0 is what `trainforge train` would run: the search never starts below the default.
-        the_study.enqueue_trial(space.default_params(base), user_attrs={"trainforge.defaults": True})
+        the_study.enqueue_trial(space.default_params(base), user_attrs={tag.DEFAULTS: True})
     else:
         space.check_compatible(the_study.get_trials(deepcopy=False))
     settings.update(study=name, storage=opts.get("storage") or study_mod.DEFAULT_STORAGE)
     experiment_id = _setup_tracking(tracking_uri, experiment)
-    parent = study_mod.ensure_parent_run(the_study, created, experiment_id, {"trainforge.dataset": settings["dataset"]})
+    parent = study_mod.ensure_parent_run(the_study, created, experiment_id, {tag.DATASET: settings["dataset"]})
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
@@ -291,7 +292,7 @@ def tune(
             source = tune_report.refit(best, parent, bundle, study_name=name, tracking_uri=tracking_uri,
                                        experiment=experiment_name)
         exported = tune_report.export_best(source, parent, register=opts.get("register") or name, bundle=bundle,
-                                           tags={"trainforge.study": name, "trainforge.trial": str(best.number),
+                                           tags={tag.STUDY: name, tag.TRIAL: str(best.number),
                                                  **objectives_mod.version_tags(best, deploy)},
                                            quantize=best.user_attrs.get("quantize", "none"))
     tune_report.log_study_summary(the_study, parent, space.fixed, plots=not interrupted)

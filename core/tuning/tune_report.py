@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.errors import TrainforgeError
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def log_study_start(parent_run_id: str, created: bool, settings: dict[str, Any],
                   **{f"space.{k}": f"fixed {v!r}" for k, v in space["fixed"].items()}}
         client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     for key in ("sampler", "pruner", "storage"):
-        client.set_tag(parent_run_id, f"trainforge.{key}", str(settings.get(key)))
+        client.set_tag(parent_run_id, tag.named(key), str(settings.get(key)))
     client.update_run(parent_run_id, status="RUNNING")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "search_space.json"
@@ -91,10 +92,10 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], *, 
                 {"trial": best.number, "value": best.value, "params": best_params,
                  "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}, indent=1, default=str))
             client.log_artifact(parent_run_id, str(folder / "best_params.json"))
-            client.set_tag(parent_run_id, "trainforge.best_trial", str(best.number))
-            client.set_tag(parent_run_id, "trainforge.best_run_id", str(best.user_attrs.get("mlflow_run_id")))
+            client.set_tag(parent_run_id, tag.BEST_TRIAL, str(best.number))
+            client.set_tag(parent_run_id, tag.BEST_RUN_ID, str(best.user_attrs.get("mlflow_run_id")))
             for key, value in best_params.items():
-                client.set_tag(parent_run_id, f"trainforge.best.{key}", str(value)[:5000])
+                client.set_tag(parent_run_id, tag.named("best", key), str(value)[:5000])
         # Step 0: a summary is one value per study, not a series over trials (a resume overwrites it; the
         # run's latest value is the one shown), so MLflow's charts show a value, not a dot at step N.
         now = int(time.time() * 1000)
@@ -217,8 +218,8 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
                         bundle.val, bundle.test, dataclasses.replace(bundle.meta, sizes=sizes))
     result = api.train(cfg, tracking_uri=tracking_uri, experiment=experiment, run_name=f"{study_name}-refit",
                        parent_run_id=parent_run_id, export=False, quiet=True, data=merged,
-                       tags={"trainforge.command": "tune", "trainforge.role": "refit", "trainforge.study": study_name,
-                             "trainforge.refit_of_trial": str(best.number)})
+                       tags={tag.COMMAND: "tune", tag.ROLE: "refit", tag.STUDY: study_name,
+                             tag.REFIT_OF_TRIAL: str(best.number)})
     return result.run_id
 
 
@@ -260,12 +261,12 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
     if register:
         version = mlflow.register_model(result.model_uri, register, tags={
-            "trainforge.source_run_id": source_run_id, "trainforge.parent_run_id": parent_run_id, **(tags or {})})
+            tag.SOURCE_RUN_ID: source_run_id, tag.PARENT_RUN_ID: parent_run_id, **(tags or {})})
         best.model_version = str(version.version)
         client = mlflow.tracking.MlflowClient()
         client.update_model_version(register, version.version, description=version_description(
-            client, source_run_id, parent_run_id, (tags or {}).get("trainforge.trial")))
-        client.set_tag(parent_run_id, "trainforge.model_version", f"{register}/{version.version}")
+            client, source_run_id, parent_run_id, (tags or {}).get(tag.TRIAL)))
+        client.set_tag(parent_run_id, tag.MODEL_VERSION, f"{register}/{version.version}")
     return best
 
 

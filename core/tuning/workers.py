@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainforge.errors import TrainforgeError
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
         bundle = load_data(cfg)
     objective = Objective(space, s["base"], s["metric"], plan.study, plan.parent_run_id, bundle,
                           tracking_uri=plan.tracking_uri, experiment=plan.experiment, quiet=True,
-                          extra_tags={"trainforge.worker": str(index)}, deploy=deploy)
+                          extra_tags={tag.WORKER: str(index)}, deploy=deploy)
     ran = counter if counter is not None else [0]
 
     def count(_study: Any, _trial: Any) -> None:
