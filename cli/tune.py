@@ -101,7 +101,7 @@ def tune(config_file: str | None, params: tuple[str, ...], model: str | None, da
     if result.interrupted:
         from trainforge import interrupts
 
-        how = "terminated (SIGTERM)" if interrupts.received() else "interrupted"
+        how = interrupts.describe() if interrupts.received() else "interrupted"
         click.echo(f"{how}: finished trials are kept; resume with --study {result.study}", err=True)
         sys.exit(interrupts.exit_code())
 

@@ -20,8 +20,10 @@ FEATURES = ["sepal length (cm)", "sepal width (cm)", "petal length (cm)", "petal
 
 
 def _default_signals() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    """``preexec_fn``: SIGINT, SIGTERM and SIGHUP back to their defaults (a background shell or ``nohup``
+    leaves some ignored, and children inherit that)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def _env(workdir: Path, **extra: str) -> dict[str, str]:
@@ -77,3 +79,21 @@ def artifacts(workdir: Path, run_id: str, folder: str = "checkpoints") -> set[st
 
 def no_partial_files(folder: Path) -> None:
     assert not [p.name for p in folder.iterdir() if p.name.endswith(".part")], sorted(os.listdir(folder))
+
+
+def no_partial_store(workdir: Path) -> None:
+    """No half-written file anywhere under ``workdir`` (the store, outputs): ``*.part``, ``*.tmp``, and no
+    ``trainforge-*`` temporary folder left in the child's ``TMPDIR`` (``workdir/tmp``)."""
+    partial = [str(p.relative_to(workdir)) for p in workdir.rglob("*")
+               if p.name.endswith((".part", ".tmp")) or ".tmp." in p.name]
+    assert not partial, partial
+    left = sorted(p.name for p in (workdir / "tmp").glob("trainforge-*")) if (workdir / "tmp").is_dir() else []
+    assert not left, f"temporary folders left: {left}"
+
+
+def stored_checkpoint(workdir: Path, run_id: str, name: str = "best.pt") -> dict:
+    """The run's checkpoint as stored, loaded the way ``trainforge export`` loads it (fails if truncated)."""
+    from trainforge.training.callbacks import load_checkpoint
+
+    (path,) = [p for p in (workdir / "mlruns").rglob(name) if run_id in str(p)]
+    return load_checkpoint(path)

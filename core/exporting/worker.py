@@ -39,7 +39,7 @@ from trainforge.errors import ExportError
 log = logging.getLogger(__name__)
 
 
-SIGNALS = {signal.SIGINT, signal.SIGTERM}
+SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 #: seconds to wait for the worker's answer before exporting in process instead (a stuck worker is ended)
 RESULT_TIMEOUT_S = 900.0
 
@@ -132,6 +132,7 @@ def _serve(conn: Any, parent_end: Any) -> None:
     parent_end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # a terminal's Ctrl-C reaches the group: the parent decides
     signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the parent's handler (trainforge.interrupts)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closing terminal reaches the group too: the parent decides
     signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)  # blocked by the parent over the fork
     import torch
 

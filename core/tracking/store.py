@@ -181,7 +181,7 @@ def run_status(run_id: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred_interrupt() -> Iterator[None]:
-    """Hold Ctrl-C (SIGINT) and SIGTERM until the block ends, then raise ``KeyboardInterrupt`` (or
+    """Hold Ctrl-C (SIGINT), SIGTERM and SIGHUP until the block ends, then raise ``KeyboardInterrupt`` (or
     :class:`trainforge.interrupts.Terminated`).
 
     For MLflow writes: a ``KeyboardInterrupt`` raised inside a SQLite transaction can leave the store locked
@@ -192,7 +192,7 @@ def deferred_interrupt() -> Iterator[None]:
     """
     held = []
     if threading.current_thread() is threading.main_thread():
-        held = [sig for sig in (signal.SIGINT, signal.SIGTERM) if interrupts.raises(sig)]
+        held = [sig for sig in interrupts.STOPPING if interrupts.raises(sig)]
     if not held:
         yield
         return
@@ -203,8 +203,9 @@ def deferred_interrupt() -> Iterator[None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    if signal.SIGTERM in received:
-        interrupts.handle_sigterm()  # raises Terminated unless already terminating
+    for sig in received:
+        if sig in interrupts.TERMINATING:
+            interrupts.handle_sigterm(sig)  # raises Terminated unless already terminating
     if signal.SIGINT in received:
         raise KeyboardInterrupt
 

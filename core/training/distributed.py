@@ -157,7 +157,7 @@ def launch(argv: list[str], nproc: int) -> int:
     except KeyboardInterrupt as exc:
         relay.filtering.set()
         forwarded = signal.SIGTERM if isinstance(exc, interrupts.Terminated) else signal.SIGINT
-        previous = {sig: signal.signal(sig, lambda *_: None) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.signal(sig, lambda *_: None) for sig in interrupts.STOPPING}
         try:
             if proc.poll() is None:
                 proc.send_signal(forwarded)

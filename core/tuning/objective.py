@@ -196,7 +196,7 @@ def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, 
             elif reason:
                 client.set_tag(run_id, tag.FAIL_REASON, reason[:5000])
             if state == "FAIL" and client.get_run(run_id).info.status == "RUNNING":  # e.g. Ctrl-C between epochs
-                client.set_terminated(run_id, status="KILLED" if reason in ("interrupted (Ctrl-C)", "terminated (SIGTERM)") else "FAILED")
+                client.set_terminated(run_id, status="KILLED" if reason in interrupts.REASONS else "FAILED")
     except Exception:  # bookkeeping must not hide the trial's own outcome
         log.exception("could not record state %s on MLflow run %s", state, run_id)
 

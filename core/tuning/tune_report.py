@@ -65,6 +65,10 @@ def log_study_start(parent_run_id: str, created: bool, settings: dict[str, Any],
         client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     for key in ("sampler", "pruner", "storage"):
         client.set_tag(parent_run_id, tag.named(key), str(settings.get(key)))
+    from trainforge.tracking.stale import process_tags
+
+    for key, value in process_tags().items():  # the process running the study now (a resume: this one)
+        client.set_tag(parent_run_id, key, value)
     client.update_run(parent_run_id, status="RUNNING")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "search_space.json"

@@ -143,6 +143,7 @@ def _worker_main(plan: Plan, n_trials: int | None, timeout: float | None, index:
 def _ignore_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def run_workers(plan: Plan, n_trials: int | None, timeout: float | None, jobs: int,
