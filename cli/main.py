@@ -41,8 +41,9 @@ class Group(click.Group):
             if getattr(exc, "workers_reported", False) or int(os.environ.get("RANK", "0")) > 0:
                 ctx.exit(interrupts.exit_code(exc))  # under --nproc N, rank 0 alone speaks for the run
             run_id = getattr(exc, "run_id", None)
-            detail = (f": run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume "
-                      f"{run_id}") if run_id else ""
+            if run_id:  # read back from the store: true whatever the moment the signal came
+                from trainforge.tracking.store import stopped
+            detail = f": {stopped(run_id)}" if run_id else ""
             click.echo(f"Aborted: {interrupts.describe(exc)}{detail}", err=True)
             ctx.exit(interrupts.exit_code(exc))
 
@@ -241,8 +242,10 @@ def predict(model: str, input_path: str, output: str | None, target: str | None,
 
     A model from the store is checked against the SHA-256 its run recorded at export; a mismatch is refused.
     """
+    from trainforge.atomic import check_not_input
     from trainforge.exporting.predictor import predict as run_predict
 
+    check_not_input(output, input_path, model)
     result = run_predict(model, input_path, output, target=target, provider=provider,
                          allow_fallback=not no_fallback, tracking_uri=tracking_uri)
     if result.predictions is not None and not as_json:
@@ -305,20 +308,23 @@ Examples:
 @click.option("--tracking-uri", help=TRACKING_HELP)
 def data(run_id: str | None, dataset: str | None, params: tuple[str, ...], split: str, output: str,
          tracking_uri: str | None) -> None:
-    """Write a split of a dataset (raw features plus a `target` column) to CSV or Parquet."""
+    """Write a split of a dataset (raw features plus a `target` column) to CSV or Parquet.
+
+    With --run, the config comes from the run's checkpoint (as `export` and `--resume` read it), else its
+    config.yaml; a run whose files say no dataset is refused, never replaced by the default dataset."""
+    from trainforge.atomic import check_not_input
     from trainforge.run.api import build_config
     from trainforge.training import data as data_mod
 
     if run_id:
-        import yaml
-
         from trainforge.tracking import store as tracking
+        from trainforge.tracking.runconfig import run_config
 
         tracking.setup_uri(tracking_uri)
-        with open(tracking.download(run_id, "config.yaml")) as fh:
-            cfg = build_config(yaml.safe_load(fh), params)
+        cfg = build_config(run_config(run_id), params)
     else:
         cfg = build_config({"dataset": {"name": dataset}} if dataset else None, params)
+    check_not_input(output, cfg["dataset"].get("path"))
     bundle = data_mod.load(cfg["dataset"], cfg["trainer"])
     n = data_mod.write_split(bundle, split, output)
     click.echo(f"wrote {n} {split} rows of {cfg['dataset']['name']} to {output}")

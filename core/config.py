@@ -54,12 +54,20 @@ DEFAULT_SELECTION = {"model": "mlp", "optimizer": "adam", "dataset": "digits", "
 
 
 def load_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML config file; raises :class:`ConfigError` naming the file (and line) on bad input."""
+    """Read a YAML config file (UTF-8, as YAML 1.2 requires; a UTF-8 BOM is accepted); raises
+    :class:`ConfigError` naming the file (and line) on bad input: missing or unreadable, not UTF-8, not YAML."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8-sig")) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:  # a folder, no permission
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}: line {line} is not UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                          "save the file as UTF-8") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import trainforge
 from trainforge import ArrayData, DataError
+from trainforge.data import csv_header
 from trainforge.errors import row_label
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
     file = Path(path)
     if not file.is_file():
         raise DataError(f"{file}: no such file")
+    csv_header(file, delimiter)  # a name given twice is an error, not a silent `a.1`
     if split is not None and wants_streaming(file, streaming):
         return trainforge.TableFile(str(file), "csv", target, features, task, delimiter)
     try:

@@ -58,6 +58,7 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
     """
     import mlflow
 
+    name = check_experiment_name(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
     uri = tracking_uri(uri)
     if db := sqlite_file(uri):  # a SQLite file: create its folder
         try:
@@ -66,7 +67,6 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
             raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: cannot create the folder "
                                   f"{Path(db).parent} ({exc.strerror or exc})") from None
     mlflow.set_tracking_uri(uri)
-    name = experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
     try:
         with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
             if db:
@@ -79,6 +79,16 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
                               f"cannot use the MLflow tracking store {uri!r}: {exc}") from None
     check_writable(uri, mlflow.get_experiment(experiment_id).artifact_location)
     return experiment_id
+
+
+def check_experiment_name(name: str) -> str:
+    """Return ``name``, or raise :class:`ConfigError` for ``.``, ``..`` or an empty name: an experiment's
+    artifacts go to a folder named after it (``mlruns/artifacts/<name>``), and these name the store's own
+    folders (``.`` put them at ``mlruns/artifacts``, ``..`` at ``mlruns/`` beside the database)."""
+    if name.strip() in ("", ".", ".."):
+        raise ConfigError(f"experiment name {name!r} is not allowed: it names a folder of the store itself; "
+                          "choose another (--experiment NAME)")
+    return name
 
 
 def check_writable(uri: str, artifact_location: str | None) -> None:
@@ -208,6 +218,32 @@ def deferred_interrupt() -> Iterator[None]:
             interrupts.handle_sigterm(sig)  # raises Terminated unless already terminating
     if signal.SIGINT in received:
         raise KeyboardInterrupt
+
+
+def stopped(run_id: str) -> str:
+    """What a command stopped by a signal says about its run, read back from the store (so it is true
+    whatever the moment): ``run ID ended KILLED with its best checkpoint; resume: trainforge train --resume ID``,
+    ``... ended KILLED without a best checkpoint``, ``run ID had already FINISHED``, or its status when it
+    could not be marked (RUNNING: ``trainforge runs --stale --mark-killed`` ends it). Never raises."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        with deferred_interrupt():
+            client = MlflowClient()
+            status = client.get_run(run_id).info.status
+            saved = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+    except BaseException:  # noqa: BLE001 - an unreadable store: say no more than the run's id
+        return f"run {run_id}"
+    resume = f"; resume: trainforge train --resume {run_id}" if "checkpoints/last.pt" in saved else ""
+    if status == "KILLED" and "checkpoints/best.pt" in saved:
+        return f"run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume {run_id}"
+    if status == "KILLED":
+        return f"run {run_id} ended KILLED without a best checkpoint{resume}"
+    if status == "FINISHED":
+        return f"run {run_id} had already FINISHED"
+    if status == "RUNNING":
+        return f"run {run_id} is still RUNNING in the store (end it: trainforge runs --stale --mark-killed)"
+    return f"run {run_id} ended {status}{resume}"
 
 
 def _end(client: Any, run_id: str, status: str, error: str | None) -> None:
