@@ -131,10 +131,9 @@ def open_storage(url: str | None = None) -> Any:
                 raise ConfigError(
                     f"bad storage {url!r}: give a URL (sqlite:///study.db, postgresql://user@host/db, "
                     f"mysql://...) or a journal file path ending in {', '.join(JOURNAL_SUFFIXES)}")
-            path = Path(url)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            backend = optuna.storages.journal.JournalFileBackend(str(path))
-            return optuna.storages.JournalStorage(backend)
+            from trainforge.tuning.journal import open_journal  # refuses a torn journal in one line
+
+            return open_journal(url)
         scheme = url.split("://", 1)[0].lower()
         if scheme.startswith("sqlite"):
             if db := sqlite_file(url):  # a SQLite file: create its folder
