@@ -34,7 +34,9 @@ class Group(click.Group):
             line = environment_fault(exc)
             if line is None:
                 raise
-            raise click.ClickException(line) from None
+            from trainforge.tracking.outcome import failed
+
+            raise click.ClickException(line + failed(exc)) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
             from trainforge import interrupts
 
@@ -42,7 +44,7 @@ class Group(click.Group):
                 ctx.exit(interrupts.exit_code(exc))  # under --nproc N, rank 0 alone speaks for the run
             run_id = getattr(exc, "run_id", None)
             if run_id:  # read back from the store: true whatever the moment the signal came
-                from trainforge.tracking.store import stopped
+                from trainforge.tracking.outcome import stopped
             detail = f": {stopped(run_id)}" if run_id else ""
             click.echo(f"Aborted: {interrupts.describe(exc)}{detail}", err=True)
             ctx.exit(interrupts.exit_code(exc))
@@ -53,6 +55,8 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
+    if not verbose:  # logs a database error it then raises; the command's one line says it (e.g. a full disk)
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # urllib3 warns on every retry of an unreachable tracking server; the command's error says it in one line
     logging.getLogger("urllib3").setLevel(logging.ERROR if not verbose else level)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")

@@ -17,8 +17,17 @@ from pathlib import Path
 
 import pytest
 from conftest import last_json, mlflow_client
-from faults import (IRIS, artifacts, no_partial_store, one_line, start, stored_checkpoint, store_runs, tf,
-                    wait_for)
+from faults import (
+    IRIS,
+    artifacts,
+    no_partial_store,
+    one_line,
+    start,
+    store_runs,
+    stored_checkpoint,
+    tf,
+    wait_for,
+)
 
 LAST_PT = "mlruns/artifacts/*/*/artifacts/checkpoints/last.pt"
 TUNE = ["tune", "--model", "mlp", "--dataset", "digits", "--epochs", "300", "--n-trials", "4", "--pruner", "none",

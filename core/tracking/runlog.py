@@ -56,8 +56,8 @@ def upload_checkpoint(run_id: str, workdir: Path) -> None:
         except Exception as exc:  # never hide the error that brought us here
             from trainforge.errors import environment_fault
 
-            if (fault := environment_fault(exc)) is not None:  # e.g. the store became read-only: no traceback
-                log.error("could not upload the checkpoint of run %s: %s", run_id, fault)
+            if (fault := environment_fault(exc)) is not None:  # read-only, full: the command's one line says it
+                log.info("could not upload the checkpoint of run %s: %s", run_id, fault)
             else:
                 log.exception("could not upload the checkpoint of run %s", run_id)
 

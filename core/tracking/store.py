@@ -58,6 +58,8 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
     """
     import mlflow
 
+    from trainforge.tracking import artifact_repo
+
     name = check_experiment_name(experiment or os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
     uri = tracking_uri(uri)
     if db := sqlite_file(uri):  # a SQLite file: create its folder
@@ -67,13 +69,21 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
             raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: cannot create the folder "
                                   f"{Path(db).parent} ({exc.strerror or exc})") from None
     mlflow.set_tracking_uri(uri)
+    artifact_repo.install()  # local artifacts appear whole or not at all (a full disk, a signal)
     try:
         with sqlite_lock(uri), first_contact(uri):  # processes starting together must not both create the schema
-            if db:
-                from trainforge.tracking.schema import prepare
+            new = bool(db) and not (Path(db).is_file() and Path(db).stat().st_size > 0)
+            try:
+                if db:
+                    from trainforge.tracking.schema import prepare
 
-                prepare(db)  # a new store's schema from a template: milliseconds instead of MLflow's seconds
-            experiment_id = _experiment_id(mlflow, uri, name)
+                    prepare(db)  # a new store's schema from a template: milliseconds instead of MLflow's seconds
+                experiment_id = _experiment_id(mlflow, uri, name)
+            except TrainforgeError as exc:
+                if new and getattr(exc, "environment", False):  # e.g. a full disk: no half-built schema left
+                    for suffix in ("", "-journal", "-wal", "-shm"):
+                        Path(f"{db}{suffix}").unlink(missing_ok=True)
+                raise
     except TrainforgeError as exc:
         raise TrainforgeError(str(exc) if str(exc).startswith("cannot use") else
                               f"cannot use the MLflow tracking store {uri!r}: {exc}") from None
@@ -82,9 +92,8 @@ def setup(uri: str | None = None, experiment: str | None = None) -> str:
 
 
 def check_experiment_name(name: str) -> str:
-    """Return ``name``, or raise :class:`ConfigError` for ``.``, ``..`` or an empty name: an experiment's
-    artifacts go to a folder named after it (``mlruns/artifacts/<name>``), and these name the store's own
-    folders (``.`` put them at ``mlruns/artifacts``, ``..`` at ``mlruns/`` beside the database)."""
+    """Return ``name``, or raise :class:`ConfigError` for ``.``, ``..`` or an empty name: artifacts go to
+    ``mlruns/artifacts/<name>``, and these name the store's own folders (``mlruns/artifacts``, ``mlruns/``)."""
     if name.strip() in ("", ".", ".."):
         raise ConfigError(f"experiment name {name!r} is not allowed: it names a folder of the store itself; "
                           "choose another (--experiment NAME)")
@@ -166,7 +175,12 @@ def _experiment_id(mlflow: Any, uri: str, name: str) -> str:
     except TrainforgeError:
         raise
     except Exception as exc:  # MlflowException, connection errors, SQLAlchemy errors
-        raise TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {one_line(exc)}") from None
+        from trainforge.errors import environment_fault
+
+        fault = environment_fault(exc)  # a full or read-only disk: named with its path and device
+        error = TrainforgeError(f"cannot use the MLflow tracking store {uri!r}: {fault or one_line(exc)}")
+        error.environment = fault is not None
+        raise error from None
 
 
 @contextlib.contextmanager
@@ -184,7 +198,9 @@ def run_status(run_id: str) -> Iterator[None]:
         _end(client, run_id, "KILLED", interrupts.describe(exc))
         raise
     except BaseException as exc:
-        _end(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        marked = _end(client, run_id, "FAILED", f"{type(exc).__name__}: {exc}")
+        with contextlib.suppress(AttributeError):  # for the caller's one line (trainforge.tracking.outcome)
+            exc.run_id, exc.run_marked = run_id, marked
         raise
     _end(client, run_id, "FINISHED", None)
 
@@ -220,53 +236,42 @@ def deferred_interrupt() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def stopped(run_id: str) -> str:
-    """What a command stopped by a signal says about its run, read back from the store (so it is true
-    whatever the moment): ``run ID ended KILLED with its best checkpoint; resume: trainforge train --resume ID``,
-    ``... ended KILLED without a best checkpoint``, ``run ID had already FINISHED``, or its status when it
-    could not be marked (RUNNING: ``trainforge runs --stale --mark-killed`` ends it). Never raises."""
-    from mlflow.tracking import MlflowClient
-
-    try:
-        with deferred_interrupt():
-            client = MlflowClient()
-            status = client.get_run(run_id).info.status
-            saved = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
-    except BaseException:  # noqa: BLE001 - an unreadable store: say no more than the run's id
-        return f"run {run_id}"
-    resume = f"; resume: trainforge train --resume {run_id}" if "checkpoints/last.pt" in saved else ""
-    if status == "KILLED" and "checkpoints/best.pt" in saved:
-        return f"run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume {run_id}"
-    if status == "KILLED":
-        return f"run {run_id} ended KILLED without a best checkpoint{resume}"
-    if status == "FINISHED":
-        return f"run {run_id} had already FINISHED"
-    if status == "RUNNING":
-        return f"run {run_id} is still RUNNING in the store (end it: trainforge runs --stale --mark-killed)"
-    return f"run {run_id} ended {status}{resume}"
-
-
-def _end(client: Any, run_id: str, status: str, error: str | None) -> None:
+def _end(client: Any, run_id: str, status: str, error: str | None) -> bool:
+    """Mark the run ``status`` (first: a full disk may leave room for one small write), then tag ``error``;
+    True when the status was written. On failure the run is dropped from MLflow's active-run stack all the
+    same, so no later ``mlflow.end_run()`` can end it FINISHED."""
     import mlflow
+
+    from trainforge.errors import environment_fault
 
     with contextlib.suppress(Exception):
         mlflow.flush_async_logging()
+    marked = False
     for attempt in (1, 2):
         try:
             with deferred_interrupt():
+                if not marked:
+                    active = mlflow.active_run()
+                    if active is not None and active.info.run_id == run_id:
+                        mlflow.end_run(status=status)  # pops the run first, then writes
+                    else:
+                        client.set_terminated(run_id, status=status)
+                    marked = True
                 if error:
                     client.set_tag(run_id, tag.ERROR, error[:5000])
-                active = mlflow.active_run()
-                if active is not None and active.info.run_id == run_id:
-                    mlflow.end_run(status=status)
-                else:
-                    client.set_terminated(run_id, status=status)
-            return
-        except Exception:  # the run must not hide the original error
+            return True
+        except Exception as exc:  # the run must not hide the original error
             if attempt == 1 and _reset_store():
                 continue  # e.g. a connection an interrupt left inside a transaction: retry on fresh ones
-            log.exception("could not mark MLflow run %s as %s", run_id, status)
-            return
+            if (fault := environment_fault(exc)) is not None:  # the command's own line says it
+                log.info("could not mark MLflow run %s as %s: %s", run_id, status, fault)
+            else:
+                log.exception("could not mark MLflow run %s as %s", run_id, status)
+    active = mlflow.active_run()
+    if active is not None and active.info.run_id == run_id:
+        with contextlib.suppress(Exception):
+            mlflow.end_run(status=status)
+    return marked
 
 
 def _reset_store() -> bool:
@@ -313,8 +318,11 @@ def setup_uri(uri: str | None = None) -> str:
     """Point MLflow at the store in force (see :func:`tracking_uri`) without touching experiments."""
     import mlflow
 
+    from trainforge.tracking import artifact_repo
+
     uri = tracking_uri(uri)
     mlflow.set_tracking_uri(uri)
+    artifact_repo.install()
     return uri
 
 

@@ -240,7 +240,9 @@ def create_parent_run(experiment_id: str, study_name: str, tags: dict[str, str])
     from mlflow.tracking import MlflowClient
     from mlflow.tracking.context.registry import resolve_tags
 
-    from trainforge.tracking.stale import process_tags  # host/pid: `trainforge runs --stale` finds a dead parent
+    from trainforge.tracking.stale import (
+        process_tags,  # host/pid: `trainforge runs --stale` finds a dead parent
+    )
 
     run = MlflowClient().create_run(experiment_id, run_name=study_name, tags=resolve_tags({
         tag.COMMAND: "tune", tag.ROLE: "study", tag.STUDY: study_name, **process_tags(), **tags}))
