@@ -234,12 +234,16 @@ def supervise(cmd: list[str], host: str, port: int, ready: Callable[[], str],
     - SIGTERM, SIGINT and SIGHUP to this process are forwarded to the whole group (the server, its uvicorn
       workers and job runners), which gets :data:`STOP_GRACE` seconds before SIGKILL; so stopping the
       trainforge process frees the port. Exit code 130 after Ctrl-C, 143 after SIGTERM.
+    - The group's leader is a guard (:func:`guard`) that ends the group when this process dies, even by
+      SIGKILL (Linux ``PR_SET_PDEATHSIG``, and its parent's pid checked every 0.2 s elsewhere): ``mlflow ui``
+      runs uvicorn as its own child, which a death signal to ``mlflow`` alone would leave holding the port.
     """
     import os
     import signal
     import time
 
-    proc = subprocess.Popen(cmd, start_new_session=True, env=env)
+    guarded = [sys.executable, "-m", "trainforge.cli.server", "--guard", str(os.getpid()), *cmd]
+    proc = subprocess.Popen(guarded, start_new_session=True, env=env, preexec_fn=_die_with_parent)
     received: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -288,3 +292,62 @@ def _stop(proc: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)  # workers the server left behind, if any
     proc.wait()
+
+
+def _die_with_parent() -> None:
+    """``preexec_fn``: SIGTERM to the child when this process dies (Linux ``prctl(PR_SET_PDEATHSIG)``; kept
+    across ``execve``); a no-op elsewhere, where :func:`guard` polls its parent's pid instead."""
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
+def guard(parent: int, cmd: list[str]) -> int:
+    """Run ``cmd`` in this process's group (this process leads it, see :func:`supervise`) until it ends; when
+    a stopping signal arrives or ``parent`` is gone, SIGTERM the whole group, wait up to :data:`STOP_GRACE`
+    seconds for every other member (``/proc``, Linux; elsewhere for ``cmd`` alone), then SIGKILL what is
+    left. Returns ``cmd``'s exit code (``128 + N`` when it died of signal ``N``)."""
+    import os
+    import signal
+    import time
+
+    stopping: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
+    proc = subprocess.Popen(cmd)
+    while proc.poll() is None and not stopping and os.getppid() == parent:
+        time.sleep(0.2)
+    if proc.poll() is None or _group_members():
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        os.killpg(0, signal.SIGTERM)  # the server, uvicorn, its workers; this process ignores it
+        end = time.monotonic() + STOP_GRACE
+        while (proc.poll() is None or _group_members()) and time.monotonic() < end:
+            time.sleep(0.1)
+        if proc.poll() is None or _group_members():
+            os.killpg(0, signal.SIGKILL)  # this process too
+    code = proc.wait()
+    return 128 - code if code < 0 else code
+
+
+def _group_members() -> list[int]:
+    """Other live processes of this process group (Linux ``/proc/<pid>/stat``: field 5 is the group)."""
+    import os
+
+    me, group, found = os.getpid(), os.getpgid(0), []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[2]) == group and fields[0] != "Z":
+            found.append(int(entry))
+    return found
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--guard"]:  # python -m trainforge.cli.server --guard PID CMD...
+    raise SystemExit(guard(int(sys.argv[2]), sys.argv[3:]))

@@ -12,6 +12,7 @@ fails the row instead of passing it untested.
 from __future__ import annotations
 
 import json
+import os
 import signal
 from pathlib import Path
 
@@ -221,3 +222,48 @@ def test_signal_after_the_fit(workdir, phase_site, phase):
     assert "checkpoints/best.pt" in artifacts(workdir, run.info.run_id)
     assert mlflow_client(workdir).list_artifacts(run.info.run_id, "onnx")
     no_partial_store(workdir)
+
+
+# -- SIGKILL to `trainforge ui`: the server dies with it -------------------------------------------------------
+def test_sigkill_to_ui_frees_the_port_and_leaves_no_process(workdir):
+    """Before: ``mlflow ui`` and uvicorn (a grandchild) kept running and held the port."""
+    import socket
+    import subprocess
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+
+    def port_open() -> bool:
+        with socket.socket() as probe:
+            probe.settimeout(1)
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    proc = start(workdir, "ui", "--port", str(port))
+    group = None
+    try:
+        deadline = time.monotonic() + 180
+        line = ""
+        while "Ctrl-C stops it" not in line and time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            assert line or proc.poll() is None, "trainforge ui ended before it answered"
+        assert port_open()
+        (leader,) = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        group = os.getpgid(int(leader))
+        proc.kill()  # SIGKILL: no handler of trainforge's runs
+        proc.wait()
+        killed = time.monotonic()
+        while (port_open() or _members(group)) and time.monotonic() - killed < 15:
+            time.sleep(0.1)
+        assert not port_open(), "the port is still taken 15 s after SIGKILL"
+        assert _members(group) == [], "processes of the server's group left running"
+    finally:
+        if group is not None and _members(group):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _members(group: int) -> list[str]:
+    import subprocess
+
+    return subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()

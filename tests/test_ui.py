@@ -83,7 +83,7 @@ def test_ui_prints_the_runs_link_when_it_answers_and_sigterm_frees_the_port(work
         group = os.getpgid(int(children[0]))
         assert group != os.getpgid(proc.pid)
         members = subprocess.run(["pgrep", "-g", str(group)], capture_output=True, text=True).stdout.split()
-        assert 1 <= len(members) <= 3, members  # mlflow ui + one uvicorn worker; no job runner
+        assert 1 <= len(members) <= 3, members  # the guard, mlflow ui, one uvicorn worker; no job runner
 
         stopped = time.monotonic()
         proc.send_signal(signal.SIGTERM)
