@@ -247,6 +247,13 @@ def _damaged_onnx(shared, out: Path, damage: list) -> list[str]:
     return ["predict", f"runs:/{shared.mlp['run_id']}", "-i", str(out / "in.csv"), "-o", str(out / "out.csv")]
 
 
+def _damaged_forest_config(shared, out: Path, damage: list) -> list[str]:
+    """A run without a checkpoint (a scikit-learn estimator) whose config.yaml lost its sections."""
+    damage.append(Damage(shared.root, shared.forest["run_id"], "config.yaml"))
+    damage[0].path.write_text("model:\n  name: random-forest\n")
+    return ["data", "--run", shared.forest["run_id"], "-o", str(out / "out.csv")]
+
+
 def _file_as_folder(shared, out: Path, damage: list) -> list[str]:
     (out / "a-file.txt").write_text("not a folder")
     return ["train", *IRIS, "--tracking-uri", f"sqlite:///{out}/a-file.txt/mlflow.db"]
@@ -254,6 +261,28 @@ def _file_as_folder(shared, out: Path, damage: list) -> list[str]:
 
 def _args(*args: str):
     return lambda shared, out, damage: [a.format(out=out) for a in args]
+
+
+def _same_file(link: str):
+    """``predict -i in.csv -o X`` where X is in.csv itself, a symbolic link to it or a hard link to it."""
+    def setup(shared, out: Path, damage: list) -> list[str]:
+        (out / "in.csv").write_text(",".join(FEATURES) + "\n5.1,3.5,1.4,0.2\n")
+        target = out / "in.csv"
+        if link == "symlink":
+            (target := out / "link.csv").symlink_to("in.csv")
+        elif link == "hardlink":
+            os.link(out / "in.csv", target := out / "hard.csv")
+        return ["predict", shared.mlp["onnx_path"], "-i", str(out / "in.csv"), "-o", str(target)]
+
+    return setup
+
+
+def _write(name: str, data: bytes, *command: str):
+    def setup(shared, out: Path, damage: list) -> list[str]:
+        (out / name).write_bytes(data)
+        return [c.format(out=out) for c in command]
+
+    return setup
 
 
 #: id -> (set-up returning the command, exit code, text in the one line, existing output file); the rows
@@ -278,9 +307,27 @@ ROWS = {
     "predict-nan-row-50002": (_nan_late, 1, "in.csv: row 50002 (line 50003), column 'petal length (cm)': NaN", "out.csv"),
     "predict-header-only": (_header_only, 1, "in.csv: no rows", "out.csv"),
     "predict-damaged-onnx": (_damaged_onnx, 1, "does not match the SHA-256 recorded at export", "out.csv"),
+    # issue 26. Before: rc 0 and the input replaced by the predictions; a 47-line traceback; training on `a` and
+    # `a.1`; artifacts at the store's root; digits rows written for an iris run (or a 40/79-line traceback)
+    "predict-output-is-input": (_same_file("same"), 1, "in.csv is the input file", "in.csv"),
+    "predict-output-symlink": (_same_file("symlink"), 1, "link.csv (a link to ", "in.csv"),
+    "predict-output-hardlink": (_same_file("hardlink"), 1, "hard.csv (a link to ", "in.csv"),
+    "data-output-is-its-csv": (_args("data", "--dataset", "csv", "-p", "dataset.path={out}/in.csv", "-o",
+                                     "{out}/in.csv"), 1, "in.csv is the input file", "in.csv"),
+    "config-not-utf8": (_write("bad.yaml", b"model: mlp\ndataset:\n  name: iris\n# caf\xe9\n", "train", "--config",
+                               "{out}/bad.yaml", "--epochs", "1", "--quiet"), 1, "bad.yaml: line 4 is not UTF-8", None),
+    "csv-duplicate-header": (_write("dup.csv", b"a,b,a,label\n" + b"1,2,3,0\n2,3,4,1\n" * 10, "train", "--dataset", "csv",
+                                    "-p", "dataset.path={out}/dup.csv", "--epochs", "1", "--quiet"), 1,
+                             "dup.csv: line 1: column 'a' appears 2 times (columns 1, 3)", None),
+    "experiment-dot": (_args("train", *IRIS, "--experiment", "."), 1, "experiment name '.' is not allowed", None),
+    "experiment-dotdot": (_args("train", *IRIS, "--experiment", ".."), 1, "experiment name '..' is not allowed",
+                          None),
+    "data-run-damaged-config-no-checkpoint": (_damaged_forest_config, 1, "cannot tell which data it was trained on",
+                                              "out.csv"),
 }
 FRESH = {"p-seed-abc", "p-val-fraction-abc", "p-patience-abc", "sqlite-under-a-file", "unreachable-server",
-         "data-bad-param"}
+         "data-bad-param", "data-output-is-its-csv", "config-not-utf8", "csv-duplicate-header", "experiment-dot",
+         "experiment-dotdot"}
 
 
 def _snapshot(root: Path) -> set:
@@ -349,3 +396,18 @@ def test_no_silent_wrong_answer(workdir, shared):
     assert export.returncode == 0, export.stderr
     assert "is KILLED: training was cut short at epoch 3 of 3 planned; exporting its best epoch" in export.stderr
     assert (workdir / "m.onnx").stat().st_size > 0
+
+
+def test_data_run_reads_the_config_its_checkpoint_carries(workdir, shared):
+    """A damaged config.yaml is not the source: the checkpoint's config is (as for export and --resume). Before:
+    digits rows for an iris run (the dataset fell back to the default), or a 40/79-line traceback."""
+    damage = Damage(shared.root, shared.mlp["run_id"], "config.yaml")
+    try:
+        for text in ("model:\n  name: mlp\n", "dataset: {name: iris\n"):  # sections lost; not YAML at all
+            damage.path.write_text(text)
+            done = tf(shared.root, "data", "--run", shared.mlp["run_id"], "-o", str(workdir / "rows.csv"))
+            assert done.returncode == 0, done.stderr
+            assert done.stdout.strip() == f"wrote 30 test rows of iris to {workdir / 'rows.csv'}"
+            assert (workdir / "rows.csv").read_text().splitlines()[0] == ",".join([*FEATURES, "target"])
+    finally:
+        damage.restore()

@@ -60,6 +60,23 @@ def torn_tail(path: str | Path) -> int | None:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) + 1
 
 
+def last_record(path: str | Path) -> bytes:
+    """The last line of ``path`` without its end of line, read backwards from the end (``b""`` if empty)."""
+    with open(path, "rb") as fh:
+        end = fh.seek(0, os.SEEK_END)
+        if end:
+            fh.seek(end - 1)
+            end -= fh.read(1) == b"\n"
+        tail, pos = b"", end
+        while pos > 0 and b"\n" not in tail:
+            step = min(pos, 1 << 16)
+            pos -= step
+            fh.seek(pos)
+            tail = fh.read(step) + tail
+        tail = tail[:end - pos]
+        return tail[tail.rfind(b"\n") + 1:]
+
+
 def first_damage(path: str | Path) -> tuple[int, str] | None:
     """``(line, what)`` of the first torn or undecodable line of ``path`` (1-based), else None."""
     with open(path, "rb") as fh:
@@ -86,6 +103,8 @@ def open_journal(path: str | Path) -> Any:
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists() and (line := torn_tail(path)) is not None:
         raise _damaged(path, line, "is torn (a write cut short, e.g. by a crash or a full disk)")
+    if path.exists() and (last := last_record(path)) and not isinstance(_record(last), dict):
+        raise _damaged(path, *(first_damage(path) or (0, "is damaged")))  # Optuna reads past it, then fails
     try:
         return optuna.storages.JournalStorage(CheckedJournalBackend(str(path)))
     except ValueError:  # JSONDecodeError, or Optuna's "Invalid log format."
