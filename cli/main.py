@@ -30,21 +30,19 @@ class Group(click.Group):
             raise click.ClickException(str(exc)) from None
         except Exception as exc:  # a store that became unwritable mid-command: one line, not a traceback
             from trainforge.errors import environment_fault
+            from trainforge.tracking.outcome import failed
 
             line = environment_fault(exc)
             if line is None:
                 raise
-            from trainforge.tracking.outcome import failed
-
             raise click.ClickException(line + failed(exc)) from None
         except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (trainforge.interrupts): one line, 130 / 143
             from trainforge import interrupts
+            from trainforge.tracking.outcome import stopped  # read back from the store: true in every window
 
             if getattr(exc, "workers_reported", False) or int(os.environ.get("RANK", "0")) > 0:
                 ctx.exit(interrupts.exit_code(exc))  # under --nproc N, rank 0 alone speaks for the run
             run_id = getattr(exc, "run_id", None)
-            if run_id:  # read back from the store: true whatever the moment the signal came
-                from trainforge.tracking.outcome import stopped
             detail = f": {stopped(run_id)}" if run_id else ""
             click.echo(f"Aborted: {interrupts.describe(exc)}{detail}", err=True)
             ctx.exit(interrupts.exit_code(exc))
@@ -55,7 +53,7 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     for noisy in ("mlflow", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    if not verbose:  # logs a database error it then raises; the command's one line says it (e.g. a full disk)
+    if not verbose:  # it logs a database error it then raises; our one line says it (e.g. a full disk)
         logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     # urllib3 warns on every retry of an unreachable tracking server; the command's error says it in one line
     logging.getLogger("urllib3").setLevel(logging.ERROR if not verbose else level)
@@ -304,7 +302,8 @@ def plugins(as_json: bool) -> None:
 Examples:
   trainforge data --run 3f2a9c... --split test --output test.csv
   trainforge data --dataset wine --split test --output wine_test.parquet""")
-@click.option("--run", "run_id", help="Re-create the split of this run (its dataset, seed and fractions).")
+@click.option("--run", "run_id", help="Re-create the split of this run (the dataset, seed and fractions its "
+              "checkpoint carries).")
 @click.option("--dataset", help="Dataset plugin (with -p dataset.KEY=VALUE and trainer.seed).")
 @click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE")
 @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True)
@@ -312,10 +311,7 @@ Examples:
 @click.option("--tracking-uri", help=TRACKING_HELP)
 def data(run_id: str | None, dataset: str | None, params: tuple[str, ...], split: str, output: str,
          tracking_uri: str | None) -> None:
-    """Write a split of a dataset (raw features plus a `target` column) to CSV or Parquet.
-
-    With --run, the config comes from the run's checkpoint (as `export` and `--resume` read it), else its
-    config.yaml; a run whose files say no dataset is refused, never replaced by the default dataset."""
+    """Write a split of a dataset (raw features plus a `target` column) to CSV or Parquet."""
     from trainforge.atomic import check_not_input
     from trainforge.run.api import build_config
     from trainforge.training import data as data_mod
