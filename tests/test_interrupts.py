@@ -18,8 +18,9 @@ from trainforge import interrupts
 def handlers(monkeypatch):
     """Python's default SIGINT handler (pytest may have inherited SIGINT ignored from a background shell),
     trainforge's handlers installed on top, everything restored afterwards."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in interrupts.STOPPING}
     monkeypatch.setattr(interrupts, "_received", [])
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         assert interrupts.install()
@@ -29,7 +30,8 @@ def handlers(monkeypatch):
             signal.signal(sig, handler)
 
 
-@pytest.mark.parametrize("sig, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, interrupts.Terminated)])
+@pytest.mark.parametrize("sig, raised", [(signal.SIGINT, KeyboardInterrupt), (signal.SIGTERM, interrupts.Terminated),
+                                         (signal.SIGHUP, interrupts.Terminated)])
 def test_a_signal_during_an_import_is_raised_once_the_import_has_finished(tmp_path, monkeypatch, handlers, sig,
                                                                          raised):
     name = f"slow_module_{sig.name.lower()}"
@@ -56,14 +58,25 @@ def test_outside_an_import_a_signal_raises_at_once(handlers):
 
 
 def test_an_ignored_signal_or_a_handler_of_its_own_is_kept(monkeypatch):
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in interrupts.STOPPING}
     try:
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # nohup, a background job
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for sig in interrupts.STOPPING:  # nohup, a background job
+            signal.signal(sig, signal.SIG_IGN)
         assert interrupts.install() is False
-        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        assert all(signal.getsignal(sig) is signal.SIG_IGN for sig in interrupts.STOPPING)
         assert not interrupts.raises(signal.SIGINT)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def test_sighup_is_reported_and_exits_like_the_shells_say(handlers):
+    with pytest.raises(interrupts.Terminated) as caught:
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(5)
+    assert caught.value.signum == signal.SIGHUP
+    assert interrupts.describe(caught.value) == "terminated (SIGHUP)" and interrupts.exit_code(caught.value) == 129
+    assert interrupts.describe(caught.value) in interrupts.REASONS
+    os.kill(os.getpid(), signal.SIGTERM)  # a later signal is recorded, not raised: the clean-up runs on
+    time.sleep(0.2)
+    assert interrupts.received() == signal.SIGHUP
