@@ -96,6 +96,8 @@ def test_store_turning_read_only_mid_run(workdir):
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     lines = done.stderr.strip().splitlines()
-    assert lines[-1].startswith("Error: cannot write ") and lines[-1].endswith(": read-only file system"), lines
     (run,) = store_runs(workdir)
+    assert lines[-1].startswith("Error: cannot write ") and lines[-1].endswith(
+        f": read-only file system; run {run.info.run_id} ended FAILED without a best checkpoint"), lines
+    assert ".artifact.uploading." not in lines[-1]  # the destination is named, not MLflow's staging file
     assert run.info.status == "FAILED" and "Read-only file system" in run.data.tags["trainforge.error"]

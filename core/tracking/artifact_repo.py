@@ -16,6 +16,7 @@ import os
 from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
 
 _installed: list[bool] = []
+_STAGING = ".artifact.uploading."  # MLflow's staging files (mlflow.store.artifact.local_artifact_repo)
 
 
 class AtomicLocalArtifactRepository(LocalArtifactRepository):
@@ -26,7 +27,8 @@ class AtomicLocalArtifactRepository(LocalArtifactRepository):
         try:
             super().log_artifact(local_file, artifact_path)
         except OSError as exc:
-            if exc.filename is not None or exc.errno is None:  # a path already named (e.g. the source)
+            staged = exc.filename is None or os.path.basename(str(exc.filename)).startswith(_STAGING)
+            if not staged or exc.errno is None:  # a path already named (e.g. the source)
                 raise
             _, destination = self._get_destination_artifact_path(local_file, artifact_path)
             raise OSError(exc.errno, exc.strerror, destination) from exc
