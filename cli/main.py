@@ -350,7 +350,7 @@ def ui(port: int, host: str, tracking_uri: str | None, experiment: str | None, w
     """
     from pathlib import Path
 
-    from trainforge.cli.server import LOOPBACK, check_port, host_patterns, supervise, warn_exposed
+    from trainforge.cli.server import LOOPBACK, check_port, host_patterns, supervise, ui_ready, warn_exposed
     from trainforge.tracking.store import ARTIFACT_ROOT
     from trainforge.tracking.store import tracking_uri as resolve_uri
 
@@ -367,18 +367,7 @@ def ui(port: int, host: str, tracking_uri: str | None, experiment: str | None, w
     click.echo(f"starting the MLflow UI for {uri} ...", err=True)
     # MLflow's job runner (GenAI evaluation and prompt jobs: 8 huey processes) serves no training run
     env = {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **os.environ}
-    raise SystemExit(supervise(cmd, host, port, lambda: _ui_ready(host, port, name), env=env))
-
-
-def _ui_ready(host: str, port: int, experiment: str) -> str:
-    """The line printed once the UI answers: a link that opens the experiment's runs table."""
-    from trainforge.cli.server import base_url, runs_link
-
-    link = runs_link(host, port, experiment)
-    if link is None:
-        return (f"MLflow UI at {base_url(host, port)} (no experiment {experiment!r} yet: it appears after the "
-                "first `trainforge train`); Ctrl-C stops it")
-    return f"MLflow UI: {link}  (Ctrl-C stops it)"
+    raise SystemExit(supervise(cmd, host, port, lambda: ui_ready(host, port, name), env=env))
 
 
 from trainforge.cli.server import server  # noqa: E402  (click only: keeps start-up light)

@@ -195,6 +195,15 @@ def runs_link(host: str, port: int, experiment: str) -> str | None:
     return f"{base_url(host, port)}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
+def ui_ready(host: str, port: int, experiment: str) -> str:
+    """The line printed once the UI answers: a link that opens the experiment's runs table."""
+    link = runs_link(host, port, experiment)
+    if link is None:
+        return (f"MLflow UI at {base_url(host, port)} (no experiment {experiment!r} yet: it appears after the "
+                "first `trainforge train`); Ctrl-C stops it")
+    return f"MLflow UI: {link}  (Ctrl-C stops it)"
+
+
 def check_port(host: str, port: int) -> None:
     """Raise ``click.ClickException`` (exit 1) when ``host:port`` cannot be bound, e.g. another server has it.
 

@@ -170,13 +170,14 @@ def _open_and_run(cfg: dict[str, Any], data: Any, tracking_uri: str | None, expe
     check_device(cfg["trainer"])
 
     name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}"
+    from trainforge.tracking import runlog
     from trainforge.tracking.stale import process_tags
 
     run_tags = {tag.COMMAND: "train", tag.WORLD_SIZE: str(distributed.world()[1]),
                 **process_tags(), **_data_tags(bundle), **(tags or {})}
     if distributed.describe():
         run_tags[tag.DISTRIBUTED] = distributed.describe()
-    system_metrics = tracking.system_metrics(cfg["trainer"])
+    system_metrics = runlog.system_metrics(cfg["trainer"])
     if resume:  # the same run, status RUNNING again
         run = mlflow.start_run(run_id=resume, log_system_metrics=system_metrics)
         experiment_id = run.info.experiment_id

@@ -11,6 +11,7 @@ import numpy as np
 import yaml
 
 from trainforge import config as config_mod
+from trainforge.errors import ConfigError
 from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
@@ -196,3 +197,26 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
                                    f"{len(x)} of {meta.sizes['test']} test rows (uniform sample)")
         trainer.task.plots(plot_dir, x, y_true, out, meta)
     mlflow.log_artifacts(str(plot_dir), artifact_path="plots", run_id=run_id)
+
+
+def system_metrics(trainer: dict[str, Any]) -> bool:
+    """Whether the run logs MLflow's system metrics (``trainer.system_metrics``; ``mlflow.start_run(
+    log_system_metrics=True)``): ``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
+    ... and per GPU ``system/gpu_0_utilization_percentage``, ``system/gpu_0_memory_usage_megabytes``, one step per
+    sample. MLflow samples every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10).
+
+    Raises :class:`ConfigError` when psutil is missing; logs a warning when a GPU is visible but nvidia-ml-py
+    (``pynvml``, MLflow's GPU monitor) is not installed. Both come with ``pip install 'trainforge[gpu]'``.
+    """
+    import importlib.util
+
+    if not trainer.get("system_metrics", False):
+        return False
+    if importlib.util.find_spec("psutil") is None:
+        raise ConfigError("trainer.system_metrics needs psutil: pip install 'trainforge[gpu]'")
+    if importlib.util.find_spec("pynvml") is None:
+        import torch
+
+        if torch.cuda.is_available():
+            log.warning("trainer.system_metrics: no GPU metrics without nvidia-ml-py (pip install 'trainforge[gpu]')")
+    return True

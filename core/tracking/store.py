@@ -291,29 +291,6 @@ def _reset_store() -> bool:
         return False
 
 
-def system_metrics(trainer: dict[str, Any]) -> bool:
-    """Whether the run logs MLflow's system metrics (``trainer.system_metrics``; ``mlflow.start_run(
-    log_system_metrics=True)``): ``system/cpu_utilization_percentage``, ``system/system_memory_usage_megabytes``,
-    ... and per GPU ``system/gpu_0_utilization_percentage``, ``system/gpu_0_memory_usage_megabytes``, one step per
-    sample. MLflow samples every ``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL`` seconds (default 10).
-
-    Raises :class:`ConfigError` when psutil is missing; logs a warning when a GPU is visible but nvidia-ml-py
-    (``pynvml``, MLflow's GPU monitor) is not installed. Both come with ``pip install 'trainforge[gpu]'``.
-    """
-    import importlib.util
-
-    if not trainer.get("system_metrics", False):
-        return False
-    if importlib.util.find_spec("psutil") is None:
-        raise ConfigError("trainer.system_metrics needs psutil: pip install 'trainforge[gpu]'")
-    if importlib.util.find_spec("pynvml") is None:
-        import torch
-
-        if torch.cuda.is_available():
-            log.warning("trainer.system_metrics: no GPU metrics without nvidia-ml-py (pip install 'trainforge[gpu]')")
-    return True
-
-
 def setup_uri(uri: str | None = None) -> str:
     """Point MLflow at the store in force (see :func:`tracking_uri`) without touching experiments."""
     import mlflow
