@@ -198,7 +198,7 @@ def export(run_id: str | None, study: str | None, trial: int | None, storage: st
         raise click.UsageError("--trial needs --study")
     quantized = None
     if study:
-        from trainforge.tuning.pareto import export_study_trial
+        from trainforge.tuning.best_model import export_study_trial
 
         report, quantized = export_study_trial(study, trial, output, storage=storage, tracking_uri=tracking_uri,
                                                opset=opset, log_to_run=log_to_run, quantize=quantize)

@@ -102,14 +102,14 @@ def test_import_linter_contracts_are_kept_and_can_break(tmp_path):
     # and a built-in plugin reaching into a wing breaks the plugin contract.
     (view / "trainforge" / "training" / "data.py").write_text(
         (view / "trainforge" / "training" / "data.py").read_text()
-        + "\n\ndef _planted():\n    from trainforge.tuning import search  # noqa\n")
+        + "\n\ndef _planted():\n    from trainforge.tuning import space  # noqa\n")
     (view / "trainforge" / "plugins" / "models.py").write_text(
         (view / "trainforge" / "plugins" / "models.py").read_text()
         + "\n\ndef _planted():\n    from trainforge.training import trainer  # noqa\n")
     broken = _lint(view)
     assert broken.returncode != 0
     assert "1 kept, 2 broken" in broken.stdout, broken.stdout
-    assert "trainforge.training.data -> trainforge.tuning.search" in broken.stdout
+    assert "trainforge.training.data -> trainforge.tuning.space" in broken.stdout
     assert "trainforge.plugins.models -> trainforge.training.trainer" in broken.stdout
 
 
