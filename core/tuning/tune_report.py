@@ -238,20 +238,15 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     """
     import mlflow
 
-    from trainforge.contracts import DataMeta, TrainResult
+    from trainforge.contracts import TrainResult
     from trainforge.exporting.logged import export_and_log
-    from trainforge.tracking import store as tracking
+    from trainforge.tracking import checkpoints
     from trainforge.training import data as data_mod
-    from trainforge.training.callbacks import load_checkpoint
-    from trainforge.training.modeling import build_model
-    from trainforge.training.tasks import get_task
+    from trainforge.training.checkpoint import rebuild
 
-    checkpoint = load_checkpoint(tracking.download(source_run_id, "checkpoints/best.pt"))
-    cfg, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
-    model = build_model(cfg["model"], meta)
-    model.load_state_dict(checkpoint["state_dict"])
+    checkpoint = checkpoints.fetch(source_run_id)
+    model, task, meta, cfg = rebuild(checkpoint)
     bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"], task=meta.task)
-    task = get_task(meta.task, meta=meta)
     result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
     active = mlflow.active_run()
     if active is not None and active.info.run_id != parent_run_id:
@@ -289,14 +284,12 @@ def version_description(client: Any, source_run_id: str, parent_run_id: str, tri
 def evaluate_onnx(path: str, split: Any, task: Any, batch_size: int = 1024) -> dict[str, float]:
     """The task's metrics (``accuracy``, ``loss``, ... for classification) of an ONNX file on a split,
     computed with onnxruntime (CPU) on the raw features: what ``trainforge predict`` would score."""
-    import onnxruntime as ort
     import torch
 
+    from trainforge.exporting.sessions import open_session
     from trainforge.training.data import batches
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session, _ = open_session(path, "cpu")
     output = session.get_outputs()[0].name  # logits (classification) or prediction (regression)
     state = None
     for x, y in batches(split, batch_size):
