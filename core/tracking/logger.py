@@ -136,4 +136,7 @@ class ResumeCheckpoint(Callback):
                 cb.flush()
         mlflow.flush_async_logging()
         checkpoint.save_resume(self.path, trainer.state_dict(), self.config, self.meta)
-        mlflow.log_artifact(str(self.path), artifact_path=checkpoint.FOLDER, run_id=self.run_id)
+        from trainforge.tracking.store import deferred_interrupt
+
+        with deferred_interrupt():  # the upload reads the run from the store: no signal inside that query
+            mlflow.log_artifact(str(self.path), artifact_path=checkpoint.FOLDER, run_id=self.run_id)
