@@ -1,6 +1,6 @@
 """Measured inference cost of an ONNX file in onnxruntime: latency percentiles and throughput.
 
-One session with fixed options (:func:`trainforge.exporting.predictor.session_options` with ``threads``
+One session with fixed options (:func:`trainforge.exporting.sessions.session_options` with ``threads``
 intra-op threads, default 1; one inter-op thread, sequential execution, every graph optimisation), on an
 explicitly chosen execution provider (no silent CUDA -> CPU fallback). The input is real rows (e.g. the
 validation split) cycled to the batch size, so the graph sees the values it will see in service.
@@ -53,9 +53,9 @@ def open_timing_session(path: str | Path, provider: str = "cpu", threads: int = 
     Raises ConfigError when ``cuda`` is asked for and cannot run here, TrainforgeError when onnxruntime
     cannot load the file or falls back to another provider.
     """
-    from trainforge.exporting.predictor import open_session
+    from trainforge.exporting.sessions import open_session
 
-    return open_session(path, provider, allow_fallback=False, threads=threads)
+    return open_session(path, provider, threads, allow_fallback=False)
 
 
 def batch_of(rows: np.ndarray, batch: int) -> np.ndarray:
@@ -172,7 +172,7 @@ def evaluate_onnx(path: str | Path, split: Any, task: Any, batch_size: int = 102
     the raw features: what ``trainforge predict`` would score."""
     import torch
 
-    from trainforge.exporting.predictor import open_session
+    from trainforge.exporting.sessions import open_session
     from trainforge.training.data import batches
 
     session, _ = open_session(path, "cpu", threads=threads)

@@ -77,21 +77,16 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     """
     import mlflow
 
-    from trainforge.contracts import DataMeta, TrainResult
+    from trainforge.contracts import TrainResult
     from trainforge.exporting.latency import evaluate_onnx
     from trainforge.exporting.logged import export_and_log
-    from trainforge.tracking import store as tracking
+    from trainforge.tracking import checkpoints
     from trainforge.training import data as data_mod
-    from trainforge.training.callbacks import load_checkpoint
-    from trainforge.training.modeling import build_model
-    from trainforge.training.tasks import get_task
+    from trainforge.training.checkpoint import rebuild
 
-    checkpoint = load_checkpoint(tracking.download(source_run_id, "checkpoints/best.pt"))
-    cfg, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
-    model = build_model(cfg["model"], meta)
-    model.load_state_dict(checkpoint["state_dict"])
+    checkpoint = checkpoints.fetch(source_run_id)
+    model, task, meta, cfg = rebuild(checkpoint)
     bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"], task=meta.task)
-    task = get_task(meta.task, meta=meta)
     result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
     with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
         # export_and_log logs the MLflow model into the active run: the parent's; the caller sets its final status.

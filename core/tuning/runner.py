@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,13 +39,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from trainforge.errors import TrainforgeError
+from trainforge.tracking import liveness
 from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 1.0
 EXTRA_FAILS = 3
-HOST_ATTR, PID_ATTR = tag.HOST, tag.PID
+HOST_ATTR, PID_ATTR, START_ATTR = tag.HOST, tag.PID, tag.PID_START
 
 
 @dataclass
@@ -247,9 +247,12 @@ def _stop(procs: list[Any]) -> None:
             elif proc.is_alive() and action == "term":
                 proc.terminate()
 def mark_owner(trial: Any) -> None:
-    """Record on ``trial`` which process runs it: user attrs ``trainforge.host`` and ``trainforge.pid``."""
-    trial.set_user_attr(HOST_ATTR, socket.gethostname())
-    trial.set_user_attr(PID_ATTR, os.getpid())
+    """Record on ``trial`` which process runs it: user attrs ``trainforge.host``, ``trainforge.pid`` and
+    ``trainforge.pid_start`` (its start time, see :mod:`trainforge.tracking.liveness`)."""
+    me = liveness.this_process()
+    trial.set_user_attr(HOST_ATTR, me.host)
+    trial.set_user_attr(PID_ATTR, me.pid)
+    trial.set_user_attr(START_ATTR, me.start)
 
 
 def _heartbeat_storage(study: Any) -> Any:
@@ -274,11 +277,11 @@ def _fail_orphans(study: Any, running: Sequence[Any]) -> int:
 
     from trainforge.tuning.study import MAX_RETRY, StaleTrialCallback
 
-    host, failed = socket.gethostname(), 0
+    failed = 0
     for trial in running:
-        pid = trial.user_attrs.get(PID_ATTR)
-        if trial.user_attrs.get(HOST_ATTR) != host or not isinstance(pid, int) or pid == os.getpid() or _alive(pid):
-            continue
+        attrs = trial.user_attrs
+        if liveness.alive(attrs.get(HOST_ATTR), attrs.get(PID_ATTR), attrs.get(START_ATTR)) is not False:
+            continue  # running, or on another host (cannot be checked from here)
         try:
             if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
@@ -287,16 +290,6 @@ def _fail_orphans(study: Any, running: Sequence[Any]) -> int:
         failed += 1
         StaleTrialCallback(MAX_RETRY)(study, study._storage.get_trial(trial._trial_id))
     return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def run_until(study: Any, objective: Callable[[Any], float], target: int, lock: Any, *,
