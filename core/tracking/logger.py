@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from trainforge.contracts import Callback
+from trainforge.training import checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from trainforge.training.trainer import Trainer
@@ -25,7 +24,7 @@ class MLflowLogger(Callback):
     Epochs are buffered and written with one ``log_batch`` call (chunked by MLflow) in a writer thread,
     once the last write is ``flush_every`` seconds old and has finished, and at the end of the fit; so the
     UI lags by about ``flush_every`` seconds (1 s by default) and nothing is lost. Why batched and in a
-    thread (per-epoch calls cost small models several percent of their fit time): ``benchmarks/RESULTS_run.md``.
+    thread (per-epoch calls cost small models several percent of their fit time): ``benchmarks/RESULTS_history.md``.
 
     The end-of-fit write runs in the writer thread while the caller evaluates the test split and logs the
     run's artifacts. The thread is this logger's own: ``on_close`` (:meth:`Trainer.close
@@ -137,11 +136,8 @@ class ResumeCheckpoint(Callback):
         self.last, self.saved = now, True
         trainer.flush()  # metrics first: the MLflow logger buffers epochs between its writes
         mlflow.flush_async_logging()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"format": 1, "trainer": trainer.state_dict(), "config": self.config, "meta": self.meta}, tmp)
-        tmp.replace(self.path)
+        checkpoint.save_resume(self.path, trainer.state_dict(), self.config, self.meta)
         from trainforge.tracking.store import deferred_interrupt
 
         with deferred_interrupt():  # the upload reads the run from the store: no signal inside that query
-            mlflow.log_artifact(str(self.path), artifact_path="checkpoints", run_id=self.run_id)
+            mlflow.log_artifact(str(self.path), artifact_path=checkpoint.FOLDER, run_id=self.run_id)
