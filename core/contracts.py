@@ -33,6 +33,11 @@ class Callback:
     (including ``KeyboardInterrupt`` and ``optuna.TrialPruned``), ``on_exception(trainer, exc)`` runs
     instead of ``on_fit_end`` and the exception propagates. ``trainer`` is the running
     :class:`trainforge.Trainer`; a callback stops training by setting ``trainer.should_stop = True``.
+
+    Two more events come from the trainer's owner: ``on_flush(trainer)`` (:meth:`Trainer.flush`, e.g. before a
+    resumable checkpoint is saved: write what you buffer) and ``on_close(trainer)`` (:meth:`Trainer.close`,
+    after the run's results are logged or the run failed: join the threads you started; an error raised
+    fails the run).
     """
 
     def on_fit_start(self, trainer: Any) -> None:
@@ -45,6 +50,12 @@ class Callback:
         pass
 
     def on_exception(self, trainer: Any, exc: BaseException) -> None:
+        pass
+
+    def on_flush(self, trainer: Any) -> None:
+        pass
+
+    def on_close(self, trainer: Any) -> None:
         pass
 
 

@@ -28,33 +28,24 @@ SERVING_LIBS = [str(Path(__file__).with_name(name)) for name in ("sessions.py", 
 
 
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path,
-                   quantize: str = "none", name: str | None = None, worker: Any = None) -> None:
+                   quantize: str = "none", name: str | None = None, exporter: Any = None) -> None:
     """Export the verified ONNX file and log it (:func:`log_onnx`; ``name`` is the MLflow model's name).
 
     ``quantize="int8"``: the verified fp32 file is quantized (:func:`trainforge.exporting.quantize.quantize_model`,
     calibrated on the training split) and the int8 file is what gets logged; the parity metrics logged are
     the fp32 gate's, the file it was derived from.
-    ``worker``: an :class:`~trainforge.exporting.worker.ExportWorker` the job was already submitted to (see
-    :func:`submit_export`); its report is used, or the export runs here if the worker was lost.
+    ``exporter``: the run's exporter (:mod:`trainforge.exporting.jobs`) the job was already submitted to
+    (see :func:`export_job`); None exports here. Raises :class:`~trainforge.errors.ExportError` when the
+    gate refuses the model.
     """
     import dataclasses
 
-    from trainforge.exporting.exporter import export_model
-    from trainforge.exporting.worker import WorkerLost
+    from trainforge.exporting.jobs import InProcessExporter
 
-    submitted = worker is not None and worker.submitted
-    sample = worker.sample if submitted else parity_sample(model, bundle)  # the one the worker was sent
-    report = None
-    if submitted:
-        try:
-            report = worker.result()
-            log.info("ONNX export ran in the export worker (pid %d) while this process logged the run",
-                     worker.process.pid)
-        except WorkerLost as exc:
-            log.warning("%s; exporting in the training process", exc)
-    if report is None:
-        report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
-                              config=result.config)
+    if exporter is None:
+        exporter = InProcessExporter()
+        exporter.submit(export_job(model, task, meta, bundle, workdir, result.run_id, result.config))
+    report = exporter.result()
     if quantize == "int8":
         from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
         from trainforge.training.data import sample_rows
@@ -62,7 +53,7 @@ def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, w
         quantized = quantize_model(report.path, workdir / "int8" / "model.onnx",
                                    calibration=sample_rows(bundle.train, CALIBRATION_ROWS))
         report = dataclasses.replace(report, path=quantized.path)
-    log_onnx(result, report, sample, name=name)
+    log_onnx(result, report, exporter.job.sample, name=name)
 
 
 def parity_sample(model: Any, bundle: Any) -> np.ndarray:
@@ -73,20 +64,14 @@ def parity_sample(model: Any, bundle: Any) -> np.ndarray:
     return export_sample(model, sample_rows(bundle.test))
 
 
-def submit_export(worker: Any, checkpoint: Path, model: Any, bundle: Any, workdir: Path, run_id: str,
-                  config: dict[str, Any]) -> Any:
-    """Send the export of ``checkpoint`` to ``worker`` (:class:`~trainforge.exporting.worker.ExportWorker`);
-    returns the worker, or None (worker closed) if it is gone, so that the export runs in process."""
-    from trainforge.exporting.worker import WorkerLost
+def export_job(model: Any, task: Any, meta: Any, bundle: Any, workdir: Path, run_id: str | None,
+               config: dict[str, Any], checkpoint: Path | None = None) -> Any:
+    """The :class:`~trainforge.exporting.jobs.ExportJob` of a run: ``<workdir>/model.onnx``, checked on
+    :func:`parity_sample`; ``checkpoint`` is the ``best.pt`` a forked exporter rebuilds the model from."""
+    from trainforge.exporting.jobs import ExportJob
 
-    try:
-        worker.submit(checkpoint, parity_sample(model, bundle), workdir / "model.onnx", run_id=run_id,
-                      config=config)
-    except WorkerLost as exc:
-        log.warning("%s; the export will run in the training process", exc)
-        worker.close()
-        return None
-    return worker
+    return ExportJob(model, task, meta, parity_sample(model, bundle), workdir / "model.onnx", run_id, config,
+                     checkpoint)
 
 
 def model_name(config: dict[str, Any] | None) -> str:
