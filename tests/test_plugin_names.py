@@ -11,6 +11,7 @@ import json
 import logging
 import sys
 
+import pandas as pd
 import pytest
 from conftest import error_line, last_json, mlflow_client
 from test_plugins import VERSION, write_distribution
@@ -64,7 +65,8 @@ def site(tmp_path, monkeypatch, fresh_plugins):
         fresh_plugins.reset()
 
 
-def test_a_package_reusing_builtin_names_is_shadowed_and_reachable_qualified(site, cli, workdir, caplog):
+def test_a_package_reusing_builtin_names_is_shadowed_and_reachable_qualified(site, fresh_plugins, cli, workdir,
+                                                                              caplog):
     site("trainforge-tabkit", "tf_tabkit", TABKIT)
     with caplog.at_level(logging.WARNING, logger="trainforge.manager"):
         out = cli("plugins", "--json").output
@@ -78,20 +80,17 @@ def test_a_package_reusing_builtin_names_is_shadowed_and_reachable_qualified(sit
     assert any("'breast-cancer' of trainforge-tabkit:breast-cancer is shadowed" in w for w in warned), warned
     assert "SHADOWED by trainforge:mlp" in cli("plugins").output
 
-    client = mlflow_client(workdir)
-    builtin = last_json(cli("train", "--model", "mlp", "--dataset", "breast-cancer", "--epochs", "1", "--quiet",
-                            "--no-export", "--json").output)
-    run = client.get_run(builtin["run_id"])
-    assert run.data.params["data.input_shape"] == "[30]"  # the built-in Wisconsin data, 30 features
-    assert run.data.tags["trainforge.plugin.dataset"] == f"breast-cancer (trainforge {trainforge.__version__})"
-
-    # the package's data by its qualified name (any spelling pip accepts), the built-in model qualified too
-    ours = last_json(cli("train", "--model", "trainforge:mlp", "--dataset", "Trainforge_TabKit:breast-cancer",
+    # the bare names stay on the built-ins: the Wisconsin data (30 features), the built-in mlp (the package's
+    # build raises); the package's data by its qualified name, in any spelling pip accepts
+    rows = cli("data", "--dataset", "breast-cancer", "--split", "train", "-o", "rows.csv").output
+    assert len(pd.read_csv(workdir / "rows.csv").columns) == 31, rows  # 30 features + target
+    assert fresh_plugins.get("model", "trainforge:mlp") is fresh_plugins.get("model", "mlp")
+    ours = last_json(cli("train", "--model", "mlp", "--dataset", "Trainforge_TabKit:breast-cancer",
                          "--epochs", "1", "--quiet", "--no-export", "--json").output)
-    run = client.get_run(ours["run_id"])
-    assert run.data.params["data.input_shape"] == "[5]" and run.data.params["data.train_size"] != "0"
+    run = mlflow_client(workdir).get_run(ours["run_id"])
+    assert run.data.params["data.input_shape"] == "[5]" and int(run.data.params["data.train_size"]) > 50
     assert ours["config"]["dataset"]["name"] == "trainforge-tabkit:breast-cancer"
-    assert ours["config"]["model"]["name"] == "mlp"
+    assert run.data.tags["trainforge.plugin.model"] == f"mlp (trainforge {trainforge.__version__})"
     assert run.data.tags["trainforge.plugin.dataset"] == (
         f"trainforge-tabkit:breast-cancer (trainforge-tabkit {VERSION})")
 
