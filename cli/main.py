@@ -269,10 +269,7 @@ Examples:
   trainforge plugins --json""")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins(as_json: bool) -> None:
-    """List model, optimizer, dataset, scheduler, callback and task plugins and where they come from.
-
-    Each name is also reachable as DISTRIBUTION:NAME (e.g. trainforge:mlp); a name a built-in already has
-    is listed by its qualified name, SHADOWED."""
+    """List the plugins and where they come from (each name is also DISTRIBUTION:NAME, e.g. trainforge:mlp)."""
     from trainforge import manager
 
     rows = [{"kind": e.plugin_type, "name": e.name, "qualified_name": e.qualified_name, "status": e.status,
@@ -295,8 +292,7 @@ def plugins(as_json: bool) -> None:
             kind = r["kind"]
             click.echo(f"{kind}s:")
         origin = f"{r['distribution']} {r['version']}".strip()
-        state = {"shadowed": f"  SHADOWED by {r['shadowed_by']}",
-                 "ambiguous": "  AMBIGUOUS bare name"}.get(r["status"], "")
+        state = {"shadowed": f"  SHADOWED by {r['shadowed_by']}", "ambiguous": "  AMBIGUOUS"}.get(r["status"], "")
         click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]{state}")
     labels = {"broken": "BROKEN (skipped)", "empty": "WARNING (registers nothing)"}
     if problems:
