@@ -258,10 +258,11 @@ Examples:
   trainforge plugins --json""")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins(as_json: bool) -> None:
-    """List model, optimizer, dataset, scheduler and callback plugins and where they come from."""
+    """List the plugins and where they come from (each name is also DISTRIBUTION:NAME, e.g. trainforge:mlp)."""
     from trainforge import manager
 
-    rows = [{"kind": e.kind, "name": e.spec.name, "description": e.spec.description,
+    rows = [{"kind": e.plugin_type, "name": e.name, "qualified_name": e.qualified_name, "status": e.status,
+             "shadowed_by": e.shadowed_by, "description": e.spec.description,
              "distribution": e.distribution, "version": e.version, "plugin": e.plugin,
              "defaults": e.spec.defaults, "tunable": e.spec.search_space is not None,
              **({"tasks": sorted(e.spec.tasks)} if hasattr(e.spec, "tasks") else {})}
@@ -280,9 +281,9 @@ def plugins(as_json: bool) -> None:
             kind = r["kind"]
             click.echo(f"{kind}s:")
         origin = f"{r['distribution']} {r['version']}".strip()
-        click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]")
-    labels = {"broken": "BROKEN (skipped)", "conflict": "CONFLICT (the name is unusable)",
-              "empty": "WARNING (registers nothing)"}
+        state = {"shadowed": f"  SHADOWED by {r['shadowed_by']}", "ambiguous": "  AMBIGUOUS"}.get(r["status"], "")
+        click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]{state}")
+    labels = {"broken": "BROKEN (skipped)", "empty": "WARNING (registers nothing)"}
     if problems:
         click.echo("plugin problems (block one with TRAINFORGE_BLOCK_PLUGINS=DISTRIBUTION):")
     for p in problems:

@@ -20,8 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 
 SearchSpace = Callable[["optuna.Trial"], dict[str, Any]]
 TASKS = ("classification", "regression")
-#: every task the built-in plugins register (``register_tasks``); plugins may add more
-BUILTIN_TASKS = ("classification", "regression", "forecasting", "reconstruction", "generation")
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,8 @@ class _Spec:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise TypeError(f"{type(self).__name__} needs a non-empty name")
+        if ":" in self.name:  # ':' separates the distribution in a qualified name (trainforge:mlp)
+            raise TypeError(f"{type(self).__name__} {self.name!r}: a name cannot contain ':'")
 
 
 @dataclass(frozen=True)

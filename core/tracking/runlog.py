@@ -39,7 +39,7 @@ def log_params(run_id: str, cfg: dict[str, Any], meta: Any) -> None:
     tags = {tag.VERSION: __version__, tag.TASK: meta.task}
     for section in config_mod.PLUGIN_SECTIONS:
         name = cfg[section]["name"]
-        entry = manager.registry()[section][name]
+        entry = manager.entry(section, name)
         tags[tag.named("plugin", section)] = f"{name} ({entry.distribution} {entry.version})".strip()
     client = MlflowClient()
     for key, value in tags.items():

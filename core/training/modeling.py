@@ -122,8 +122,8 @@ class InferenceModel(nn.Module):
         return self.task.head(self.model(x))
 
 
-def _names(kind: str, keep: Any) -> str:
-    return ", ".join(sorted(e.spec.name for e in manager.entries(kind) if keep(e.spec))) or "(none)"
+def _names(plugin_type: str, keep: Any) -> str:
+    return ", ".join(sorted(e.name for e in manager.entries(plugin_type) if keep(e.spec))) or "(none)"
 
 
 def choose_task(model_name: str, dataset_name: str) -> str | None:
