@@ -11,15 +11,21 @@ from typing import Any
 import click
 
 
-def train_cv(folds: int, config_file: str | None, params: tuple[str, ...], *, as_json: bool, **options: Any) -> None:
-    """Run the K folds and the refit; print one JSON object (``--json``) or a summary."""
+def train_cv(folds: int, config_file: str | None, params: tuple[str, ...], *, as_json: bool, resume: str | None,
+             nproc: int, **options: Any) -> None:
+    """Run the K folds and the refit of ``train``'s options; print one JSON object (``--json``) or a summary."""
     from trainforge.cv.runner import cross_validate
     from trainforge.run.api import build_config
 
-    flags = {k: v for k, v in options.items() if "__" in k}
-    run = {k: v for k, v in options.items() if "__" not in k}
-    cfg = build_config(config_file, params, **flags)
-    result = cross_validate(cfg, folds, **run)
+    if resume or nproc > 1:
+        raise click.UsageError("--cv cannot be combined with --resume or --nproc")
+    o = options
+    cfg = build_config(config_file, params, model__name=o["model"], dataset__name=o["dataset"],
+                       optimizer__name=o["optimizer"], scheduler__name=o["scheduler"], optimizer__lr=o["lr"],
+                       trainer__epochs=o["epochs"], trainer__batch_size=o["batch_size"], trainer__seed=o["seed"],
+                       trainer__device=o["device"], trainer__precision=o["precision"], trainer__patience=o["patience"])
+    result = cross_validate(cfg, folds, tracking_uri=o["tracking_uri"], experiment=o["experiment"],
+                            run_name=o["run_name"], export=not o["no_export"], quiet=o["quiet"], on_start=lambda run_id: click.echo(f"run {run_id} started", err=True))
     if as_json:
         click.echo(json.dumps(result.to_dict(), default=str))
         return

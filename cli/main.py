@@ -113,25 +113,16 @@ Examples:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Train with DDP in N local processes (torchrun).")
-@click.option("--cv", "folds", type=click.IntRange(min=2), help="K-fold cross-validation: a run per fold under one "
-              "parent run, then the model refit on all non-test rows and exported.")
+@click.option("--cv", "folds", type=click.IntRange(min=2), help="K-fold cross-validation, then a refit on all non-test rows.")
 def train(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
           optimizer: str | None, scheduler: str | None, epochs: int | None, batch_size: int | None,
           lr: float | None, seed: int | None, device: str | None, precision: str | None, patience: int | None,
           experiment: str | None, run_name: str | None, tracking_uri: str | None, no_export: bool, quiet: bool,
           as_json: bool, resume: str | None, nproc: int, folds: int | None) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
-    if folds:
+    if folds:  # K-fold cross-validation: trainforge.cv.runner
         from trainforge.cli.cv import train_cv
-
-        if resume or nproc > 1:
-            raise click.UsageError("--cv cannot be combined with --resume or --nproc")
-        return train_cv(folds, config_file, params, as_json=as_json, tracking_uri=tracking_uri,
-                        experiment=experiment, run_name=run_name, export=not no_export, quiet=quiet,
-                        on_start=_announce, model__name=model, dataset__name=dataset, optimizer__name=optimizer,
-                        scheduler__name=scheduler, optimizer__lr=lr, trainer__epochs=epochs,
-                        trainer__batch_size=batch_size, trainer__seed=seed, trainer__device=device,
-                        trainer__precision=precision, trainer__patience=patience)
+        return train_cv(**locals())
     if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
         from trainforge.run.api import check_launch
         from trainforge.training.distributed import launch
@@ -391,16 +382,12 @@ cli.add_command(server)
 from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
 
 cli.add_command(tune)
+from trainforge.cli.compare import compare  # noqa: E402  (click only; torch, mlflow load inside)
 from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
-
-cli.add_command(doctor)
-
 from trainforge.cli.runs import runs  # noqa: E402  (click only)
 
-cli.add_command(runs)
-from trainforge.cli.compare import compare  # noqa: E402  (click only; torch, mlflow load inside)
-
-cli.add_command(compare)
+for _command in (doctor, runs, compare):
+    cli.add_command(_command)
 
 
 def main() -> None:
