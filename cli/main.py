@@ -113,10 +113,17 @@ Examples:
 @click.option("--json", "json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Train with DDP in N local processes (torchrun).")
-def train(**given: Any) -> None:
+@click.option("--cv", "folds", type=click.IntRange(min=2),
+              help="K-fold cross-validation, then a refit on all non-test rows.")
+def train(folds: int | None, **given: Any) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
     from trainforge.cli.quick_exit import standalone
     from trainforge.run.options import RunOptions
+
+    if folds:  # K-fold cross-validation: trainforge.cv.runner
+        from trainforge.cli.cv import train_cv
+
+        return train_cv(folds, RunOptions.resolve(**given))
 
     opts = RunOptions.resolve(**given, export_worker=standalone())  # every option is a RunOptions field
     if opts.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -368,13 +375,12 @@ cli.add_command(server)
 from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
 
 cli.add_command(tune)
+from trainforge.cli.compare import compare  # noqa: E402  (click only; torch, mlflow load inside)
 from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
-
-cli.add_command(doctor)
-
 from trainforge.cli.runs import runs  # noqa: E402  (click only)
 
-cli.add_command(runs)
+for _command in (doctor, runs, compare):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -167,20 +167,23 @@ def split_indices(name: str, n: int, y: np.ndarray, stratify: bool, trainer_conf
     return train, val, test
 
 
-def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], task: str | None = None) -> DataBundle:
+def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], task: str | None = None,
+                 rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> DataBundle:
     """Train/val/test split and train-only standardization; targets built for ``task`` (default: the data's).
 
     The split depends only on the rows, the data's own task and the seed: seeded and stratified when
     the data has class labels (also when an autoencoder uses them), chronological when ``data.ordered``.
-    Raises :class:`DataError` when ``task`` needs targets the data does not have.
+    ``rows``: the train, val and test row indices to use instead (a cross-validation fold, see
+    :mod:`trainforge.training.folds`). Raises :class:`DataError` when ``task`` needs targets the data
+    does not have.
     """
     x, y = validate(name, data)
     natural, task = target_kind(data.task), task or data.task
     kind = target_kind(task)
-    if natural == "label" and not data.ordered:
+    if natural == "label" and not data.ordered and rows is None:
         _check_class_counts(name, y, data.class_names)
-    train, val, test = split_indices(name, len(x), y, natural == "label", trainer_config,
-                                     ordered=data.ordered, gap=data.gap)
+    train, val, test = rows if rows is not None else split_indices(
+        name, len(x), y, natural == "label", trainer_config, ordered=data.ordered, gap=data.gap)
     mean, std = standardization(x[train], data.layout)
     _check_constant(name, x[train], data.feature_names)
     target_mean = target_std = None
