@@ -383,6 +383,9 @@ cli.add_command(doctor)
 from trainforge.cli.runs import runs  # noqa: E402  (click only)
 
 cli.add_command(runs)
+from trainforge.cli.explain import explain  # noqa: E402  (click only; shap, captum, torch load inside)
+
+cli.add_command(explain)
 
 
 def main() -> None:
