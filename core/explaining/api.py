@@ -109,7 +109,8 @@ def explain(source: str, input_path: str | Path | None = None, *, target: str | 
     done: dict[str, m.Attribution] = {}
     for method in chosen:
         log.info("%s: about %s model calls on %d rows", method, f"{costs[method]:,}", n)
-        done[method] = _with_bar(method, n * (repeats * d if method == "permutation" else 1), progress,
+        total = n * (repeats * d if method == "permutation" else 1)
+        done[method] = _with_bar(f"{method} (~{costs[method]:,} model calls)", total, progress,
                                  lambda bar, method=method: run_method(method, subject, predict, subject.x, targets,
                                                                        bg, settings, bar))
     results = {"importance": done, "targets": targets, "background": bg}

@@ -53,7 +53,7 @@ def beeswarm(values: np.ndarray, x: np.ndarray, names: list[str], path: Path, ti
         points = ax.scatter(values[:, j], pos + jitter, c=colour, cmap="coolwarm", s=8, vmin=0, vmax=1, alpha=0.8)
     ax.axvline(0, color="grey", lw=0.8)
     ax.set_yticks(np.arange(len(order)), [names[j] for j in order])
-    ax.set_xlabel("SHAP value (effect on the explained output)")
+    ax.set_xlabel("SHAP value (toward the row's predicted class, or the prediction)")
     ax.set_title(title)
     bar = fig.colorbar(points, ax=ax, ticks=[0, 1], fraction=0.04)
     bar.ax.set_yticklabels(["low", "high"])
