@@ -165,7 +165,8 @@ def _with_bar(method: str, total: int, progress: bool, job: Any) -> m.Attributio
 def onnx_predict(path: str, task: str) -> m.Predict:
     """The served output of the ONNX file as ``predict(x (N, *shape) float32) -> (N, K)`` on onnxruntime's CPU
     provider, in runs of at most 4096 rows."""
-    from trainforge.exporting.predictor import RUN_ROWS, open_session
+    from trainforge.exporting.predictor import RUN_ROWS
+    from trainforge.exporting.sessions import open_session
 
     session, _ = open_session(path, provider="cpu")
     name, output = session.get_inputs()[0].name, OUTPUTS[task]

@@ -153,24 +153,20 @@ def _torch_factory(run_id: str) -> Callable[[int | None], Any]:
     same architecture freshly initialised under ``torch.manual_seed(seed)`` (same input standardization)."""
     import torch
 
-    from trainforge.contracts import DataMeta
-    from trainforge.tracking import store as tracking
-    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.tracking.checkpoints import fetch
+    from trainforge.training.checkpoint import rebuild
     from trainforge.training.modeling import InferenceModel, build_model
-    from trainforge.training.tasks import get_task
 
-    checkpoint = load_checkpoint(tracking.download(run_id, "checkpoints/best.pt"))
-    cfg, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
-    task = get_task(meta.task, meta=meta)
+    trained = rebuild(fetch(run_id))
+    cfg, meta, task = trained.config, trained.meta, trained.task
 
     def factory(seed: int | None) -> Any:
         state = torch.random.get_rng_state()
         try:
-            if seed is not None:
-                torch.manual_seed(seed)
-            model = build_model(cfg["model"], meta)
             if seed is None:
-                model.load_state_dict(checkpoint["state_dict"])
+                return InferenceModel(trained.model, task).eval()
+            torch.manual_seed(seed)
+            model = build_model(cfg["model"], meta)
         finally:
             torch.random.set_rng_state(state)
         return InferenceModel(model, task).eval()
