@@ -379,7 +379,9 @@ from trainforge.cli.compare import compare  # noqa: E402  (click only; torch, ml
 from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
 from trainforge.cli.runs import runs  # noqa: E402  (click only)
 
-for _command in (doctor, runs, compare):
+from trainforge.cli.explain import explain  # noqa: E402  (click only; shap, captum, torch load inside)
+
+for _command in (doctor, runs, compare, explain):
     cli.add_command(_command)
 
 
