@@ -12,7 +12,12 @@ axis is dynamic. The file is self-contained (``external_data=False``): no ``mode
 ``trainforge.version``, ``trainforge.mlflow_run_id``, ``trainforge.model``, ``trainforge.dataset``,
 ``trainforge.opset``, ``trainforge.parity_max_abs_diff`` (onnxruntime's CPU provider vs torch),
 ``trainforge.parity_cuda_max_abs_diff`` (its CUDA provider vs torch, ``null`` where CUDA cannot run) and
-``trainforge.part`` (empty for the whole model, e.g. ``encoder`` for an autoencoder's encoder exported alone).
+``trainforge.part`` (empty for the whole model, e.g. ``encoder`` for an autoencoder's encoder exported alone),
+``trainforge.columns`` (a raw table's column schema with its training statistics; ``null`` otherwise) and
+``trainforge.raw_parity`` (that table's raw-row gate figures).
+
+A raw table's model (``trainforge.columns`` set) takes the raw columns instead of ``input``: one ``(N, 1)``
+input per column, float32 with NaN or strings (:mod:`trainforge.exporting.tabular`).
 
 A generator (a model with ``example_input``, e.g. the GAN) is exported from its input code: the graph
 takes e.g. a latent ``(N, Z)`` float32 and returns ``samples`` ``(N, *input_shape)``.
@@ -57,6 +62,10 @@ class ExportReport:
     seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
     cuda_max_abs_diff: dict[int, float] = field(default_factory=dict)
+    #: a raw table's gate (:func:`trainforge.exporting.tabular.raw_parity`): rows, max_abs_diff, argmax_agreement
+    raw_parity: dict[str, float] = field(default_factory=dict)
+    #: a raw table: a few held-out raw rows (pandas DataFrame), the served model's input example
+    raw_example: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "opset": self.opset, "seconds": round(self.seconds, 3),
@@ -160,6 +169,13 @@ def _export_model(
                 f"{tolerance:g} (per batch size: {measured}); the file was not kept"
             )
 
+    table = None if part else getattr(meta, "table", None)
+    raw_figures: dict[str, float] = {}
+    if table is not None:  # a raw table: its fitted preprocessing goes in front, checked on raw rows
+        from trainforge.exporting.tabular import attach, raw_parity
+
+        proto = attach(proto, table, INPUT_NAME)
+        raw_figures = raw_parity(proto, table, wrapped, outputs, meta.task)
     generative = bool(getattr(model, "generative", False)) and not part
     metadata = {
         "task": meta.task,
@@ -179,6 +195,8 @@ def _export_model(
         "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}),
         "parity_cuda_max_abs_diff": json.dumps({str(k): v for k, v in cuda_diffs.items()} or None),
         "part": part or "",
+        "columns": json.dumps([c.to_dict() for c in table.columns] if table is not None else None),
+        "raw_parity": json.dumps(raw_figures or None),
     }
     del proto.metadata_props[:]
     for key, value in metadata.items():
@@ -189,7 +207,8 @@ def _export_model(
     onnx.save(proto, str(path))
     seconds = time.perf_counter() - started
     log.info("exported %s (opset %d, parity %s) in %.1f s", path, opset_used, diffs, seconds)
-    return ExportReport(path, opset_used, diffs, seconds, metadata, cuda_diffs)
+    return ExportReport(path, opset_used, diffs, seconds, metadata, cuda_diffs, raw_figures,
+                        None if table is None else table.heldout.head(5))
 
 
 def export_sample(model: Any, rows: np.ndarray) -> np.ndarray:
@@ -317,6 +336,7 @@ def export(
     model = build_model(config["model"], meta)
     model.load_state_dict(checkpoint["state_dict"])
     bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
+    meta.table = bundle.meta.table  # a raw table's preprocessing, re-fitted on the same training rows
     task = get_task(meta.task, meta=meta)
     path = Path(output) if output else Path(f"{run_id}.{part}.onnx" if part else f"{run_id}.onnx")
     sample = export_sample(model, data_mod.sample_rows(bundle.test))
