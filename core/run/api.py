@@ -271,6 +271,8 @@ def _run(
             reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle, test_state=test_state,
                                     checkpoint_saved=saved)
     except BaseException:
+        if worker is not None:  # before the run's folder goes: the worker may be writing model.onnx in it
+            worker.close()
         with contextlib.suppress(Exception):  # keep the original error
             _wait_for_writers(trainer)
         raise

@@ -140,4 +140,7 @@ class ResumeCheckpoint(Callback):
         tmp = self.path.with_suffix(".tmp")
         torch.save({"format": 1, "trainer": trainer.state_dict(), "config": self.config, "meta": self.meta}, tmp)
         tmp.replace(self.path)
-        mlflow.log_artifact(str(self.path), artifact_path="checkpoints", run_id=self.run_id)
+        from trainforge.tracking.store import deferred_interrupt
+
+        with deferred_interrupt():  # the upload reads the run from the store: no signal inside that query
+            mlflow.log_artifact(str(self.path), artifact_path="checkpoints", run_id=self.run_id)
