@@ -173,7 +173,7 @@ class ArrayData:
       ``"auto"`` standardizes vectors per feature and ``(N, C, ...)`` arrays per channel.
     - ``table``: instead of ``features``, a raw pandas DataFrame of the feature columns (empty cells,
       strings, free text): core types its columns on the training split, cleans and encodes them
-      (:mod:`trainforge.columns`, :mod:`trainforge.training.tabular`) and exports that preprocessing inside
+      (:mod:`trainforge.data`, :mod:`trainforge.training.tabular`) and exports that preprocessing inside
       the ONNX graph. ``columns`` declares column types (``{"site": "categorical", "id": "drop"}``),
       ``impute`` the fill of missing numbers (median, mean or constant 0), ``drop_duplicates`` drops exact
       duplicate rows (features and target) before the split.

@@ -4,6 +4,9 @@ trains, exports with its preprocessing inside the ONNX graph and predicts from r
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -12,9 +15,10 @@ import pytest
 from conftest import last_json, mlflow_client
 from sklearn.datasets import load_breast_cancer
 
-from trainforge.columns import infer_columns, raw_inputs, schema_line
+from trainforge.data import infer_columns, raw_inputs, schema_line
 from trainforge.errors import DataError, ExportError
 
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "predict_onnx.py"
 WORDS = {"malignant": ["irregular firm mass", "spiculated margin noted", "hard fixed lump"],
          "benign": ["smooth round lesion", "soft mobile lump", "well defined margin"]}
 
@@ -91,10 +95,12 @@ def test_messy_csv_trains_exports_and_predicts_raw_rows(cli, workdir):
     inputs = {i.name: i.type for i in session.get_inputs()}
     assert inputs["site"] == "tensor(string)" and inputs["mean radius"] == "tensor(float)"
     assert "record_id" not in inputs and "batch" not in inputs
-    local = mlflow_client(workdir).download_artifacts(result["run_id"], "data_meta.json", str(workdir))
-    data_meta = json.loads(open(local).read())
-    assert data_meta["report"]["duplicates_dropped"] == 5
-    assert data_meta["report"]["rows_read"] == len(frame)
+    local = mlflow_client(workdir).download_artifacts(result["run_id"], "data_report.json", str(workdir))
+    report = json.loads(open(local).read())
+    assert (report["rows_read"], report["duplicates_dropped"]) == (len(frame), 5)
+    site = next(c for c in report["columns"] if c["name"] == "site")
+    assert site["type"] == "categorical" and set(site["levels"]) == {"", "east", "north", "south"}
+    assert meta["columns"] == report["columns"]  # the ONNX metadata carries the same schema and statistics
 
     # raw rows with empty cells, an unseen site and empty text: predict == the torch-side pipeline
     rows = frame.drop(columns="target").iloc[:40].copy()
@@ -107,6 +113,14 @@ def test_messy_csv_trains_exports_and_predicts_raw_rows(cli, workdir):
     assert out.exit_code == 0
     predicted = pd.read_csv(workdir / "pred.csv")["prediction"].astype(str).to_numpy()
     assert (predicted == _torch_labels(result, rows)).all()
+    script = subprocess.run([sys.executable, str(EXAMPLE), result["onnx_path"], "raw.csv", "--provider", "cpu"],
+                            capture_output=True, text=True, check=True)
+    assert [line.split(",")[0] for line in script.stdout.splitlines()[1:]] == list(predicted)
+
+    import mlflow
+
+    served = mlflow.pyfunc.load_model(result["model_uri"]).predict(rows.where(rows.notna(), None))
+    assert list(served["prediction"]) == list(predicted)  # the MLflow pyfunc (mlflow models serve) on null cells
 
     # a missing input column is one line naming it
     rows.drop(columns="site").to_csv(workdir / "lacking.csv", index=False)

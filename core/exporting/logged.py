@@ -119,7 +119,7 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
                             **{f"onnx_raw_{k}": v for k, v in (getattr(report, "raw_parity", None) or {}).items()}},
                            run_id=result.run_id)
 
-    from trainforge.columns import Column, raw_inputs
+    from trainforge.data import Column, raw_inputs
     from trainforge.exporting.exporter import decode_metadata
 
     session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])

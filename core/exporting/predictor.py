@@ -285,11 +285,11 @@ def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray]) -> list
 def to_inputs(chunk: Any, meta: dict[str, Any], target: str | None, path: Path,
               first_row: int) -> tuple[dict[str, np.ndarray], Any]:
     """The session's inputs for a chunk, and its target column (or None): the raw columns of a raw table's
-    model (``trainforge.columns``, :func:`trainforge.columns.raw_inputs`), else :func:`to_features`."""
+    model (``trainforge.columns``, :func:`trainforge.data.raw_inputs`), else :func:`to_features`."""
     if not meta.get("columns"):
         x, y = to_features(chunk, meta, target, path, first_row)
         return {meta["input_name"]: x}, y
-    from trainforge.columns import Column, raw_inputs
+    from trainforge.data import Column, raw_inputs
 
     if isinstance(chunk, np.ndarray):
         raise DataError(f"{path}: this model takes named raw columns; give a CSV or Parquet file, not .npy")

@@ -63,7 +63,7 @@ def features(data: Any, meta: dict[str, Any]) -> np.ndarray:
 def raw_inputs(data: Any, columns: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """A raw table's model (metadata ``trainforge.columns``): one ``(N, 1)`` input per used column, float32
     with NaN (numeric, boolean) or strings with ``""`` (categorical, text) for missing; the same mapping as
-    ``trainforge.columns.raw_inputs``, repeated here because this file imports no trainforge module."""
+    ``trainforge.data.raw_inputs``, repeated here because this file imports no trainforge module."""
     if not isinstance(data, pd.DataFrame):
         raise ValueError("this model takes named raw columns: send a DataFrame (dataframe_split or records)")
     data = data.set_axis([str(c) for c in data.columns], axis=1)

@@ -9,7 +9,7 @@ written here as ``IsNaN`` -> ``Cast`` and concatenated after the transformer's o
 
 The merged graph takes one ``(N, 1)`` input per used column, named as the column: float32 (NaN for
 missing) for numeric and boolean columns, strings (``""`` for missing) for categorical and text columns
-(:func:`trainforge.columns.raw_inputs` builds them from a DataFrame).
+(:func:`trainforge.data.raw_inputs` builds them from a DataFrame).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from trainforge.columns import raw_inputs
+from trainforge.data import raw_inputs
 from trainforge.errors import ExportError
 
 log = logging.getLogger(__name__)

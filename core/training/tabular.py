@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from trainforge.columns import Column, infer_columns, raw_inputs, schema_line
+from trainforge.data import Column, infer_columns, raw_inputs, schema_line
 from trainforge.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class TablePrep:
         return [c for c in self.used if c.dtype == "float32" and c.missing + c.junk > 0]
 
     def transform(self, frame: Any, where: str = "input") -> np.ndarray:
-        """Raw rows (pandas DataFrame) -> float32 ``(N, D)`` through :func:`trainforge.columns.raw_inputs`."""
+        """Raw rows (pandas DataFrame) -> float32 ``(N, D)`` through :func:`trainforge.data.raw_inputs`."""
         return self.transform_inputs(raw_inputs(frame, self.columns, where))
 
     def transform_inputs(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
@@ -86,7 +86,7 @@ def inputs_frame(feeds: dict[str, np.ndarray], used: list[Column]) -> Any:
 def fit_table(train: Any, declared: dict[str, str] | None = None, impute: str = "median") -> TablePrep:
     """Type the columns of the training rows ``train`` (pandas DataFrame) and fit the preprocessing on them.
 
-    Logs the schema line (:func:`trainforge.columns.schema_line`) as a warning, so it reaches stderr, and
+    Logs the schema line (:func:`trainforge.data.schema_line`) as a warning, so it reaches stderr, and
     warns about dropped columns and junk values counted as missing. Raises :class:`ConfigError` for an
     unknown ``impute`` strategy, :class:`DataError` for columns that cannot be typed.
     """
