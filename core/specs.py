@@ -171,6 +171,12 @@ class ArrayData:
       never shuffled, with ``gap`` rows dropped between consecutive splits (no target overlap).
     - ``layout``: ``"sequence"`` for ``(N, T, F)`` windows (standardized per feature over all steps);
       ``"auto"`` standardizes vectors per feature and ``(N, C, ...)`` arrays per channel.
+    - ``table``: instead of ``features``, a raw pandas DataFrame of the feature columns (empty cells,
+      strings, free text): core types its columns on the training split, cleans and encodes them
+      (:mod:`trainforge.data`, :mod:`trainforge.training.tabular`) and exports that preprocessing inside
+      the ONNX graph. ``columns`` declares column types (``{"site": "categorical", "id": "drop"}``),
+      ``impute`` the fill of missing numbers (median, mean or constant 0), ``drop_duplicates`` drops exact
+      duplicate rows (features and target) before the split.
     """
 
     features: np.ndarray
@@ -182,6 +188,10 @@ class ArrayData:
     ordered: bool = False
     gap: int = 0
     layout: Literal["auto", "sequence"] = "auto"
+    table: Any = None
+    columns: dict[str, str] | None = None
+    impute: str = "median"
+    drop_duplicates: bool = True
 
 
 #: a table file larger than this streams when its dataset's ``streaming`` setting is ``"auto"`` (bytes: 1 GiB)

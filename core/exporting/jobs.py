@@ -70,6 +70,9 @@ class ForkedExporter(InProcessExporter):
         from trainforge.exporting.worker import WorkerLost
 
         super().submit(job)
+        if getattr(job.meta, "table", None) is not None:  # the worker rebuilds the network without the preprocessing
+            self.close()
+            return
         try:
             self.worker.submit(job.checkpoint, job.sample, job.path, run_id=job.run_id, config=job.config)
         except WorkerLost as exc:

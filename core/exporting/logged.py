@@ -100,14 +100,19 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
     name = name or model_name(getattr(result, "config", None))
     with tracking.deferred_interrupt():
         log_onnx_artifact(report.path, result.run_id)  # with its sha256, which predict checks
-        mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
+        mlflow.log_metrics({**{f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
+                            **{f"onnx_raw_{k}": v for k, v in (getattr(report, "raw_parity", None) or {}).items()}},
                            run_id=result.run_id)
 
-    example = sample[:5]
+    from trainforge.data import Column, raw_inputs
+
     session, _ = open_session(report.path, "cpu")
-    names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
     meta = metadata.from_session(session)
+    raw = getattr(report, "raw_example", None)
+    example = sample[:5] if raw is None else raw
+    feeds = {"input": example} if raw is None else raw_inputs(raw, [Column.from_dict(c) for c in meta["columns"]])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, feeds), strict=True))
     with tracking.deferred_interrupt():
         info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE),
                                        artifacts={"onnx": str(report.path)}, code_paths=SERVING_LIBS,
@@ -115,8 +120,8 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
                                        input_example=serving_example(meta, example),
                                        pip_requirements=requirements(("numpy", "pandas")))
         plain = mlflow.onnx.log_model(onnx.load(str(report.path)), name=f"{name}-onnx",
-                              signature=infer_signature({"input": example}, outputs),
-                              input_example={"input": example}, save_as_external_data=False,
+                              signature=infer_signature(feeds, outputs),
+                              input_example=feeds, save_as_external_data=False,
                               onnx_execution_providers=usable_providers(),
                               pip_requirements=requirements(("onnx", "numpy")))
         client = MlflowClient()
@@ -135,7 +140,10 @@ def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> A
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     names = meta.get("feature_names")
-    if names:
+    if meta.get("columns"):  # a raw table: its raw columns, strings and numbers (NaN or null for missing)
+        inputs = Schema([ColSpec("double" if c["type"] in ("numeric", "boolean") else "string", c["name"],
+                                 required=False) for c in meta["columns"] if c["type"] != "drop"])
+    elif names:
         inputs = Schema([ColSpec("double", str(n)) for n in names])
     else:
         shape = tuple(int(d) for d in meta["input_shape"][1:])
@@ -153,7 +161,7 @@ def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> A
 def serving_example(meta: dict[str, Any], rows: np.ndarray) -> Any:
     """A few rows as the pyfunc model's input example: a DataFrame with the feature names, else the array."""
     names = meta.get("feature_names")
-    if not names:
+    if not names or not isinstance(rows, np.ndarray):  # an array, or a raw table's DataFrame as given
         return rows
     import pandas as pd
 

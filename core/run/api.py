@@ -272,10 +272,15 @@ def _fits_epochs(cfg: dict[str, Any]) -> bool:
 
 
 def _data_tags(bundle: Any) -> dict[str, str]:
-    """``trainforge.constant_features``: the training split's constant columns (warned about when loading)."""
+    """``trainforge.constant_features``: the training split's constant columns (warned about when loading);
+    ``trainforge.dropped_columns``: a raw table's dropped identifier and constant columns."""
     from trainforge.training.data import TensorSplit, constant_features
 
     if not isinstance(bundle.train, TensorSplit):
         return {}
     names = constant_features(bundle.train.x.cpu().numpy(), bundle.meta.feature_names)
-    return {tag.CONSTANT_FEATURES: ", ".join(names)[:5000]} if names else {}
+    tags = {tag.CONSTANT_FEATURES: ", ".join(names)[:5000]} if names else {}
+    table = getattr(bundle.meta, "table", None)  # a raw table: columns dropped as identifiers or constants
+    dropped = [f"{c.name} ({c.reason})" for c in (table.columns if table else []) if c.type == "drop"]
+    return {**tags, tag.DROPPED_COLUMNS: ", ".join(dropped)[:5000]} if dropped else tags
+

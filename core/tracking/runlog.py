@@ -176,6 +176,9 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
     (workdir / "data_meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
     mlflow.log_artifact(str(workdir / "config.yaml"), run_id=run_id)
     mlflow.log_artifact(str(workdir / "data_meta.json"), run_id=run_id)
+    if meta.report:  # a raw table: rows read, duplicates, test rows in train, per-column types and statistics
+        (workdir / "data_report.json").write_text(json.dumps(meta.report, indent=1))
+        mlflow.log_artifact(str(workdir / "data_report.json"), run_id=run_id)
 
     plot_dir = workdir / "plots"
     plot_dir.mkdir(exist_ok=True)

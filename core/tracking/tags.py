@@ -20,6 +20,7 @@ PID_START = "trainforge.pid_start"  # process start time, guards against a reuse
 WORLD_SIZE = "trainforge.world_size"  # processes of a distributed run
 DISTRIBUTED = "trainforge.distributed"  # backend and process count
 CONSTANT_FEATURES = "trainforge.constant_features"  # input columns with one value on the training split
+DROPPED_COLUMNS = "trainforge.dropped_columns"  # a raw table's columns dropped as identifiers or constants
 PLOT_ROWS = "trainforge.plot_rows"  # the sample a streamed run's plots were drawn from
 MODEL_URI = "trainforge.model_uri"  # the served MLflow model (pyfunc with labels)
 ONNX_MODEL_URI = "trainforge.onnx_model_uri"  # the plain ONNX-flavor MLflow model
