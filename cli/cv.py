@@ -11,14 +11,14 @@ from typing import Any
 import click
 
 
-def train_cv(folds: int, opts: Any) -> None:
+def train_cv(opts: Any) -> None:
     """Run the K folds and the refit of ``train``'s resolved :class:`~trainforge.run.options.RunOptions`;
     print one JSON object (``--json``) or a summary. ``--resume`` and ``--nproc`` are usage errors here."""
     from trainforge.cv.runner import cross_validate
 
     if opts.resume or opts.nproc > 1:
         raise click.UsageError("--cv cannot be combined with --resume or --nproc")
-    result = cross_validate(opts.config, folds, tracking_uri=opts.tracking_uri, experiment=opts.experiment,
+    result = cross_validate(opts.config, opts.folds, tracking_uri=opts.tracking_uri, experiment=opts.experiment,
                             run_name=opts.run_name, export=opts.export, quiet=opts.quiet,
                             on_start=lambda run_id: click.echo(f"run {run_id} started", err=True))
     as_json = opts.json

@@ -115,15 +115,15 @@ Examples:
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Train with DDP in N local processes (torchrun).")
 @click.option("--cv", "folds", type=click.IntRange(min=2),
               help="K-fold cross-validation, then a refit on all non-test rows.")
-def train(folds: int | None, **given: Any) -> None:
+def train(**given: Any) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
     from trainforge.cli.quick_exit import standalone
     from trainforge.run.options import RunOptions
 
-    if folds:  # K-fold cross-validation: trainforge.cv.runner
+    if given.get("folds"):  # K-fold cross-validation: trainforge.cv.runner
         from trainforge.cli.cv import train_cv
 
-        return train_cv(folds, RunOptions.resolve(**given))
+        return train_cv(RunOptions.resolve(**given))
 
     opts = RunOptions.resolve(**given, export_worker=standalone())  # every option is a RunOptions field
     if opts.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
@@ -377,9 +377,8 @@ from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads in
 cli.add_command(tune)
 from trainforge.cli.compare import compare  # noqa: E402  (click only; torch, mlflow load inside)
 from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
-from trainforge.cli.runs import runs  # noqa: E402  (click only)
-
 from trainforge.cli.explain import explain  # noqa: E402  (click only; shap, captum, torch load inside)
+from trainforge.cli.runs import runs  # noqa: E402  (click only)
 
 for _command in (doctor, runs, compare, explain):
     cli.add_command(_command)

@@ -115,17 +115,16 @@ def raw_parity(merged: Any, prep: Any, wrapped: Any, outputs: list[str], task: s
     the held-out raw rows plus :func:`edge_rows`. Returns ``rows``, ``max_abs_diff`` (probabilities or
     values) and, for classification, ``argmax_agreement``; raises :class:`ExportError` on a breach of
     :data:`PROBABILITY_TOLERANCE` / 100 % agreement or :data:`RELATIVE_TOLERANCE`."""
-    import onnxruntime as ort
     import pandas as pd
     import torch
+
+    from trainforge.exporting.sessions import open_session
 
     rows = pd.concat([prep.heldout, edge_rows(prep)], ignore_index=True)
     feeds = raw_inputs(rows, prep.columns, "held-out rows")
     with torch.inference_mode():
         expected = [t.numpy() for t in wrapped(torch.from_numpy(prep.transform_inputs(feeds)))]
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(merged.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session, _ = open_session(merged.SerializeToString(), "cpu")
     got = session.run(outputs, feeds)
     result = dict(zip(outputs, zip(expected, got, strict=True), strict=True))
     if task == "classification" and "probabilities" in result:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from trainforge.contracts import TrainResult
+from trainforge.errors import ConfigError
 from trainforge.run.options import RunOptions, build_config
 from trainforge.tracking import tags as tag
 
@@ -86,6 +87,9 @@ def train(
     from trainforge.training import distributed
 
     opts = options or RunOptions.resolve(config=config, overrides=tuple(overrides), **settings)
+    if opts.folds:  # the cv wing sits above this one (trainforge.cv.runner.cross_validate)
+        raise ConfigError("train() runs one model; K-fold cross-validation is trainforge.cv.runner.cross_validate"
+                          "(config, k) or `trainforge train --cv K`")
     distributed.init_from_env(str(opts.config["trainer"]["device"]))
     main = distributed.is_main()
     if not main:  # other ranks train their shard; rank 0 tracks and exports

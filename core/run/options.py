@@ -60,6 +60,8 @@ class RunOptions:
     json: bool = False  #: ``trainforge train`` prints one JSON object instead of text
     resume: str | None = None  #: an MLflow run id to continue from its ``checkpoints/last.pt``
     nproc: int = 1  #: local DDP processes (``trainforge train --nproc N`` starts them under torchrun)
+    #: ``--cv K``: K-fold cross-validation then a refit (:func:`trainforge.cv.runner.cross_validate`); None: one run
+    folds: int | None = None
     #: export in a forked process while this one logs (:mod:`trainforge.exporting.worker`); only a process
     #: that has not used torch or threads yet may fork (the ``trainforge`` program itself)
     export_worker: bool = False
