@@ -15,7 +15,7 @@ import pytest
 from conftest import last_json, mlflow_client
 from sklearn.datasets import load_breast_cancer
 
-from trainforge.data import infer_columns, raw_inputs, schema_line
+from trainforge.data import Column, infer_columns, raw_inputs, schema_line
 from trainforge.errors import DataError, ExportError
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "predict_onnx.py"
@@ -155,7 +155,7 @@ def test_the_gate_refuses_when_the_preprocessing_sides_differ():
     """A training-side imputer that no longer matches the graph is a refused export."""
     import torch
 
-    from trainforge.exporting.tabular import attach, raw_parity
+    from trainforge.exporting.tabular import attach, raw_parity, torch_reference
     from trainforge.training.tabular import fit_table
 
     frame = messy_frame(rows=120).drop(columns="target")
@@ -183,8 +183,32 @@ def test_the_gate_refuses_when_the_preprocessing_sides_differ():
         import onnx
 
         merged = attach(onnx.load(f"{tmp}/{path}"), prep, "input")
-    figures = raw_parity(merged, prep, wrapped, ["logits", "probabilities"], "classification")
+    figures = raw_parity(merged, prep, torch_reference(wrapped), ["logits", "probabilities"], "classification")
     assert figures["argmax_agreement"] == 1.0 and figures["rows"] > len(prep.heldout)
     prep.transformer.named_transformers_["numeric"].statistics_ += 50.0  # the two sides now impute differently
     with pytest.raises(ExportError, match="raw-row parity failed"):
-        raw_parity(merged, prep, wrapped, ["logits", "probabilities"], "classification")
+        raw_parity(merged, prep, torch_reference(wrapped), ["logits", "probabilities"], "classification")
+
+
+@pytest.mark.parametrize("model", ["random-forest", "linear-svm"])
+def test_estimators_take_raw_tables(model, tmp_path, monkeypatch):
+    """The scikit-learn kinds on the same preprocessing: one graph from raw columns, the same raw-row gate."""
+    import trainforge
+    from trainforge.run.api import load_data
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    messy_frame(rows=200).to_csv("messy.csv", index=False)
+    result = trainforge.train(model__name=model, dataset__name="csv", dataset__path="messy.csv",
+                              dataset__target="target", quiet=True)
+    run = mlflow_client(tmp_path).get_run(result.run_id)
+    assert run.data.metrics["onnx_raw_argmax_agreement"] == 1.0 and run.data.metrics["onnx_raw_rows"] > 40
+    assert {a.path for a in mlflow_client(tmp_path).list_artifacts(result.run_id)} >= {"data_report.json"}
+    session, meta = _raw_session(result.onnx_path)
+    assert {i.name: i.type for i in session.get_inputs()}["site"] == "tensor(string)"
+    rows = messy_frame(seed=1, rows=60).drop(columns="target")
+    rows.loc[rows.index[:5], "site"] = "atlantis"
+    rows.loc[rows.index[5:10], "mean radius"] = np.nan
+    probs = session.run(["probabilities"], raw_inputs(rows, [Column.from_dict(c) for c in meta["columns"]]))[0]
+    prep = load_data(result.config).meta.table
+    np.testing.assert_array_equal(probs.argmax(1), result.model.predict(prep.transform(rows)))
