@@ -136,7 +136,7 @@ def _torch_labels(result: dict, rows: pd.DataFrame) -> np.ndarray:
     from trainforge.contracts import DataMeta
     from trainforge.tracking import store
     from trainforge.training import data as data_mod
-    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.checkpoint import load as load_checkpoint
     from trainforge.training.modeling import InferenceModel, build_model
     from trainforge.training.tasks import get_task
 
@@ -212,3 +212,72 @@ def test_estimators_take_raw_tables(model, tmp_path, monkeypatch):
     probs = session.run(["probabilities"], raw_inputs(rows, [Column.from_dict(c) for c in meta["columns"]]))[0]
     prep = load_data(result.config).meta.table
     np.testing.assert_array_equal(probs.argmax(1), result.model.predict(prep.transform(rows)))
+
+
+# -- fault rows on raw tables (the contract of tests/test_fault_suite.py: real processes, one line, nothing lost)
+@pytest.fixture(scope="module")
+def raw_run(tmp_path_factory):
+    import trainforge
+
+    root = tmp_path_factory.mktemp("rawrun")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        messy_frame(rows=150).to_csv("messy.csv", index=False)
+        result = trainforge.train(model__name="logistic-regression", dataset__name="csv", dataset__path="messy.csv",
+                                  dataset__target="target", quiet=True)
+    return root, result
+
+
+def _rows(kind: str) -> pd.DataFrame:
+    rows = messy_frame(seed=2, rows=30).drop(columns="target")
+    if kind == "missing-column":
+        return rows.drop(columns="mean texture")
+    if kind == "wrong-type":
+        return rows.assign(**{"mean area": "large"})
+    if kind == "all-missing":
+        return rows.assign(**{"mean area": np.nan})
+    return rows.assign(site="atlantis")  # unseen-levels
+
+
+RAW_FAULTS = {  # rows to predict -> (exit code, the one Error line, or the warning of the documented handling)
+    "missing-column": (1, "no column 'mean texture' (the model takes"),
+    "wrong-type": (1, "column 'mean area': 35 of 35 value(s) are not numbers (e.g. 'large')"),
+    "all-missing": (0, "column 'mean area' is empty in every row: filled with the training value"),
+    "unseen-levels": (0, "column 'site': 35 value(s) never seen in training (e.g. 'atlantis') take the unknown level"),
+}
+
+
+@pytest.mark.parametrize("kind", list(RAW_FAULTS))
+def test_raw_table_predict_faults(raw_run, kind, tmp_path):
+    from faults import no_partial_files, one_line, tf
+
+    root, result = raw_run
+    code, text = RAW_FAULTS[kind]
+    _rows(kind).to_csv(tmp_path / "in.csv", index=False)
+    (tmp_path / "out.csv").write_text("GOOD\n")
+    done = tf(root, "predict", f"runs:/{result.run_id}", "--input", str(tmp_path / "in.csv"), "--output",
+              str(tmp_path / "out.csv"), "--provider", "cpu")
+    assert done.returncode == code, done.stderr
+    if code:
+        assert text in one_line(done.stderr)
+        assert (tmp_path / "out.csv").read_text() == "GOOD\n"  # an existing output is left as it was
+    else:
+        assert text in done.stderr and "Traceback" not in done.stderr
+        assert len(pd.read_csv(tmp_path / "out.csv")) == 35  # every row predicted (30 + the 5 duplicates messy_frame adds)
+    no_partial_files(tmp_path)
+
+
+def test_raw_table_faults_at_training(cli, workdir):
+    """A file of copies of one row is one line; an all-missing column is dropped (reason ``empty``)."""
+    from faults import store_runs
+
+    frame = messy_frame(rows=120)
+    pd.concat([frame.iloc[:1]] * 40).to_csv(workdir / "dups.csv", index=False)
+    done = cli("train", "--model", "logistic-regression", "--dataset", "csv", "-p", "dataset.path=dups.csv",
+               "-p", "dataset.target=target", "-p", "dataset.task=classification", "--quiet", ok=False)
+    assert done.exit_code == 1
+    assert "dups.csv: its 40 rows are copies of 1 distinct row(s)" in done.output and "Traceback" not in done.output
+    assert not store_runs(workdir)
+    columns = {c.name: c for c in infer_columns(frame.assign(empty=np.nan).drop(columns="target"))}
+    assert (columns["empty"].type, columns["empty"].reason) == ("drop", "empty")
