@@ -223,14 +223,36 @@ def raw_run(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
-        messy_frame(rows=150).to_csv("messy.csv", index=False)
+        fault_frame(0, 150).to_csv("messy.csv", index=False)
         result = trainforge.train(model__name="logistic-regression", dataset__name="csv", dataset__path="messy.csv",
                                   dataset__target="target", quiet=True)
     return root, result
 
 
+def fault_frame(seed: int, rows: int) -> pd.DataFrame:
+    """:func:`messy_frame` plus an integer column and a Yes/No column (read as numeric and boolean)."""
+    frame = messy_frame(seed=seed, rows=rows)
+    rng = np.random.default_rng(seed)
+    return frame.assign(visits=rng.integers(0, 4, len(frame)), smoker=rng.choice(["Yes", "No"], len(frame)))
+
+
+def test_raw_run_serves_integer_and_yes_no_columns(raw_run):
+    """The pyfunc's input example and signature follow the column types (before: an int64 column failed
+    MLflow's schema check when the run was logged, and a Yes/No column was declared double)."""
+    import mlflow
+
+    root, result = raw_run
+    rows = fault_frame(3, 20).drop(columns="target")
+    served = mlflow.pyfunc.load_model(result.model_uri).predict(rows.where(rows.notna(), None))
+    session, meta = _raw_session(result.onnx_path)
+    probs = session.run(["probabilities"], raw_inputs(rows, [Column.from_dict(c) for c in meta["columns"]]))[0]
+    assert list(served["prediction"]) == list(np.asarray(meta["class_names"])[probs.argmax(1)])
+    types = {c["name"]: c["type"] for c in meta["columns"]}
+    assert (types["visits"], types["smoker"]) == ("numeric", "boolean")
+
+
 def _rows(kind: str) -> pd.DataFrame:
-    rows = messy_frame(seed=2, rows=30).drop(columns="target")
+    rows = fault_frame(2, 30).drop(columns="target")
     if kind == "missing-column":
         return rows.drop(columns="mean texture")
     if kind == "wrong-type":
