@@ -199,8 +199,9 @@ def test_estimators_take_raw_tables(model, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     messy_frame(rows=200).to_csv("messy.csv", index=False)
+    small = {"model__n_estimators": 20} if model == "random-forest" else {}
     result = trainforge.train(model__name=model, dataset__name="csv", dataset__path="messy.csv",
-                              dataset__target="target", quiet=True)
+                              dataset__target="target", quiet=True, **small)
     run = mlflow_client(tmp_path).get_run(result.run_id)
     assert run.data.metrics["onnx_raw_argmax_agreement"] == 1.0 and run.data.metrics["onnx_raw_rows"] > 40
     assert {a.path for a in mlflow_client(tmp_path).list_artifacts(result.run_id)} >= {"data_report.json"}
@@ -212,6 +213,10 @@ def test_estimators_take_raw_tables(model, tmp_path, monkeypatch):
     probs = session.run(["probabilities"], raw_inputs(rows, [Column.from_dict(c) for c in meta["columns"]]))[0]
     prep = load_data(result.config).meta.table
     np.testing.assert_array_equal(probs.argmax(1), result.model.predict(prep.transform(rows)))
+    from trainforge.estimators.kind import export_run
+
+    again = export_run(result.run_id, tmp_path / "again.onnx")  # reloads the skops file, re-fits the preprocessing
+    assert again.raw_parity["argmax_agreement"] == 1.0 and _raw_session(str(again.path))[1]["columns"] == meta["columns"]
 
 
 # -- fault rows on raw tables (the contract of tests/test_fault_suite.py: real processes, one line, nothing lost)

@@ -39,8 +39,10 @@ from trainforge.tracking import tags as tag
 log = logging.getLogger(__name__)
 MODEL_FILE = "checkpoints/estimator.skops"
 LEGACY_PICKLE = "checkpoints/estimator.pkl"  # before skops: never loaded
-#: types outside skops' defaults that the built-in estimators (random forests, gradient boosting) hold
-TRUSTED_TYPES = ("sklearn.tree._tree.Tree",)
+#: types outside skops' defaults that the built-in estimators hold (random forests and gradient boosting: the
+#: tree; linear-svm: scikit-learn's calibration wrappers)
+TRUSTED_TYPES = ("sklearn.tree._tree.Tree", "sklearn.calibration._CalibratedClassifier",
+                 "sklearn.calibration._SigmoidCalibration")
 
 
 def save_estimator(estimator: Any, path: Path) -> None:
