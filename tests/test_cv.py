@@ -103,8 +103,8 @@ def cv_runs(tmp_path_factory):
         trained = last_json(invoke("train", "--model", "mlp", "--dataset", "wine", "--cv", "2", "--epochs", "2",
                                    "--json", "-q"))
         board = last_json(invoke("compare", "--model", "random-forest,logistic-regression", "--dataset", "wine",
-                                 "--cv", "2", "--epochs", "2", "-p", "trainer.monitor=val_accuracy", "--register", "wine-best",
-                                 "--json"))
+                                 "--cv", "2", "--epochs", "2", "-p", "trainer.monitor=val_accuracy",
+                                 "--register", "wine-best", "--json"))
         client = mlflow_client(root)
         refit = client.get_run(trained["run_id"]).data.tags["trainforge.refit_run_id"]
         invoke("data", "--run", refit, "--split", "test", "--output", "test.csv")
