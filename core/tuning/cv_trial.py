@@ -73,15 +73,16 @@ def load_trial_folds(cfg: dict[str, Any], k: int, cache: dict[Any, Any] | None =
     return data
 
 
-def count_params(cfg: dict[str, Any], meta: Any) -> int:
-    """Parameters of ``cfg``'s torch model for ``meta`` (0 for a scikit-learn estimator or a model that
-    cannot be built here: the fit itself reports that)."""
+def count_params(cfg: dict[str, Any], meta: Any) -> int | None:
+    """Parameters of ``cfg``'s torch model for ``meta``; ``None`` for a model the epoch loop does not train (a
+    scikit-learn estimator: fitted once, nothing to report per epoch, so its folds run one after another and
+    the cumulative mean is reported after each), 0 for a model that cannot be built here (its fit says why)."""
     from trainforge import manager
     from trainforge.errors import TrainforgeError
     from trainforge.training.modeling import build_model
 
     if getattr(manager.get("model", cfg["model"]["name"]), "fit", "epochs") != "epochs":
-        return 0
+        return None
     try:
         return sum(int(p.numel()) for p in build_model(cfg["model"], meta).parameters())
     except (TrainforgeError, RuntimeError, ValueError, TypeError):
@@ -104,13 +105,13 @@ def make_cv_fitter(settings: dict[str, Any], *, parent_run_id: str, experiment: 
 
         fold_data = load_trial_folds(cfg, k, cache)
         n_params = count_params(cfg, fold_data.refit.meta)
-        mode = mode_for(n_params, fold_data.bundles)
+        mode = "sequential" if n_params is None else mode_for(n_params, fold_data.bundles)
         run_id = _open_trial_run(cfg, fold_data, f"{study}-trial-{trial.number}", parent_run_id, experiment, uri,
                                  {**tags, tag.CV_FOLDS: str(k), tag.CV_KIND: fold_data.folds.kind, tag.CV_MODE: mode})
         on_start(run_id)
         trial.set_user_attr("cv_mode", mode)
         with tracking.run_status(run_id):
-            return _fit_trial(cfg, fold_data, trial, run_id, (pruning, list(callbacks)), n_params,
+            return _fit_trial(cfg, fold_data, trial, run_id, (pruning, list(callbacks)), mode,
                               dict(study=study, experiment=experiment, uri=uri))
 
     return fit
@@ -143,12 +144,12 @@ def _open_trial_run(cfg: dict[str, Any], fold_data: Any, name: str, parent_run_i
 
 
 def _fit_trial(cfg: dict[str, Any], fold_data: Any, trial: Any, run_id: str, callbacks: tuple[Any, list[Any]],
-               n_params: int, where: dict[str, Any]) -> CVTrialResult:
+               mode: str, where: dict[str, Any]) -> CVTrialResult:
     """Steps 2-3 of the module doc inside the open trial run."""
     import mlflow
     import optuna
 
-    from trainforge.cv.lockstep import fit_folds
+    from trainforge.cv.lockstep import LOCKSTEP_MAX_BYTES, fit_folds
     from trainforge.cv.runner import best_val_metrics, median_epoch
     from trainforge.cv.stats import summarize
     from trainforge.run import api
@@ -174,7 +175,8 @@ def _fit_trial(cfg: dict[str, Any], fold_data: Any, trial: Any, run_id: str, cal
         return trial.should_prune()
 
     try:
-        results, mode = fit_folds(train_fold, fold_data.bundles, metric, report, n_params=n_params)
+        results, mode = fit_folds(train_fold, fold_data.bundles, metric, report,
+                                  max_bytes=LOCKSTEP_MAX_BYTES if mode == "lockstep" else -1)
     except optuna.TrialPruned:
         for fold_run in fold_runs:  # each fold stopped with the trial: a decision, not an error
             finish_child(fold_run, "PRUNED", trial, epoch=pruning.epoch if pruning else 0)
