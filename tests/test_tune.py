@@ -370,3 +370,15 @@ def test_timeout_is_honoured(cli):
                         "--json").output)
     # optimize() starts no trial once 1 s has passed (a few short trials fit in it); 200 were allowed
     assert 1 <= out["n_trials_run"] < 20
+
+
+def test_a_study_of_scikit_learn_estimators_exports_and_registers_its_best(cli, workdir):
+    """An estimator trial has no best.pt: its kind re-exports the fitted model into the study's run, and the
+    file is scored in onnxruntime like a torch study's (was: "no checkpoints/best.pt", then an IndexError)."""
+    out = last_json(cli("tune", "--model", "logistic-regression", "--dataset", "iris", "--n-trials", "2",
+                        "--study", "lr", "--quiet", "--json").output)
+    assert out["model_version"] == "1" and out["test_metrics"]["test_accuracy"] > 0.8, out
+    cli("data", "--dataset", "iris", "--split", "test", "--output", "test.csv")
+    predicted = last_json(cli("predict", out["onnx_path"], "--input", "test.csv", "--target", "target",
+                              "--output", "pred.csv", "--json").output)
+    assert predicted["metrics"]["accuracy"] == pytest.approx(out["test_metrics"]["test_accuracy"])

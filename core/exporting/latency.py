@@ -176,10 +176,16 @@ def evaluate_onnx(path: str | Path, split: Any, task: Any, batch_size: int = 102
     from trainforge.training.data import batches
 
     session, _ = open_session(path, "cpu", threads=threads)
-    output = session.get_outputs()[0].name  # logits (classification) or prediction (regression)
+    names = [o.name for o in session.get_outputs()]
+    # logits (a torch classifier), probabilities only (a scikit-learn one: log p are logits of the same
+    # softmax), or the prediction (regression)
+    output = next((n for n in ("logits", "probabilities", "prediction") if n in names), names[0])
     state = None
     for x, y in batches(split, batch_size):
         out = torch.from_numpy(session.run([output], {"input": x.cpu().numpy()})[0])
+        if output == "probabilities":
+            out = out.clamp_min(1e-12).log()
+        out = out.reshape(len(out), -1)
         if state is None:
             state = task.new_state(out.shape[1], torch.device("cpu"))
         task.update(state, out, y.cpu())

@@ -79,14 +79,23 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
 
     from trainforge.contracts import TrainResult
     from trainforge.exporting.latency import evaluate_onnx
-    from trainforge.exporting.logged import export_and_log
+    from trainforge.exporting.logged import export_and_log, log_onnx
+    from trainforge.kinds import get_kind
     from trainforge.tracking import checkpoints
+    from trainforge.tracking import store as tracking
+    from trainforge.tracking.runconfig import run_config
     from trainforge.training import data as data_mod
     from trainforge.training.checkpoint import rebuild
+    from trainforge.training.tasks import get_task
 
-    checkpoint = checkpoints.fetch(source_run_id)
-    model, task, meta, cfg = rebuild(checkpoint)
-    bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"], task=meta.task)
+    kind = tracking.get_run(source_run_id).data.tags.get(tag.FIT)
+    if kind:  # not the epoch loop's torch module (a scikit-learn estimator): no best.pt, its kind re-exports it
+        cfg, checkpoint = run_config(source_run_id), {"epoch": 1}
+    else:
+        checkpoint = checkpoints.fetch(source_run_id)
+        model, task, meta, cfg = rebuild(checkpoint)
+    bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"],
+                                                             task=None if kind else meta.task)
     result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
     with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
         # export_and_log logs the MLflow model into the active run: the parent's; the caller sets its final status.
@@ -95,7 +104,12 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
         except Exception as exc:  # another run is active in this process (a Python caller's)
             raise TrainforgeError(f"cannot log the best model into the study's run {parent_run_id}: {exc}") from None
         with opened:
-            export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize, name=BEST_MODEL_NAME)
+            if kind:
+                report = get_kind(kind).export_run(source_run_id, Path(tmp) / "model.onnx")
+                log_onnx(result, report, data_mod.sample_rows(bundle.test), name=BEST_MODEL_NAME)
+                task = get_task(bundle.meta.task, meta=bundle.meta)
+            else:
+                export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize, name=BEST_MODEL_NAME)
     best = BestModel(source_run_id, result.onnx_path, result.model_uri)
     best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task, threads=threads).items()}
     mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
