@@ -58,7 +58,9 @@ class TuneSettings:
     ``heartbeat_interval``/``heartbeat_grace``: RDB storages only (Optuna's ``heartbeat_interval`` and
     ``grace_period``); a dead worker's trial is detected ``grace`` to ``grace + interval`` s after its last
     heartbeat. ``threads``: onnxruntime intra-op threads when the exported best model is scored (default:
-    the CPUs this process may use); ``latency_threads`` is the count trials are timed with.
+    the CPUs this process may use); ``latency_threads`` is the count trials are timed with. ``explain``: explain
+    the exported best model on the first ``explain_rows`` test rows (default
+    :data:`trainforge.explaining.api.RUN_ROWS`) and log ``explain/`` to the parent run.
     """
 
     config: str | None = None
@@ -93,6 +95,8 @@ class TuneSettings:
     heartbeat_interval: float = study_mod.HEARTBEAT_INTERVAL
     heartbeat_grace: float = study_mod.HEARTBEAT_GRACE
     threads: int | None = None
+    explain: bool = False
+    explain_rows: int | None = None
     # derived: the config tree every trial overlays, the search_space: section, the settled objectives
     base: dict[str, Any] = field(default_factory=dict)
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -246,7 +250,8 @@ class TuneSettings:
                 raise ConfigError(f"unknown {key} {getattr(self, key)!r}; choose one of {', '.join(choices)}")
         if self.direction is not None and self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
-        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads"):
+        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads",
+                    "explain_rows"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
@@ -260,6 +265,17 @@ class TuneSettings:
                               f"{self.heartbeat_interval} (seconds), or live trials would be declared dead")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+        self._validate_explain()
+
+    def _validate_explain(self) -> None:
+        if self.explain_rows is not None and not self.explain:
+            raise ConfigError("explain_rows sets how many test rows explain explains: set explain (--explain)")
+        if self.explain:
+            if not self.export:
+                raise ConfigError("explain explains the exported best model: drop --no-export")
+            from trainforge.explaining import require_extra
+
+            require_extra("tune --explain")
 
     def _check_frozen(self, keys: tuple[str, ...]) -> None:
         for key in keys:
