@@ -116,10 +116,10 @@ def _export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: Pa
     table = None if part else getattr(meta, "table", None)
     raw_figures: dict[str, float] = {}
     if table is not None:  # a raw table: its fitted preprocessing goes in front, checked on raw rows
-        from trainforge.exporting.tabular import attach, raw_parity
+        from trainforge.exporting.tabular import attach, raw_parity, torch_reference
 
         proto = attach(proto, table, INPUT_NAME)
-        raw_figures = raw_parity(proto, table, wrapped, outputs, meta.task)
+        raw_figures = raw_parity(proto, table, torch_reference(wrapped), outputs, meta.task)
     generative = bool(getattr(model, "generative", False)) and not part
     entries = metadata.build(meta, outputs, opset=opset_used, parity=diffs, cuda_parity=cuda_diffs or None,
                              run_id=run_id, config=config, part=part or "",
@@ -271,7 +271,7 @@ def export(
     :mod:`trainforge.kinds`) is re-exported by that kind. Raises :class:`TrainforgeError` subclasses when the run, its
     checkpoint, the part or the data cannot be found.
     """
-    from trainforge.kinds import KIND_TAG, get_kind
+    from trainforge.kinds import get_kind
     from trainforge.tracking import checkpoints
     from trainforge.tracking import store as tracking
     from trainforge.training import data as data_mod
@@ -280,7 +280,7 @@ def export(
 
     tracking.setup_uri(tracking_uri)
     run = tracking.get_run(run_id)
-    kind = run.data.tags.get(KIND_TAG)
+    kind = run.data.tags.get(tag.FIT)
     if kind:  # not the epoch loop's torch module (e.g. a scikit-learn estimator): its kind re-exports it
         return get_kind(kind).export_run(run_id, output, part=part, log_to_run=log_to_run)
     checkpoint = checkpoints.fetch(run_id)
