@@ -103,16 +103,16 @@ def test_bad_method_for_the_model_is_one_line(cli, table):
 
 # -- train --explain, tune --explain ----------------------------------------------------------------------------------
 
-def test_train_explain_logs_the_explanation_into_the_run(cli, table):
-    """``train --explain``: the exported file and the torch model explained inside the run, as ``explain`` does."""
-    run = _train(cli, "mlp", "--epochs", "30", "--lr", "0.01", "--explain", "--explain-rows", "40")
+def test_train_explain_logs_the_explanation_into_the_run(cli, workdir):
+    """``train --explain``: the exported file and the torch model explained inside the run, as ``explain`` does
+    (the planted ranking is checked on ``explain`` above; here what lands on the run)."""
+    run = last_json(cli("train", "--model", "mlp", "--dataset", "iris", "--epochs", "3", "--device", "cpu",
+                        "--quiet", "--json", "--explain", "--explain-rows", "10").output)
     out = run["explanation"]
-    assert out["run_id"] == run["run_id"] and out["rows"] == 40
+    assert out["run_id"] == run["run_id"] and out["rows"] == 10
     assert set(out["importance"]) == {"permutation", "shap", "integrated-gradients"}
-    for method, values in out["importance"].items():
-        assert set(sorted(values, key=lambda f: -values[f])[:2]) == set(SIGNAL), (method, values)
     assert out["checks"]["shap_additivity_error"] <= 1e-4 and out["checks"]["ig_completeness_gap"] <= 0.01
-    client = mlflow_client(table)
+    client = mlflow_client(workdir)
     logged = client.get_run(run["run_id"])
     assert logged.info.status == "FINISHED"
     assert logged.data.metrics["explain_ig_completeness_gap"] == pytest.approx(out["checks"]["ig_completeness_gap"])
