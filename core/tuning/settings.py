@@ -58,15 +58,11 @@ class TuneSettings:
     ``heartbeat_interval``/``heartbeat_grace``: RDB storages only (Optuna's ``heartbeat_interval`` and
     ``grace_period``); a dead worker's trial is detected ``grace`` to ``grace + interval`` s after its last
     heartbeat. ``threads``: onnxruntime intra-op threads when the exported best model is scored (default:
-<<<<<<< HEAD
-    the CPUs this process may use); ``latency_threads`` is the count trials are timed with. ``explain``: explain
-    the exported best model on the first ``explain_rows`` test rows (default
-    :data:`trainforge.explaining.api.RUN_ROWS`) and log ``explain/`` to the parent run.
-=======
     the CPUs this process may use); ``latency_threads`` is the count trials are timed with. ``cv``: K >= 2
     scores every trial by K-fold cross-validation (:mod:`trainforge.tuning.cv_trial`; the study's best
-    configuration is then always refit on all non-test rows), frozen once the study exists.
->>>>>>> main
+    configuration is then always refit on all non-test rows), frozen once the study exists. ``explain``:
+    explain the exported best model on the first ``explain_rows`` test rows (default
+    :data:`trainforge.explaining.api.RUN_ROWS`) and log ``explain/`` to the parent run.
     """
 
     config: str | None = None
@@ -101,12 +97,9 @@ class TuneSettings:
     heartbeat_interval: float = study_mod.HEARTBEAT_INTERVAL
     heartbeat_grace: float = study_mod.HEARTBEAT_GRACE
     threads: int | None = None
-<<<<<<< HEAD
+    cv: int | None = None
     explain: bool = False
     explain_rows: int | None = None
-=======
-    cv: int | None = None
->>>>>>> main
     # derived: the config tree every trial overlays, the search_space: section, the settled objectives
     base: dict[str, Any] = field(default_factory=dict)
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -266,14 +259,10 @@ class TuneSettings:
                 raise ConfigError(f"unknown {key} {getattr(self, key)!r}; choose one of {', '.join(choices)}")
         if self.direction is not None and self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
-<<<<<<< HEAD
-        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads",
-                    "explain_rows"):
-=======
         if self.cv is not None and (isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2):
             raise ConfigError(f"cv must be a whole number of folds >= 2, got {self.cv!r}")
-        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads"):
->>>>>>> main
+        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads",
+                    "explain_rows"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
