@@ -45,34 +45,35 @@ def explain(source: str, input_path: str | None, target: str | None, methods: tu
             background: int, repeats: int, budget: int | None, no_randomisation: bool, output: str | None,
             log_to_run: bool, tracking_uri: str | None, as_json: bool) -> None:
     """Explain a model: global importances and per-row attributions, with checks that they mean something."""
-    _require_extra()
+    from trainforge.explaining import require_extra
     from trainforge.explaining.api import explain as run_explain
+
+    require_extra()
 
     report = run_explain(source, input_path, target=target, methods=methods, rows=rows, background=background,
                          repeats=repeats, budget=budget, randomise=not no_randomisation, log_to_run=log_to_run,
                          output=output, tracking_uri=tracking_uri, progress=not as_json)
-    for line in report.warnings:
-        click.echo(f"warning: {line}", err=True)
     if as_json:
+        for line in report.warnings:
+            click.echo(f"warning: {line}", err=True)
         click.echo(json.dumps(report.to_dict()))
         return
-    click.echo(f"{source}: {report.rows} rows explained")
-    for method, values in report.importance.items():
+    echo_report(report.to_dict(), source)
+
+
+def echo_report(data: dict, what: str) -> None:
+    """Print an :meth:`~trainforge.explaining.api.ExplainReport.to_dict` of ``what`` (the source explained):
+    the top features and model calls of each method, the checks, the failed checks' warnings (stderr) and the
+    artifacts logged."""
+    click.echo(f"{what}: {data['rows']} rows explained")
+    for line in data["warnings"]:
+        click.echo(f"warning: {line}", err=True)
+    for method, values in data["importance"].items():
         top = sorted(values, key=lambda f: -values[f])[:5]
-        click.echo(f"  {method:<22} {report.calls[method]:>12,} model calls  top: "
+        click.echo(f"  {method:<22} {data['calls'][method]:>12,} model calls  top: "
                    + ", ".join(f"{f} ({values[f]:.3g})" for f in top))
-    for name, value in report.checks.items():
+    for name, value in data["checks"].items():
         shown = "skipped" if value is None else f"{value:.4g}"
         click.echo(f"  check {name:<36} {shown}")
-    if report.artifacts:
-        click.echo(f"logged {len(report.artifacts)} artifacts under explain/ of run {report.run_id}")
-
-
-def _require_extra() -> None:
-    """One error line naming the extra when shap or captum is missing."""
-    import importlib.util
-
-    missing = [name for name in ("shap", "captum") if importlib.util.find_spec(name) is None]
-    if missing:
-        raise click.ClickException(f"trainforge explain needs {' and '.join(missing)}: "
-                                   "pip install 'trainforge[explain]'")
+    if data["artifacts"]:
+        click.echo(f"logged {len(data['artifacts'])} artifacts under explain/ of run {data['run_id']}")

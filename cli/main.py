@@ -109,6 +109,8 @@ Examples:
 @click.option("--run-name", help="MLflow run name (default: MODEL-DATASET).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--no-export", "export", is_flag=True, flag_value=False, default=True, help="Skip the ONNX export.")
+@click.option("--explain", is_flag=True, help="Explain the exported model on test rows; log explain/ to the run.")
+@click.option("--explain-rows", type=click.IntRange(min=1), metavar="N", help="Test rows --explain explains (default 100).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @click.option("--json", "json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
@@ -154,6 +156,10 @@ def train(**given: Any) -> None:
         click.echo(f"  {key:<16} {value:.4f}")
     if result.onnx_path:
         click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs torch: {max(result.parity.values()):.2g})")
+    if result.explanation is not None:
+        from trainforge.cli.explain import echo_report
+
+        echo_report(result.explanation, "the exported model")
 
 
 def _announce(run_id: str) -> None:

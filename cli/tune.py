@@ -87,6 +87,9 @@ mlruns/optuna/journal.log. A study with no complete trial exits 1 with the most 
                    "longer than the interval).")
 @click.option("--threads", type=click.IntRange(min=1),
               help="onnxruntime intra-op threads when scoring the exported model (default: the CPUs available).")
+@click.option("--explain", is_flag=True, default=None,
+              help="Explain the exported best model on the test split; log explain/ to the study's parent run.")
+@click.option("--explain-rows", type=click.IntRange(min=1), metavar="N", help="Test rows --explain explains (default 100).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (study, best_value, best_params, ...).")
 def tune(as_json: bool, quiet: bool, **options: object) -> None:
     """Search hyperparameters with Optuna; one MLflow parent run per study, one child run per trial."""
@@ -145,3 +148,7 @@ def _summary(result) -> None:
         table.add_row("registered", f"version {result.model_version}")
     table.add_row("storage", result.storage)
     console.print(table)
+    if result.explanation is not None:
+        from trainforge.cli.explain import echo_report
+
+        echo_report(result.explanation, "the exported best model")

@@ -255,6 +255,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list, repr=False)
     #: the trained model in this process: a TrainforgeModel with the best weights, or a fitted estimator
     model: Any = field(default=None, repr=False)
+    #: ``train --explain``: the explanation's report (``importance``, ``checks``, ``calls``, ``warnings``,
+    #: ``artifacts``; :meth:`trainforge.explaining.api.ExplainReport.to_dict`), else None
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -268,4 +271,5 @@ class TrainResult:
             "parity_max_abs_diff": self.parity,
             "model_uri": self.model_uri,
             "config": self.config,
+            **({"explanation": self.explanation} if self.explanation is not None else {}),
         }

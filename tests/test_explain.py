@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import last_json, mlflow_client
+from conftest import error_line, last_json, mlflow_client
 
 import trainforge
 
@@ -99,6 +99,52 @@ def test_bad_method_for_the_model_is_one_line(cli, table):
     result = cli("explain", run["run_id"], "-m", "integrated-gradients", ok=False)
     assert result.exit_code == 1 and "needs a torch model" in result.output
     assert "Traceback" not in result.output
+
+
+# -- train --explain, tune --explain ----------------------------------------------------------------------------------
+
+def test_train_explain_logs_the_explanation_into_the_run(cli, workdir):
+    """``train --explain``: the exported file and the torch model explained inside the run, as ``explain`` does
+    (the planted ranking is checked on ``explain`` above; here what lands on the run)."""
+    run = last_json(cli("train", "--model", "mlp", "--dataset", "iris", "--epochs", "3", "--device", "cpu",
+                        "--quiet", "--json", "--explain", "--explain-rows", "10").output)
+    out = run["explanation"]
+    assert out["run_id"] == run["run_id"] and out["rows"] == 10
+    assert set(out["importance"]) == {"permutation", "shap", "integrated-gradients"}
+    assert out["checks"]["shap_additivity_error"] <= 1e-4 and out["checks"]["ig_completeness_gap"] <= 0.01
+    client = mlflow_client(workdir)
+    logged = client.get_run(run["run_id"])
+    assert logged.info.status == "FINISHED"
+    assert logged.data.metrics["explain_ig_completeness_gap"] == pytest.approx(out["checks"]["ig_completeness_gap"])
+    assert logged.data.metrics["explain_shap_calls"] == out["calls"]["shap"] > 0
+    names = {f.path for f in client.list_artifacts(run["run_id"], "explain")}
+    assert {"explain/importance.csv", "explain/shap_values.npy", "explain/beeswarm.png"} <= names
+    assert sorted(out["artifacts"]) == sorted(names)
+
+
+def test_explain_needs_the_export_and_rows_need_explain(cli, table):
+    assert "drop --no-export" in error_line(cli("train", "--dataset", "iris", "--explain", "--no-export", ok=False))
+    assert "add --explain" in error_line(cli("train", "--dataset", "iris", "--explain-rows", "5", ok=False))
+    assert "drop --no-export" in error_line(cli("tune", "--dataset", "iris", "--explain", "--no-export", ok=False))
+
+
+def test_tune_explain_logs_the_best_model_into_the_parent_run(cli, workdir):
+    """``tune --explain``: the file exported into the parent run, explained with its trial's torch model."""
+    out = last_json(cli("tune", "--model", "mlp", "--dataset", "iris", "--epochs", "2", "--n-trials", "1",
+                        "--storage", "study.log", "-p", "trainer.device=cpu", "--explain", "--explain-rows", "20",
+                        "--json").output)
+    explained = out["explanation"]
+    assert explained["run_id"] == out["parent_run_id"] and explained["rows"] == 20
+    assert set(explained["importance"]) == {"permutation", "shap", "integrated-gradients"}
+    assert set(explained["importance"]["shap"]) == {"sepal length (cm)", "sepal width (cm)", "petal length (cm)",
+                                                    "petal width (cm)"}
+    assert explained["checks"]["shap_additivity_error"] <= 1e-4
+    client = mlflow_client(workdir)
+    parent = client.get_run(out["parent_run_id"])
+    assert parent.data.metrics["explain_shap_additivity_error"] == pytest.approx(
+        explained["checks"]["shap_additivity_error"])
+    assert "explain/importance.csv" in {f.path for f in client.list_artifacts(out["parent_run_id"], "explain")}
+    assert client.list_artifacts(out["best_run_id"], "explain") == []  # the trial's own run: opt-in, not explained
 
 
 # -- images ---------------------------------------------------------------------------------------------------------

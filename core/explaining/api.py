@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 #: rows each re-initialised model is explained on (Adebayo's check compares the same rows)
 RANDOMISATION_ROWS = 64
+#: test rows ``train --explain`` and ``tune --explain`` explain unless told (``--explain-rows``): the first of
+#: the test split, enough for a stable global ranking while SHAP stays within seconds on a small table
+RUN_ROWS = 100
 
 
 @dataclass
@@ -127,6 +130,19 @@ def explain(source: str, input_path: str | Path | None = None, *, target: str | 
 
         report.artifacts = log_explanation(subject, report, done, targets, bg)
     return report
+
+
+def explain_run(run_id: str, onnx_path: str | None = None, *, model_run: str | None = None,
+                rows: int | None = RUN_ROWS, tracking_uri: str | None = None, progress: bool = False) -> ExplainReport:
+    """What ``train --explain`` and ``tune --explain`` do after the export: :func:`explain` the exported file
+    (``onnx_path``, a local path; default the run's ``onnx/model.onnx``) with the default methods on the first
+    ``rows`` test rows, and log ``explain/`` and the ``explain_*`` metrics to run ``run_id``. ``model_run``: the
+    run whose config and checkpoint are behind the file when it is not ``run_id`` (a study's best model lives in
+    the parent run, its checkpoint in a trial's or the refit's run). Failed checks are logged warnings and
+    listed in the report; raises :class:`TrainforgeError` as :func:`~trainforge.explaining.subject.load_subject`."""
+    subject = load_subject(onnx_path or run_id, rows=rows, tracking_uri=tracking_uri, model_run=model_run)
+    subject.run_id = run_id  # where the explanation is logged
+    return explain(run_id, subject=subject, log_to_run=True, progress=progress)
 
 
 def _check_methods(chosen: list[str], subject: Subject) -> None:

@@ -26,7 +26,7 @@ def importance_bars(importance: dict[str, np.ndarray], names: list[str], path: P
         err = None
         if spread and method in spread and spread[method] is not None:
             err = spread[method][order] / (np.abs(importance[method]).max() or 1.0)
-        ax.barh(np.arange(len(order)) + (i - (len(scaled) - 1) / 2) * height, values[order], height=height,
+        ax.barh(np.arange(len(order)) - (i - (len(scaled) - 1) / 2) * height, values[order], height=height,
                 xerr=err, label=method, capsize=2)
     ax.set_yticks(np.arange(len(order)), [names[j] for j in order])
     ax.set_xlabel("global importance (scaled to the method's largest)")
@@ -64,31 +64,36 @@ def beeswarm(values: np.ndarray, x: np.ndarray, names: list[str], path: Path, ti
     return path
 
 
-def image_grid(images: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], path: Path) -> Path:
-    """One row per image ``(N, C, H, W)``: the input, then each method's map ``(N, C, H, W)`` (summed over
-    channels) over the input in grey; red raises the explained class, blue lowers it (symmetric scale per
-    map). ``labels``: one title per row (e.g. its class)."""
+def image_grid(images: np.ndarray, maps: dict[str, np.ndarray], labels: list[str], path: Path,
+               blocks: int = 4) -> Path:
+    """The images ``(N, C, H, W)`` in ``blocks`` side-by-side columns of panels, each panel the input, then
+    each method's map ``(N, C, H, W)`` (summed over channels) over the input in grey; red raises the explained
+    class, blue lowers it (a scale centred at 0, symmetric per map). ``labels``: one title per image."""
     plt = _pyplot()
-    cols = 1 + len(maps)
-    fig, axes = plt.subplots(len(images), cols, figsize=(1.9 * cols, 1.75 * len(images)), squeeze=False)
+    per, blocks = 1 + len(maps), max(1, min(blocks, len(images)))
+    rows = -(-len(images) // blocks)
+    fig, axes = plt.subplots(rows, blocks * per, figsize=(1.45 * blocks * per, 1.55 * rows + 0.6), squeeze=False)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.axis("off")
     for i, image in enumerate(images):
+        row, first = i // blocks, (i % blocks) * per
         grey = image.mean(0)
-        axes[i, 0].imshow(grey, cmap="gray_r")
-        axes[i, 0].set_ylabel(labels[i], fontsize=9)
+        panel = axes[row, first]
+        panel.axis("on")
+        panel.imshow(grey, cmap="gray_r")
+        panel.set_title(labels[i], fontsize=8)
         for k, (method, values) in enumerate(maps.items(), start=1):
             heat = values[i].sum(0)
             limit = np.abs(heat).max() or 1.0
-            axes[i, k].imshow(grey, cmap="gray_r", alpha=0.35)
-            axes[i, k].imshow(heat, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.75)
-            if i == 0:
-                axes[i, k].set_title(method, fontsize=9)
-        if i == 0:
-            axes[i, 0].set_title("input", fontsize=9)
-        for ax in axes[i]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    fig.suptitle("Attributions for each row's class (red: for it, blue: against it)", fontsize=10)
-    fig.tight_layout()
+            ax = axes[row, first + k]
+            ax.axis("on")
+            ax.imshow(grey, cmap="gray_r", alpha=0.35)
+            ax.imshow(heat, cmap="bwr", vmin=-limit, vmax=limit, alpha=0.75)
+            ax.set_title(method.replace("integrated-gradients", "IG"), fontsize=8)
+    fig.suptitle("Attributions for each image's class (red: for it, blue: against it; 0 is white)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_figheight()))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

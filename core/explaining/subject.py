@@ -67,12 +67,15 @@ class Subject:
 
 
 def load_subject(source: str, input_path: str | Path | None = None, target: str | None = None, *,
-                 rows: int | None = None, tracking_uri: str | None = None, seed: int = 0) -> Subject:
+                 rows: int | None = None, tracking_uri: str | None = None, seed: int = 0,
+                 model_run: str | None = None) -> Subject:
     """The :class:`Subject` of ``source``: a run id, ``runs:/RUN_ID``, ``models:/...`` or an ``.onnx`` path.
 
     Rows are ``input_path`` (CSV/Parquet/.npy, ``target`` names its target column: the run's
     ``dataset.target`` by default) or the run's test split; ``rows`` keeps the first ``rows`` of them. An
     ``.onnx`` file whose run is not in the store needs ``input_path`` (no torch model, no training rows).
+    ``model_run``: the run whose config, data and checkpoint stand behind the file (default: the file's
+    ``mlflow_run_id``; a study's best model is exported into its parent run from a trial's or refit's).
     Raises :class:`TrainforgeError` for an unknown run or file, a task other than classification/regression,
     or no rows to explain.
     """
@@ -89,7 +92,7 @@ def load_subject(source: str, input_path: str | Path | None = None, target: str 
         raise TrainforgeError(f"{source}: explain covers classification and regression models, not "
                               f"{meta.get('task') or 'this'} ({meta.get('model', 'unknown model')})")
     subject = Subject(onnx_path, meta, np.empty(0, np.float32), None, np.empty(0, np.float32))
-    run_id = _store_run(meta.get("mlflow_run_id"), tracking_uri)
+    run_id = _store_run(model_run or meta.get("mlflow_run_id"), tracking_uri)
     if run_id:
         _attach_run(subject, run_id, seed)
     elif input_path is None:

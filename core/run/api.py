@@ -3,7 +3,8 @@
 Order: resolve the options and the config (:class:`~trainforge.run.options.RunOptions`) -> choose the
 exporter -> seed -> load and check the data -> open the MLflow run -> log params -> build model, optimizer,
 scheduler and callbacks from the registry -> fit -> restore the best epoch -> upload ``checkpoints/best.pt``
--> test metrics -> artifacts (config, plots) -> verified ONNX export -> end the run FINISHED.
+-> test metrics -> artifacts (config, plots) -> verified ONNX export -> with ``explain``, the explanation of
+the exported file (:mod:`trainforge.explaining`) -> end the run FINISHED.
 A failure marks the run FAILED, Ctrl-C or SIGTERM marks it KILLED; the best checkpoint reached so far is
 uploaded either way.
 """
@@ -102,8 +103,11 @@ def train(
             if not main:
                 return _run(opts, bundle, None, None, Path(tmp), [], extras or {}, exporter)
             with _opened(opts, experiment_id, bundle, on_start) as run_id:
-                return _run(opts, bundle, run_id, experiment_id, Path(tmp), list(callbacks), extras or {},
-                            exporter)
+                result = _run(opts, bundle, run_id, experiment_id, Path(tmp), list(callbacks), extras or {},
+                              exporter)
+                if opts.explain:  # inside the run: a failure or Ctrl-C here ends it FAILED / KILLED
+                    result.explanation = _explain(opts, result)
+                return result
     finally:
         exporter.close()
 
@@ -217,6 +221,19 @@ def _run(opts: RunOptions, bundle: Any, run_id: str | None, experiment_id: str |
     if opts.export:
         export_and_log(result, trainer.model, trainer.task, meta, bundle, workdir, exporter=exporter)
     return result
+
+
+def _explain(opts: RunOptions, result: TrainResult) -> dict[str, Any]:
+    """``--explain``: the exported file and the torch model (or estimator) explained on the first test rows,
+    logged to the run (:func:`trainforge.explaining.api.explain_run`); the report as a dict."""
+    from trainforge.errors import TrainforgeError
+    from trainforge.explaining.api import RUN_ROWS, explain_run
+
+    if result.onnx_path is None:
+        raise TrainforgeError(f"run {result.run_id}: --explain found no exported ONNX file to explain")
+    report = explain_run(result.run_id, result.onnx_path, rows=opts.explain_rows or RUN_ROWS,
+                         tracking_uri=opts.tracking_uri, progress=not opts.quiet and not opts.json)
+    return report.to_dict()
 
 
 def _fit(opts: RunOptions, bundle: Any, run_id: str | None, workdir: Path, callbacks: list[Any],

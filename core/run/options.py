@@ -56,6 +56,11 @@ class RunOptions:
     parent_run_id: str | None = None  #: nest the run under this MLflow run (tuning trials)
     tags: dict[str, str] = field(default_factory=dict)  #: extra MLflow tags of the run
     export: bool = True  #: run the verified ONNX export after the fit
+    #: ``--explain``: after the export, explain the exported file and the torch model on the test split and log
+    #: ``explain/`` and ``explain_*`` metrics to the run (:func:`trainforge.explaining.api.explain_run`)
+    explain: bool = False
+    #: ``--explain-rows N``: test rows explained (default :data:`trainforge.explaining.api.RUN_ROWS`)
+    explain_rows: int | None = None
     quiet: bool = False  #: no progress bar
     json: bool = False  #: ``trainforge train`` prints one JSON object instead of text
     resume: str | None = None  #: an MLflow run id to continue from its ``checkpoints/last.pt``
@@ -97,6 +102,7 @@ class RunOptions:
         else:
             config, state = build_config(opts.config, opts.overrides, **flags), None
         check_optimization(config)
+        check_explain(opts)
         if opts.nproc > 1:
             from trainforge.training.distributed import check_gpus
 
@@ -138,6 +144,23 @@ def check_optimization(config: dict[str, Any]) -> None:
     lr = (config.get("optimizer") or {}).get("lr")
     if isinstance(lr, (int, float)) and not isinstance(lr, bool) and lr <= 0:
         raise ConfigError(f"optimizer.lr (learning rate) must be positive, got {lr}")
+
+
+def check_explain(opts: RunOptions) -> None:
+    """``--explain`` needs the export it explains and the ``explain`` extra; ``--explain-rows`` needs
+    ``--explain``. Raises :class:`~trainforge.errors.ConfigError` before any run opens."""
+    if opts.explain_rows is not None and not opts.explain:
+        raise ConfigError("--explain-rows sets how many test rows --explain explains: add --explain")
+    if not opts.explain:
+        return
+    if not opts.export:
+        raise ConfigError("--explain explains the exported ONNX file: drop --no-export")
+    if opts.folds:
+        raise ConfigError("--explain with --cv: explain the refit run afterwards (trainforge explain RUN_ID "
+                          "--log-to-run)")
+    from trainforge.explaining import require_extra
+
+    require_extra("train --explain")
 
 
 def _resume_point(run_id: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any]]:

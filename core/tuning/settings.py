@@ -60,7 +60,9 @@ class TuneSettings:
     heartbeat. ``threads``: onnxruntime intra-op threads when the exported best model is scored (default:
     the CPUs this process may use); ``latency_threads`` is the count trials are timed with. ``cv``: K >= 2
     scores every trial by K-fold cross-validation (:mod:`trainforge.tuning.cv_trial`; the study's best
-    configuration is then always refit on all non-test rows), frozen once the study exists.
+    configuration is then always refit on all non-test rows), frozen once the study exists. ``explain``:
+    explain the exported best model on the first ``explain_rows`` test rows (default
+    :data:`trainforge.explaining.api.RUN_ROWS`) and log ``explain/`` to the parent run.
     """
 
     config: str | None = None
@@ -96,6 +98,8 @@ class TuneSettings:
     heartbeat_grace: float = study_mod.HEARTBEAT_GRACE
     threads: int | None = None
     cv: int | None = None
+    explain: bool = False
+    explain_rows: int | None = None
     # derived: the config tree every trial overlays, the search_space: section, the settled objectives
     base: dict[str, Any] = field(default_factory=dict)
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -257,7 +261,8 @@ class TuneSettings:
             raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
         if self.cv is not None and (isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2):
             raise ConfigError(f"cv must be a whole number of folds >= 2, got {self.cv!r}")
-        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads"):
+        for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads",
+                    "explain_rows"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
@@ -271,6 +276,17 @@ class TuneSettings:
                               f"{self.heartbeat_interval} (seconds), or live trials would be declared dead")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise ConfigError(f"seed must be a whole number, got {self.seed!r}")
+        self._validate_explain()
+
+    def _validate_explain(self) -> None:
+        if self.explain_rows is not None and not self.explain:
+            raise ConfigError("explain_rows sets how many test rows explain explains: set explain (--explain)")
+        if self.explain:
+            if not self.export:
+                raise ConfigError("explain explains the exported best model: drop --no-export")
+            from trainforge.explaining import require_extra
+
+            require_extra("tune --explain")
 
     def _check_frozen(self, keys: tuple[str, ...]) -> None:
         for key in keys:

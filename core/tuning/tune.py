@@ -6,7 +6,8 @@ objectives -> the search space (:mod:`~trainforge.tuning.space`) -> create or re
 (:mod:`~trainforge.tuning.study`) and its MLflow parent run (:mod:`~trainforge.tuning.parent_run`) -> run the
 trials here or in ``n_jobs`` worker processes (:mod:`~trainforge.tuning.runner`; one trial:
 :mod:`~trainforge.tuning.objective`) -> choose (:mod:`~trainforge.tuning.selection`), export and register the
-best model (:mod:`~trainforge.tuning.best_model`), log the summary to the parent run.
+best model (:mod:`~trainforge.tuning.best_model`), with ``explain`` explain it into the parent run
+(:mod:`~trainforge.explaining`), log the summary to the parent run.
 
 Counting: each process runs exactly its own ``n_trials`` (Optuna's ``optimize(n_trials=...)`` counts the
 trials it ran, whatever their state), split evenly over its ``n_jobs`` workers. Two processes asked for
@@ -65,6 +66,8 @@ class TuneResult:
     selected: int | None = None
     #: every FAIL trial of the study: ``[{"trial": N, "reason": "ValueError: ..."}]``
     failures: list[dict[str, Any]] = field(default_factory=list)
+    #: ``explain``: the exported best model's explanation (:meth:`trainforge.explaining.api.ExplainReport.to_dict`)
+    explanation: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,10 +110,12 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, **g
     except TrainforgeError as exc:  # no front trial meets --select: log the study, then say so
         best, problem = None, exc
     exported = _ship(settings, best, parent, bundle, experiment) if best is not None and not interrupted else None
+    explanation = _explain(settings, parent, exported) if exported is not None and settings.explain else None
     parent_run.log_study_summary(study, parent, space.fixed, trial_counts(study), plots=not interrupted)
     if len(study.directions) > 1:
         parent_run.log_front(study, parent, names, best, space.fixed)
     result = _result(settings, study, space, (parent, names), best, exported, ran, interrupted, started)
+    result.explanation = explanation
     failed = not interrupted and result.n_complete == 0
     parent_run.end_run(parent, "KILLED" if interrupted else "FAILED" if failed else "FINISHED")
     if failed:
@@ -188,6 +193,17 @@ def _ship(settings: TuneSettings, best: Any, parent: str, bundle: Any, experimen
             **deployment.version_tags(best, deployment.Deployment.from_settings(settings.deployment))}
     return best_model.export_best(source, parent, register=settings.register or settings.study, bundle=bundle,
                                   tags=tags, quantize=best.user_attrs.get("quantize", "none"), threads=settings.threads)
+
+
+def _explain(settings: TuneSettings, parent: str, exported: Any) -> dict[str, Any]:
+    """``explain``: the exported best model (its file in the parent run, its checkpoint in the trial's or the
+    refit's run) explained and logged to the parent run (:func:`trainforge.explaining.api.explain_run`)."""
+    from trainforge.explaining.api import RUN_ROWS, explain_run
+
+    report = explain_run(parent, exported.onnx_path, model_run=exported.source_run_id,
+                         rows=settings.explain_rows or RUN_ROWS, tracking_uri=settings.tracking_uri,
+                         progress=not settings.quiet)
+    return report.to_dict()
 
 
 def _result(settings: TuneSettings, study: Any, space: Any, run: tuple[str, list[str]], best: Any, exported: Any,
