@@ -39,10 +39,13 @@ demo: install
 # The PostgreSQL tests (tests/test_fault.py::test_postgres_*) use $$TRAINFORGE_TEST_POSTGRES_URL; when it is
 # unset and PostgreSQL is installed, .ci/postgres starts a throw-away server on loopback for them. Without
 # PostgreSQL they skip with the reason; under CI (CI set) they fail instead.
+# Test files run on TEST_WORKERS processes (pytest-xdist; one file stays on one worker, so its module fixtures
+# are built once); most of a test's time is a child process importing torch and MLflow on one core.
+TEST_WORKERS ?= 2
 test: install layers
 	@if [ -z "$${TRAINFORGE_TEST_POSTGRES_URL:-}" ] && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  pg_env=$$(.ci/postgres) && eval "$$pg_env"; fi; \
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=25
 
 lint: install layers
 	$(VENV)/bin/ruff check core plugins cli tests benchmarks examples

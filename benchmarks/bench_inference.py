@@ -46,17 +46,12 @@ def _train(name: str, epochs: int) -> dict[str, Any]:
 
 
 def _torch_model(run_id: str) -> Any:
-    from trainforge.contracts import DataMeta
-    from trainforge.tracking import store as tracking
-    from trainforge.training.callbacks import load_checkpoint
-    from trainforge.training.modeling import InferenceModel, build_model
-    from trainforge.training.tasks import get_task
+    from trainforge.tracking import checkpoints
+    from trainforge.training.checkpoint import rebuild
+    from trainforge.training.modeling import InferenceModel
 
-    ckpt = load_checkpoint(tracking.download(run_id, "checkpoints/best.pt"))
-    meta = DataMeta.from_dict(ckpt["meta"])
-    model = build_model(ckpt["config"]["model"], meta)
-    model.load_state_dict(ckpt["state_dict"])
-    return InferenceModel(model, get_task(meta.task, meta=meta)).eval()
+    model, task, _meta, _config = rebuild(checkpoints.fetch(run_id))
+    return InferenceModel(model, task).eval()
 
 
 def _contenders(onnx_path: str, int8_path: str, module: Any, x: np.ndarray, threads: int) -> dict[str, Callable]:

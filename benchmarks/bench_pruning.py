@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE))
 
 from common import log, machine  # noqa: E402
 
-from trainforge.tuning.tune import TUNE_VAL_FRACTION  # noqa: E402
+from trainforge.tuning.settings import TUNE_VAL_FRACTION  # noqa: E402
 
 
 def run_arm(pruner: str, args: argparse.Namespace) -> dict:

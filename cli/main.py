@@ -198,7 +198,7 @@ def export(run_id: str | None, study: str | None, trial: int | None, storage: st
         raise click.UsageError("--trial needs --study")
     quantized = None
     if study:
-        from trainforge.tuning.pareto import export_study_trial
+        from trainforge.tuning.best_model import export_study_trial
 
         report, quantized = export_study_trial(study, trial, output, storage=storage, tracking_uri=tracking_uri,
                                                opset=opset, log_to_run=log_to_run, quantize=quantize)
@@ -236,10 +236,12 @@ Examples:
 @click.option("--provider", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True,
               help="Execution provider; auto takes CUDA only when it can really run.")
 @click.option("--no-fallback", is_flag=True, help="Fail instead of falling back from CUDA to CPU.")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="onnxruntime intra-op threads (default: the CPUs this process may use).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary (rows, provider, metrics).")
 def predict(model: str, input_path: str, output: str | None, target: str | None, provider: str,
-            no_fallback: bool, tracking_uri: str | None, as_json: bool) -> None:
+            no_fallback: bool, threads: int | None, tracking_uri: str | None, as_json: bool) -> None:
     """Predict with an ONNX model (a .onnx path, runs:/RUN_ID or models:/NAME/VERSION) using onnxruntime.
 
     A model from the store is checked against the SHA-256 its run recorded at export; a mismatch is refused.
@@ -249,7 +251,7 @@ def predict(model: str, input_path: str, output: str | None, target: str | None,
 
     check_not_input(output, input_path, model)
     result = run_predict(model, input_path, output, target=target, provider=provider,
-                         allow_fallback=not no_fallback, tracking_uri=tracking_uri)
+                         allow_fallback=not no_fallback, tracking_uri=tracking_uri, threads=threads)
     if result.predictions is not None and not as_json:
         click.echo(result.predictions.to_csv(index=False), nl=False)
     summary = click.echo if output or as_json else (lambda m: click.echo(m, err=True))

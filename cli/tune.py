@@ -1,4 +1,5 @@
-"""``trainforge tune``: parse, call :func:`trainforge.tuning.tune.tune`, print a rich summary or one JSON object.
+"""``trainforge tune``: parse, build a :class:`~trainforge.tuning.settings.TuneSettings`, call
+:func:`trainforge.tuning.tune.tune`, print a rich summary or one JSON object.
 
 Optuna, torch and MLflow are imported inside the command, so ``trainforge --help`` stays fast.
 """
@@ -9,6 +10,10 @@ import json
 import sys
 
 import click
+
+from trainforge.tuning.deployment import KNOWN, PROVIDERS
+from trainforge.tuning.settings import DIRECTIONS, TuneSettings
+from trainforge.tuning.study import PRUNERS, SAMPLERS
 
 TRACKING_HELP = "MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)"
 JSON_KEYS = ("study", "best_value", "best_params", "parent_run_id", "onnx_path", "model_version",
@@ -28,16 +33,16 @@ Examples:
 \b
 Parameter names: model / optimizer (when several are given), <model>.<param> (cnn.dropout1, mlp.width),
 <optimizer>.<param> (adam.lr, sgd.momentum), trainer.batch_size. A search_space: section in --config
-fixes (adam.lr: 0.001), narrows ({low:, high:, log:}) or replaces ({choices: [...]}) any of them.
-Default storage: the journal file mlruns/optuna/journal.log. Dead workers are detected by heartbeats
-(RDB storages): $TRAINFORGE_HEARTBEAT_INTERVAL (default 30 s) and $TRAINFORGE_HEARTBEAT_GRACE (120 s).""")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+fixes (adam.lr: 0.001), narrows ({low:, high:, log:}) or replaces ({choices: [...]}) any of them; a tune:
+section sets any option below by its field name (n_trials: 30). Default storage: the journal file
+mlruns/optuna/journal.log. A study with no complete trial exits 1 with the most common failure reason.""")
+@click.option("--config", "config", type=click.Path(dir_okay=False),
               help="YAML config; its search_space: and tune: sections are read too.")
-@click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE",
+@click.option("-p", "--param", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Set a plugin or trainer option for every trial; VALUE is YAML. Repeatable.")
-@click.option("--model", help="Model plugin(s), comma-separated: several become a categorical choice.")
+@click.option("--model", "models", help="Model plugin(s), comma-separated: several become a categorical choice.")
 @click.option("--dataset", help="Dataset plugin (default digits).")
-@click.option("--optimizer", help="Optimizer plugin(s), comma-separated (default adam).")
+@click.option("--optimizer", "optimizers", help="Optimizer plugin(s), comma-separated (default adam).")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs per trial (trainer.epochs).")
 @click.option("--n-trials", type=click.IntRange(min=1),
               help="Trials this command runs (default 20; with --study-trials: an optional cap).")
@@ -47,55 +52,52 @@ Default storage: the journal file mlruns/optuna/journal.log. Dead workers are de
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), help="Stop starting trials after S seconds.")
 @click.option("--study", help="Study name; an existing one is resumed. Default: MODELS-DATASET-TIMESTAMP.")
 @click.option("--storage", help="Optuna storage: sqlite:///f.db, postgresql://..., mysql://..., or a *.log journal file.")
-@click.option("--sampler", type=click.Choice(["tpe", "random", "cmaes", "gp"]), help="Default tpe.")
-@click.option("--pruner", type=click.Choice(["median", "hyperband", "successive-halving", "none"]),
-              help="Default median.")
+@click.option("--sampler", type=click.Choice(list(SAMPLERS)), help="Default tpe; nsga2 for multi-objective studies.")
+@click.option("--pruner", type=click.Choice(list(PRUNERS)), help="Default median.")
 @click.option("--metric", help="Validation metric to optimize (default val_accuracy, val_loss for regression).")
-@click.option("--direction", type=click.Choice(["maximize", "minimize"]), help="Default: from the metric.")
+@click.option("--direction", type=click.Choice(list(DIRECTIONS)), help="Default: from the metric.")
 @click.option("--n-jobs", type=click.IntRange(min=1), help="Worker processes on this machine (default 1).")
 @click.option("--seed", type=int, help="Sampler seed (worker i uses seed+i); the data split follows trainer.seed.")
 @click.option("--refit", is_flag=True, default=None, help="Retrain the best config on train+val before export.")
 @click.option("--register", help="Registered model name for the best model (default: the study name).")
-@click.option("--no-export", is_flag=True, help="Skip exporting and registering the best model.")
+@click.option("--export/--no-export", default=None, help="Export and register the best model (default) or skip it.")
 @click.option("--experiment", help="MLflow experiment name (default: trainforge).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--quiet", "-q", is_flag=True, help="No per-trial log lines.")
 @click.option("--objective", "objectives", multiple=True, metavar="NAME[:max|min]",
               help="Repeatable; two or more make a multi-objective study (no pruning). NAME: a validation metric "
-                   "(val_accuracy, val_loss, ...), latency_ms (p50 in onnxruntime), throughput (rows/s), "
-                   "model_bytes or params.")
+                   f"(val_accuracy, val_loss, ...), {', '.join(KNOWN)} (latency_ms: p50 in onnxruntime; "
+                   "throughput: rows/s).")
 @click.option("--latency-batch", type=click.IntRange(min=1), help="Rows per timed onnxruntime call (default 1).")
 @click.option("--latency-threads", type=click.IntRange(min=1), help="Intra-op threads when timing (default 1).")
-@click.option("--provider", type=click.Choice(["cpu", "cuda"]), help="Execution provider to time on (default cpu).")
+@click.option("--provider", type=click.Choice(list(PROVIDERS)), help="Execution provider to time on (default cpu).")
 @click.option("--search-quantization", is_flag=True, default=None,
               help="Also search export.quantize in {none, int8}; an int8 trial is scored and timed as int8.")
 @click.option("--select", metavar="RULE",
               help="Which Pareto-front model to export: default the best first objective; 'latency_ms<=0.5' "
                    "(constraints joined by ','), or 'knee'.")
+@click.option("--heartbeat-interval", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="RDB storages: a running trial records a heartbeat every S seconds (default 30).")
+@click.option("--heartbeat-grace", type=click.FloatRange(min=0, min_open=True), metavar="S",
+              help="RDB storages: a trial without a heartbeat for S seconds is failed and retried (default 120; "
+                   "longer than the interval).")
+@click.option("--threads", type=click.IntRange(min=1),
+              help="onnxruntime intra-op threads when scoring the exported model (default: the CPUs available).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (study, best_value, best_params, ...).")
-def tune(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
-         optimizer: str | None, epochs: int | None, n_trials: int | None, study_trials: int | None,
-         timeout: float | None, study: str | None,
-         storage: str | None, sampler: str | None, pruner: str | None, metric: str | None, direction: str | None,
-         n_jobs: int | None, seed: int | None, refit: bool | None, register: str | None, no_export: bool,
-         experiment: str | None, tracking_uri: str | None, quiet: bool, objectives: tuple[str, ...],
-         latency_batch: int | None, latency_threads: int | None, provider: str | None,
-         search_quantization: bool | None, select: str | None, as_json: bool) -> None:
+def tune(as_json: bool, quiet: bool, **options: object) -> None:
     """Search hyperparameters with Optuna; one MLflow parent run per study, one child run per trial."""
+    from trainforge.errors import NoTrialCompleted
     from trainforge.tuning.tune import tune as run_tune
 
-    result = run_tune(
-        config_file, overrides=params, models=model, optimizers=optimizer, dataset=dataset, epochs=epochs,
-        n_trials=n_trials, study_trials=study_trials, timeout=timeout, study=study, storage=storage,
-        sampler=sampler, pruner=pruner,
-        metric=metric, direction=direction, n_jobs=n_jobs, seed=seed, refit=refit, register=register,
-        export=not no_export, tracking_uri=tracking_uri, experiment=experiment, quiet=quiet or as_json,
-        objectives=list(objectives) or None, latency_batch=latency_batch, latency_threads=latency_threads,
-        provider=provider, search_quantization=search_quantization, select=select,
-    )
-    data = result.to_dict()
+    settings = TuneSettings.resolve(options.pop("config"), quiet=quiet or as_json, **options)
+    try:
+        result = run_tune(settings)
+    except NoTrialCompleted as exc:
+        if as_json and exc.result is not None:
+            _print_json(exc.result)
+        raise
     if as_json:
-        click.echo(json.dumps({**{k: data[k] for k in JSON_KEYS}, **data}, default=str))
+        _print_json(result)
     else:
         _summary(result)
     if result.interrupted:
@@ -104,6 +106,11 @@ def tune(config_file: str | None, params: tuple[str, ...], model: str | None, da
         how = interrupts.describe() if interrupts.received() else "interrupted"
         click.echo(f"{how}: finished trials are kept; resume with --study {result.study}", err=True)
         sys.exit(interrupts.exit_code())
+
+
+def _print_json(result) -> None:
+    data = result.to_dict()
+    click.echo(json.dumps({**{k: data[k] for k in JSON_KEYS}, **data}, default=str))
 
 
 def _summary(result) -> None:

@@ -96,3 +96,13 @@ def device(path: str) -> str:
     except OSError:
         return ""
     return f" ({kind + ' ' if kind else ''}mounted at {mount}, {size:.1f} MiB)"
+
+
+class NoTrialCompleted(TrainforgeError):
+    """A study ended without one COMPLETE trial (every trial failed or was pruned). The message gives the most
+    common failure reason and the count; ``result`` is the study's :class:`~trainforge.tuning.tune.TuneResult`
+    (its ``failures`` list each failed trial's reason), for ``tune --json``."""
+
+    def __init__(self, message: str, result: object = None) -> None:
+        super().__init__(message)
+        self.result = result

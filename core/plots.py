@@ -159,3 +159,77 @@ def forecast_vs_actual(actual: np.ndarray, forecast: np.ndarray, naive: np.ndarr
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+#: study plots: file name -> (optuna.visualization.matplotlib function, minimum complete trials)
+STUDY_PLOTS = {  # file name -> (optuna.visualization.matplotlib function, minimum complete trials)
+    "optimization_history": ("plot_optimization_history", 1),
+    "param_importances": ("plot_param_importances", 2),
+    "parallel_coordinate": ("plot_parallel_coordinate", 1),
+    "intermediate_values": ("plot_intermediate_values", 1),
+}
+
+
+def study_plots(study: Any, folder: Path) -> list[str]:
+    """Write the PNG plots of :data:`STUDY_PLOTS` that the study has enough trials for; returns the names written.
+
+    A plot Optuna cannot draw (e.g. importances with a single parameter) is skipped with a log line.
+    """
+    import logging
+    import warnings
+
+    plt = _pyplot()
+    from optuna.trial import TrialState
+    from optuna.visualization import matplotlib as ovm
+
+    n_complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    written = []
+    for name, (function, minimum) in STUDY_PLOTS.items():
+        if n_complete < minimum:
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ax = getattr(ovm, function)(study)
+            figure = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            figure.set_size_inches(9, 6)
+            figure.tight_layout()
+            figure.savefig(folder / f"{name}.png", dpi=90)
+            written.append(name)
+        except Exception as exc:  # noqa: BLE001 - a missing plot must not fail the study
+            logging.getLogger(__name__).info("plot %s skipped: %s", name, exc)
+        finally:
+            plt.close("all")
+    return written
+
+
+def plot_front(study: Any, points: list[Any], names: list[str], chosen: Any, path: Path) -> None:
+    """Optuna's Pareto-front plot; in two dimensions front points carry their trial number, the chosen one
+    a star, and an objective spanning more than 20x is drawn on a log axis. ``points``: the front, drawn labelled."""
+    import warnings
+
+    plt = _pyplot()
+    from optuna.visualization.matplotlib import plot_pareto_front
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ax = plot_pareto_front(study, target_names=names)
+        figure = ax.figure
+        if len(names) == 2:
+            for axis, i in ((ax.set_xscale, 0), (ax.set_yscale, 1)):
+                seen = [t.values[i] for t in study.trials if t.values and t.values[i] > 0]
+                if seen and max(seen) / min(seen) > 20:
+                    axis("log")
+            for t in points:
+                ax.annotate(f"#{t.number}", (t.values[0], t.values[1]), textcoords="offset points", xytext=(4, 4),
+                            fontsize=8)
+            if chosen is not None:
+                ax.scatter([chosen.values[0]], [chosen.values[1]], marker="*", s=260, facecolors="none",
+                           edgecolors="black", label=f"selected (trial {chosen.number})", zorder=5)
+                ax.legend(loc="best", fontsize=8)
+        figure.set_size_inches(9, 6)
+        figure.tight_layout()
+        figure.savefig(path, dpi=90)
+    finally:
+        plt.close("all")

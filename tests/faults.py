@@ -93,7 +93,7 @@ def no_partial_store(workdir: Path) -> None:
 
 def stored_checkpoint(workdir: Path, run_id: str, name: str = "best.pt") -> dict:
     """The run's checkpoint as stored, loaded the way ``trainforge export`` loads it (fails if truncated)."""
-    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training import checkpoint
 
     (path,) = [p for p in (workdir / "mlruns").rglob(name) if run_id in str(p)]
-    return load_checkpoint(path)
+    return checkpoint.load(path)

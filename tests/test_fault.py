@@ -78,9 +78,10 @@ def _kill_one_worker_mid_trial(workdir: Path, storage_arg: str, open_storage, *,
     Path("space.yaml").write_text(yaml.safe_dump({"search_space": {"trainer.batch_size": 32, "mlp.width": 64}}))
     args = [EXE, "tune", "--model", "mlp", "--dataset", dataset, "--epochs", str(epochs), "-p", "trainer.patience=0",
             "--config", "space.yaml", "--pruner", "none", "--study", study_name, "--storage", storage_arg,
-            "--study-trials", str(target), "--no-export", "--quiet", "--json"]
-    # fast detection of the dead worker, with room for live ones on a busy 2-core machine
-    env = _env(TRAINFORGE_HEARTBEAT_INTERVAL="1", TRAINFORGE_HEARTBEAT_GRACE="6")
+            "--study-trials", str(target), "--no-export", "--quiet", "--json",
+            # fast detection of the dead worker, with room for live ones on a busy 2-core machine
+            "--heartbeat-interval", "1", "--heartbeat-grace", "6"]
+    env = _env()
     procs, victim, storage = {}, None, None
     for _ in range(workers):  # the same moment, on a fresh store: the schema is created once, under a lock
         proc = subprocess.Popen(args, cwd=workdir, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -196,18 +197,21 @@ def test_study_trials_racing_workers_end_with_exactly_n_finished(workdir, cli):
     assert (more["n_trials_run"], more["n_complete"]) == (1, target + 1)  # --n-trials caps this command
 
 
-@pytest.mark.parametrize("env, message", [
-    ({"TRAINFORGE_HEARTBEAT_INTERVAL": "often"}, "TRAINFORGE_HEARTBEAT_INTERVAL='often': give a positive number"),
-    ({"TRAINFORGE_HEARTBEAT_INTERVAL": "0"}, "TRAINFORGE_HEARTBEAT_INTERVAL='0': give a positive number"),
-    ({"TRAINFORGE_HEARTBEAT_GRACE": "-5"}, "TRAINFORGE_HEARTBEAT_GRACE='-5': give a positive number"),
-    ({"TRAINFORGE_HEARTBEAT_INTERVAL": "10", "TRAINFORGE_HEARTBEAT_GRACE": "5"}, "must be longer than"),
+@pytest.mark.parametrize("args, section, message", [
+    (("--heartbeat-interval", "10", "--heartbeat-grace", "5"), {}, "heartbeat_grace=5.0 must be longer than"),
+    ((), {"heartbeat_interval": "often"}, "heartbeat_interval must be a positive number of seconds, got 'often'"),
+    ((), {"heartbeat_grace": -5}, "heartbeat_grace must be a positive number of seconds, got -5"),
 ])
-def test_bad_heartbeat_setting_is_one_error_line(cli, monkeypatch, env, message):
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
+def test_bad_heartbeat_setting_is_one_error_line(cli, workdir, args, section, message):
+    Path("hb.yaml").write_text(yaml.safe_dump({"tune": section}))
     line = error_line(cli("tune", "--model", "mlp", "--dataset", "iris", "--n-trials", "1", "--storage",
-                          "sqlite:///optuna.db", "--quiet", ok=False))
+                          "sqlite:///optuna.db", "--quiet", "--config", "hb.yaml", *args, ok=False))
     assert message in line
+
+
+def test_heartbeat_option_out_of_range_is_a_usage_error(cli):
+    result = cli("tune", "--heartbeat-interval", "0", ok=False)
+    assert result.exit_code == 2 and "--heartbeat-interval" in result.output
 
 
 def build_broken(input_shape, output_dim, width=8):

@@ -61,7 +61,7 @@ def _whole(store: Path) -> None:
     """Every checkpoint and ONNX file in the store loads; no staging file of MLflow's is left."""
     import onnx
 
-    from trainforge.training.callbacks import load_checkpoint
+    from trainforge.training.checkpoint import load as load_checkpoint
 
     staged = [p.name for p in store.rglob(".artifact.uploading.*")]
     assert not staged, staged

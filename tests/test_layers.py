@@ -102,14 +102,14 @@ def test_import_linter_contracts_are_kept_and_can_break(tmp_path):
     # and a built-in plugin reaching into a wing breaks the plugin contract.
     (view / "trainforge" / "training" / "data.py").write_text(
         (view / "trainforge" / "training" / "data.py").read_text()
-        + "\n\ndef _planted():\n    from trainforge.tuning import search  # noqa\n")
+        + "\n\ndef _planted():\n    from trainforge.tuning import space  # noqa\n")
     (view / "trainforge" / "plugins" / "models.py").write_text(
         (view / "trainforge" / "plugins" / "models.py").read_text()
         + "\n\ndef _planted():\n    from trainforge.training import trainer  # noqa\n")
     broken = _lint(view)
     assert broken.returncode != 0
     assert "1 kept, 2 broken" in broken.stdout, broken.stdout
-    assert "trainforge.training.data -> trainforge.tuning.search" in broken.stdout
+    assert "trainforge.training.data -> trainforge.tuning.space" in broken.stdout
     assert "trainforge.plugins.models -> trainforge.training.trainer" in broken.stdout
 
 
@@ -122,3 +122,18 @@ def test_wings_say_what_they_own_and_root_stays_small():
         assert doc.startswith('"""') and "Imports" in doc, wing
     for path in [*core.rglob("*.py"), *(ROOT / "plugins").glob("*.py"), *(ROOT / "cli").glob("*.py")]:
         assert len(path.read_text().splitlines()) <= 400, path
+
+
+def _core_files_containing(needle: str) -> list[str]:
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "core").rglob("*.py") if needle in p.read_text())
+
+
+def test_one_home_each_for_sessions_metadata_and_checkpoint_paths():
+    """onnxruntime sessions are opened in exporting/sessions.py, ONNX metadata written in exporting/metadata.py,
+    and the checkpoint file names spelled in training/checkpoint.py only (docstrings aside)."""
+    assert _core_files_containing("InferenceSession(") == ["core/exporting/sessions.py"]
+    assert _core_files_containing("metadata_props.add(") == ["core/exporting/metadata.py"]
+    assert _core_files_containing("custom_metadata_map") == ["core/exporting/metadata.py"]
+    assert _core_files_containing('"TRAINFORGE_ORT_THREADS"') == []
+    for name in ('"checkpoints/best.pt"', '"checkpoints/last.pt"', '/ "best.pt"', '"last.pt"'):
+        assert _core_files_containing(name) == [], name

@@ -14,11 +14,9 @@ from conftest import last_json, mlflow_client
 
 import trainforge
 from trainforge import ExportError
-from trainforge.contracts import DataMeta
 from trainforge.exporting.exporter import export_model
-from trainforge.training.callbacks import load_checkpoint
+from trainforge.training import checkpoint as ckpt
 from trainforge.training.data import load as load_data
-from trainforge.training.modeling import build_model
 from trainforge.training.tasks import Classification
 
 
@@ -30,12 +28,8 @@ def _session(path) -> ort.InferenceSession:
 def rebuilt(digits_run):
     """The torch model rebuilt from the run's best checkpoint, its meta and the run's test rows."""
     run = mlflow_client(digits_run.root).get_run(digits_run.run_id)
-    local = Path(run.info.artifact_uri.removeprefix("file://")) / "checkpoints" / "best.pt"
-    checkpoint = load_checkpoint(local)
-    meta = DataMeta.from_dict(checkpoint["meta"])
-    model = build_model(checkpoint["config"]["model"], meta)
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
+    checkpoint = ckpt.load(Path(run.info.artifact_uri.removeprefix("file://")) / ckpt.BEST)
+    model, _task, meta, _config = ckpt.rebuild(checkpoint)
     bundle = load_data(checkpoint["config"]["dataset"], checkpoint["config"]["trainer"])
     x = bundle.test.x.numpy().astype(np.float32)
     return model, meta, x, checkpoint

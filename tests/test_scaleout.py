@@ -43,15 +43,12 @@ def test_ddp_two_processes_log_one_run_and_match_one_process(run_cli, workdir):
     # and they are the whole split's: the best checkpoint evaluated in this process on all test rows agrees
     import torch
 
-    from trainforge.contracts import DataMeta
     from trainforge.run.api import load_data
-    from trainforge.training.callbacks import load_checkpoint
-    from trainforge.training.modeling import build_model
+    from trainforge.training import checkpoint
 
-    ckpt = load_checkpoint(mlflow.artifacts.download_artifacts(run_id=two["run_id"], artifact_path="checkpoints/best.pt"))
-    model = build_model(ckpt["config"]["model"], DataMeta.from_dict(ckpt["meta"]))
-    model.load_state_dict(ckpt["state_dict"])
-    test = load_data(ckpt["config"]).test
+    ckpt = checkpoint.load(mlflow.artifacts.download_artifacts(run_id=two["run_id"], artifact_path=checkpoint.BEST))
+    model, _task, _meta, config = checkpoint.rebuild(ckpt)
+    test = load_data(config).test
     with torch.inference_mode():
         accuracy = float((model.eval()(test.x).argmax(1) == test.y).double().mean())
     assert len(test.y) == n_test and abs(accuracy - two["metrics"]["test_accuracy"]) < 1e-9

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 
 import trainforge
 from trainforge import ConfigError
-from trainforge.tuning.search import SearchSpace
+from trainforge.tuning.space import SearchSpace
 
 EXE = shutil.which("trainforge", path=str(Path(sys.executable).parent)) or shutil.which("trainforge")
 JOURNAL = Path("mlruns") / "optuna" / "journal.log"

@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 
 import trainforge
 from trainforge import ConfigError, TrainforgeError
-from trainforge.tuning import pareto
+from trainforge.tuning import selection
 
 JOURNAL = Path("mlruns") / "optuna" / "journal.log"
 QUICK = ("--model", "mlp", "--dataset", "iris", "--epochs", "3", "--quiet")
@@ -148,20 +148,20 @@ def test_select_rules_on_a_known_front():
     # a front of 4 points and one dominated point (#4): accuracy up, latency up
     study = _study([[0.90, 1.0], [0.95, 2.0], [0.97, 8.0], [0.99, 10.0], [0.90, 5.0]])
     names = ["val_accuracy", "latency_ms"]
-    assert [t.number for t in pareto.front(study)] == [3, 2, 1, 0]
-    assert pareto.choose(study, names, pareto.parse_select(None, names)).number == 3
-    assert pareto.choose(study, names, pareto.parse_select("latency_ms<=5", names)).number == 1
-    assert pareto.choose(study, names, pareto.parse_select("latency_ms<5,val_accuracy>=0.95", names)).number == 1
+    assert [t.number for t in selection.front(study)] == [3, 2, 1, 0]
+    assert selection.choose(study, names, selection.parse_select(None, names)).number == 3
+    assert selection.choose(study, names, selection.parse_select("latency_ms<=5", names)).number == 1
+    assert selection.choose(study, names, selection.parse_select("latency_ms<5,val_accuracy>=0.95", names)).number == 1
     # Das's knee: normalised over the front, (0.95, 2.0) -> x = (0.99-0.95)/0.09 = 0.44, y = 1/9 = 0.11: the
     # farthest below the line x + y = 1 between the extreme points
-    assert pareto.choose(study, names, pareto.parse_select("knee", names)).number == 1
+    assert selection.choose(study, names, selection.parse_select("knee", names)).number == 1
     with pytest.raises(TrainforgeError, match=r"no Pareto-front trial .* meets latency_ms<0.5; the front: #3"):
-        pareto.choose(study, names, pareto.parse_select("latency_ms<0.5", names))
+        selection.choose(study, names, selection.parse_select("latency_ms<0.5", names))
     for bad in ("latency<=1", "latency_ms=<1", "knee,latency_ms<1"):
         with pytest.raises(ConfigError):
-            pareto.parse_select(bad, names)
+            selection.parse_select(bad, names)
     with pytest.raises(ConfigError, match="exactly two objectives"):
-        pareto.parse_select("knee", ["a", "b", "c"])
+        selection.parse_select("knee", ["a", "b", "c"])
 
 
 @pytest.mark.parametrize("args, message", [

@@ -175,12 +175,12 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
     at batch 1 and N, and identical labels. Raises :class:`ExportError`; a file that fails is deleted.
     """
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
     from skl2onnx import to_onnx
 
-    from trainforge import __version__
-    from trainforge.exporting.exporter import INPUT_NAME, META_PREFIX, ExportReport
+    from trainforge.exporting import metadata
+    from trainforge.exporting.exporter import INPUT_NAME, ExportReport
+    from trainforge.exporting.sessions import open_session
 
     started, path = time.perf_counter(), Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -202,7 +202,7 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
     except Exception as exc:
         raise ExportError(f"skl2onnx could not export {type(estimator).__name__}: {exc}") from exc
 
-    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    session, _ = open_session(proto.SerializeToString(), "cpu")
     rows = flat.reshape(len(flat), *meta.input_shape)
     diffs: dict[int, float] = {}
     for n in sorted({1, len(rows)}):
@@ -218,26 +218,14 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
         raise ExportError(f"ONNX parity check failed: max abs difference {max(diffs.values()):.3g} > {tolerance:g}")
 
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    metadata = {
-        "task": meta.task, "input_name": INPUT_NAME, "input_shape": json.dumps(["batch", *meta.input_shape]),
-        "input_dtype": "float32", "outputs": json.dumps(names), "class_names": json.dumps(meta.class_names),
-        "feature_names": json.dumps(meta.feature_names),
-        "normalization": json.dumps({"mean": None, "std": None, "applied_in_graph": False}),
-        "version": __version__, "mlflow_run_id": run_id or "",
-        "model": (config or {}).get("model", {}).get("name", ""), "dataset": meta.dataset, "opset": str(opset),
-        "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}), "part": "",
-        "estimator": type(estimator).__name__,
-    }
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_PREFIX + key, str(value)
-    proto.producer_name, proto.producer_version = "trainforge", __version__
+    entries = metadata.build(meta, names, opset=opset, parity=diffs, run_id=run_id, config=config,
+                             estimator=estimator)
+    metadata.write(proto, entries)
     from trainforge.atomic import atomic_output
 
     with atomic_output(path) as tmp:  # an existing file is replaced only by a complete one
         onnx.save(proto, str(tmp))
-    return ExportReport(path, opset, diffs, time.perf_counter() - started, metadata)
+    return ExportReport(path, opset, diffs, time.perf_counter() - started, entries)
 
 
 def export_run(run_id: str, output: str | Path | None = None, *, part: str | None = None,

@@ -5,14 +5,9 @@ The exported graph is :class:`~trainforge.training.modeling.InferenceModel`: raw
 ``probabilities`` ``(N, K)`` for classification, ``prediction`` ``(N, T)`` for regression). The batch
 axis is dynamic. The file is self-contained (``external_data=False``): no ``model.onnx.data`` sidecar.
 
-``metadata_props`` (all strings; lists and dicts as JSON) carry what inference needs:
-``trainforge.task``, ``trainforge.input_name``, ``trainforge.input_shape`` (with ``"batch"`` first),
-``trainforge.input_dtype``, ``trainforge.outputs``, ``trainforge.class_names``,
-``trainforge.feature_names``, ``trainforge.normalization`` (mean/std, already applied inside the graph),
-``trainforge.version``, ``trainforge.mlflow_run_id``, ``trainforge.model``, ``trainforge.dataset``,
-``trainforge.opset``, ``trainforge.parity_max_abs_diff`` (onnxruntime's CPU provider vs torch),
-``trainforge.parity_cuda_max_abs_diff`` (its CUDA provider vs torch, ``null`` where CUDA cannot run) and
-``trainforge.part`` (empty for the whole model, e.g. ``encoder`` for an autoencoder's encoder exported alone).
+``metadata_props`` carry what inference needs (task, input spec, outputs, class and feature names,
+normalization, versions, run id, parity on onnxruntime's CPU and CUDA providers, part): the keys are
+listed in :mod:`trainforge.exporting.metadata`, which builds, writes and reads them for every export.
 
 A generator (a model with ``example_input``, e.g. the GAN) is exported from its input code: the graph
 takes e.g. a latent ``(N, Z)`` float32 and returns ``samples`` ``(N, *input_shape)``.
@@ -20,7 +15,6 @@ takes e.g. a latent ``(N, Z)`` float32 and returns ``samples`` ``(N, *input_shap
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import warnings
@@ -31,15 +25,15 @@ from typing import Any
 import numpy as np
 
 from trainforge.errors import ExportError
-from trainforge.exporting.providers import CPU, CUDA, cuda_usable, session_providers
+from trainforge.exporting.metadata import INPUT_NAME, PREFIX
+from trainforge.exporting.providers import CPU, CUDA, cuda_usable
 from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 
 #: Largest absolute difference between torch and onnxruntime outputs that export accepts.
 PARITY_TOLERANCE = 1e-4
-INPUT_NAME = "input"
-META_PREFIX = "trainforge."
+META_PREFIX = PREFIX
 
 
 @dataclass
@@ -86,68 +80,20 @@ def export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: str
     return report
 
 
-def _export_model(
-    model: Any,
-    task: Any,
-    meta: Any,
-    sample: np.ndarray,
-    path: Path,
-    *,
-    run_id: str | None = None,
-    config: dict[str, Any] | None = None,
-    opset: int | None = None,
-    tolerance: float = PARITY_TOLERANCE,
-    part: str | None = None,
-) -> ExportReport:
+def _export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: Path, *, run_id: str | None = None,
+                  config: dict[str, Any] | None = None, opset: int | None = None,
+                  tolerance: float = PARITY_TOLERANCE, part: str | None = None) -> ExportReport:
     import onnx
-    import torch
 
-    from trainforge import __version__
-    from trainforge.training.modeling import InferenceModel, PartModel
+    from trainforge.exporting import metadata
 
     started = time.perf_counter()
     model = model.to("cpu").eval()
-    if part:
-        parts = model.export_parts() if hasattr(model, "export_parts") else {}
-        if part not in parts:
-            raise ExportError(f"model has no part {part!r} to export; parts: {', '.join(sorted(parts)) or '(none)'}")
-        module, output_name = parts[part]
-        wrapped, outputs = PartModel(model, module).eval(), [output_name]
-    else:
-        wrapped, outputs = InferenceModel(model, task).eval(), list(task.onnx_outputs)
+    wrapped, outputs = _wrapped(model, task, part)
     sample = np.ascontiguousarray(sample[:256], dtype=np.float32)
     if len(sample) == 0:
         raise ExportError("cannot check the export: no sample rows")
-    example = torch.from_numpy(np.repeat(sample[:1], 2, axis=0))  # batch 2 so the batch axis stays symbolic
-    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
-    quiet_loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
-    levels = [lg.level for lg in quiet_loggers]
-    for lg in quiet_loggers:
-        lg.setLevel(logging.ERROR)  # the exporter's progress and torchvision notices are noise here
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False):
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapped,
-                (example,),
-                str(path),
-                input_names=[INPUT_NAME],
-                output_names=outputs,
-                dynamic_shapes=({0: torch.export.Dim("batch")},),
-                dynamo=True,
-                external_data=False,
-                verbose=False,
-                **kwargs,
-            )
-        proto = onnx.load(str(path))
-        onnx.checker.check_model(proto, full_check=True)
-    except Exception as exc:
-        path.unlink(missing_ok=True)
-        raise ExportError(f"ONNX export of model {getattr(meta, 'dataset', '')!r} failed: {exc}") from exc
-    finally:
-        for lg, level in zip(quiet_loggers, levels, strict=True):
-            lg.setLevel(level)
-
+    proto = _to_onnx(wrapped, sample, path, outputs, opset, meta)
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
     diffs = _parity(wrapped, proto, sample, outputs, CPU)
     cuda_diffs = _parity(wrapped, proto, sample, outputs, CUDA) if cuda_usable()[0] else {}
@@ -159,37 +105,58 @@ def _export_model(
                 f"ONNX parity check failed on onnxruntime's {provider} provider: max abs difference {worst:.3g} > "
                 f"{tolerance:g} (per batch size: {measured}); the file was not kept"
             )
-
     generative = bool(getattr(model, "generative", False)) and not part
-    metadata = {
-        "task": meta.task,
-        "input_name": INPUT_NAME,
-        "input_shape": json.dumps(["batch", *(int(d) for d in sample.shape[1:])]),
-        "input_dtype": "float32",
-        "outputs": json.dumps(outputs),
-        "class_names": json.dumps(meta.class_names),
-        "feature_names": json.dumps(None if generative else meta.feature_names),
-        "normalization": json.dumps({"mean": np.asarray(meta.mean).tolist(), "std": np.asarray(meta.std).tolist(),
-                                     "applied_in_graph": True}),
-        "version": __version__,
-        "mlflow_run_id": run_id or "",
-        "model": (config or {}).get("model", {}).get("name", ""),
-        "dataset": meta.dataset,
-        "opset": str(opset_used),
-        "parity_max_abs_diff": json.dumps({str(k): v for k, v in diffs.items()}),
-        "parity_cuda_max_abs_diff": json.dumps({str(k): v for k, v in cuda_diffs.items()} or None),
-        "part": part or "",
-    }
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = META_PREFIX + key, str(value)
-    proto.producer_name = "trainforge"
-    proto.producer_version = __version__
+    entries = metadata.build(meta, outputs, opset=opset_used, parity=diffs, cuda_parity=cuda_diffs or None,
+                             run_id=run_id, config=config, part=part or "",
+                             input_shape=tuple(sample.shape[1:]) if generative else None)
+    metadata.write(proto, entries)
     onnx.save(proto, str(path))
     seconds = time.perf_counter() - started
     log.info("exported %s (opset %d, parity %s) in %.1f s", path, opset_used, diffs, seconds)
-    return ExportReport(path, opset_used, diffs, seconds, metadata, cuda_diffs)
+    return ExportReport(path, opset_used, diffs, seconds, entries, cuda_diffs)
+
+
+def _wrapped(model: Any, task: Any, part: str | None) -> tuple[Any, list[str]]:
+    """The module the graph is traced from and its output names: the whole model with the task's outputs
+    (:class:`~trainforge.training.modeling.InferenceModel`), or one of ``model.export_parts()``."""
+    from trainforge.training.modeling import InferenceModel, PartModel
+
+    if not part:
+        return InferenceModel(model, task).eval(), list(task.onnx_outputs)
+    parts = model.export_parts() if hasattr(model, "export_parts") else {}
+    if part not in parts:
+        raise ExportError(f"model has no part {part!r} to export; parts: {', '.join(sorted(parts)) or '(none)'}")
+    module, output_name = parts[part]
+    return PartModel(model, module).eval(), [output_name]
+
+
+def _to_onnx(wrapped: Any, sample: np.ndarray, path: Path, outputs: list[str], opset: int | None, meta: Any) -> Any:
+    """``torch.onnx.export`` (dynamo, dynamic batch axis, one self-contained file) then ``onnx.checker``;
+    the checked ``ModelProto``. Raises :class:`ExportError` (the file removed) when either fails."""
+    import onnx
+    import torch
+
+    example = torch.from_numpy(np.repeat(sample[:1], 2, axis=0))  # batch 2 so the batch axis stays symbolic
+    kwargs: dict[str, Any] = {"opset_version": opset} if opset else {}
+    quiet_loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript")]
+    levels = [lg.level for lg in quiet_loggers]
+    for lg in quiet_loggers:
+        lg.setLevel(logging.ERROR)  # the exporter's progress and torchvision notices are noise here
+    try:
+        with warnings.catch_warnings(), torch.inference_mode(False):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (example,), str(path), input_names=[INPUT_NAME], output_names=outputs,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), dynamo=True, external_data=False,
+                              verbose=False, **kwargs)
+        proto = onnx.load(str(path))
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as exc:
+        path.unlink(missing_ok=True)
+        raise ExportError(f"ONNX export of model {getattr(meta, 'dataset', '')!r} failed: {exc}") from exc
+    finally:
+        for lg, level in zip(quiet_loggers, levels, strict=True):
+            lg.setLevel(level)
+    return proto
 
 
 def export_sample(model: Any, rows: np.ndarray) -> np.ndarray:
@@ -202,14 +169,13 @@ def export_sample(model: Any, rows: np.ndarray) -> np.ndarray:
 def _parity(wrapped: Any, proto: Any, sample: np.ndarray, outputs: list[str], provider: str) -> dict[int, float]:
     """Max abs difference of every output, torch (CPU, float32) vs onnxruntime on ``provider``, at batch 1
     and ``len(sample)``. An empty dict when a CUDA session falls back to the CPU (logged)."""
-    import onnxruntime as ort
     import torch
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(proto.SerializeToString(), options, providers=session_providers([provider]))
-    if session.get_providers()[0] != provider:
-        log.warning("parity on %s skipped: onnxruntime runs the model on %s", provider, session.get_providers()[0])
+    from trainforge.exporting.sessions import open_session
+
+    session, active = open_session(proto.SerializeToString(), provider)
+    if active != provider:
+        log.warning("parity on %s skipped: onnxruntime runs the model on %s", provider, active)
         return {}
     diffs: dict[int, float] = {}
     for n in sorted({1, len(sample)}):
@@ -258,25 +224,17 @@ def log_onnx_artifact(path: str | Path, run_id: str) -> None:
 
 
 def read_metadata(path: str | Path) -> dict[str, Any]:
-    """The ``trainforge.*`` metadata of an ONNX file, JSON values decoded. Raises ExportError if unreadable."""
-    import onnxruntime as ort
+    """The ``trainforge.*`` metadata of an ONNX file (:func:`trainforge.exporting.metadata.read`)."""
+    from trainforge.exporting import metadata
 
-    try:
-        raw = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    except Exception as exc:
-        raise ExportError(f"{path}: not a readable ONNX model ({exc})") from None
-    return decode_metadata(raw)
+    return metadata.read(path)
 
 
 def decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in raw.items():
-        if key.startswith(META_PREFIX):
-            try:
-                out[key[len(META_PREFIX):]] = json.loads(value)
-            except ValueError:
-                out[key[len(META_PREFIX):]] = value
-    return out
+    """``trainforge.*`` entries decoded (:func:`trainforge.exporting.metadata.decode`)."""
+    from trainforge.exporting import metadata
+
+    return metadata.decode(raw)
 
 
 def export(
@@ -288,7 +246,7 @@ def export(
     log_to_run: bool = False,
     part: str | None = None,
 ) -> ExportReport:
-    """Rebuild the model of MLflow run ``run_id`` from its ``checkpoints/best.pt`` and export it.
+    """Rebuild the model of MLflow run ``run_id`` from its best checkpoint and export it.
 
     The parity check uses the run's test split, re-created from the dataset and seed in the checkpoint's
     config. ``output`` defaults to ``./<run_id>.onnx`` (``./<run_id>.<part>.onnx`` with ``part``, e.g.
@@ -296,28 +254,22 @@ def export(
     :mod:`trainforge.kinds`) is re-exported by that kind. Raises :class:`TrainforgeError` subclasses when the run, its
     checkpoint, the part or the data cannot be found.
     """
-    from trainforge.contracts import DataMeta
     from trainforge.kinds import KIND_TAG, get_kind
+    from trainforge.tracking import checkpoints
     from trainforge.tracking import store as tracking
     from trainforge.training import data as data_mod
-    from trainforge.training.callbacks import load_checkpoint
-    from trainforge.training.modeling import build_model
-    from trainforge.training.tasks import get_task
+    from trainforge.training.checkpoint import rebuild
 
     tracking.setup_uri(tracking_uri)
     run = tracking.get_run(run_id)
     kind = run.data.tags.get(KIND_TAG)
     if kind:  # not the epoch loop's torch module (e.g. a scikit-learn estimator): its kind re-exports it
         return get_kind(kind).export_run(run_id, output, part=part, log_to_run=log_to_run)
-    local = tracking.download(run_id, "checkpoints/best.pt")
-    checkpoint = load_checkpoint(local)
-    config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
+    checkpoint = checkpoints.fetch(run_id)
+    model, task, meta, config = rebuild(checkpoint)
     if run.info.status != "FINISHED":
         _warn_cut_short(run, int(checkpoint.get("epoch", 0)), int(config["trainer"]["epochs"]))
-    model = build_model(config["model"], meta)
-    model.load_state_dict(checkpoint["state_dict"])
     bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
-    task = get_task(meta.task, meta=meta)
     path = Path(output) if output else Path(f"{run_id}.{part}.onnx" if part else f"{run_id}.onnx")
     sample = export_sample(model, data_mod.sample_rows(bundle.test))
     report = export_model(model, task, meta, sample, path, run_id=run_id, config=config, opset=opset, part=part)

@@ -1,6 +1,6 @@
 """Measured inference cost of an ONNX file in onnxruntime: latency percentiles and throughput.
 
-One session with fixed options (:func:`trainforge.exporting.predictor.session_options` with ``threads``
+One session with fixed options (:func:`trainforge.exporting.sessions.session_options` with ``threads``
 intra-op threads, default 1; one inter-op thread, sequential execution, every graph optimisation), on an
 explicitly chosen execution provider (no silent CUDA -> CPU fallback). The input is real rows (e.g. the
 validation split) cycled to the batch size, so the graph sees the values it will see in service.
@@ -53,9 +53,9 @@ def open_timing_session(path: str | Path, provider: str = "cpu", threads: int = 
     Raises ConfigError when ``cuda`` is asked for and cannot run here, TrainforgeError when onnxruntime
     cannot load the file or falls back to another provider.
     """
-    from trainforge.exporting.predictor import open_session
+    from trainforge.exporting.sessions import open_session
 
-    return open_session(path, provider, allow_fallback=False, threads=threads)
+    return open_session(path, provider, threads, allow_fallback=False)
 
 
 def batch_of(rows: np.ndarray, batch: int) -> np.ndarray:
@@ -98,3 +98,89 @@ def measure(path: str | Path, rows: np.ndarray, *, batch: int = 1, threads: int 
         big = time_calls(session, {name: batch_of(rows, THROUGHPUT_BATCH)}, warmup=3, runs=30, min_runs=5)
         rate = THROUGHPUT_BATCH / float(np.median(big))
     return Latency(batch, p50, p90, len(seconds), active, threads, rate)
+
+
+@dataclass
+class Measured:
+    """What :func:`measure_model` found: ``figures`` (``val_*`` metrics of the file that ships, ``latency_ms``,
+    ``model_bytes``, ``params``, ``throughput`` when asked), ``logged`` (the metrics for the run: p50/p90,
+    sizes, ``int8_val_*``) and the :class:`Latency` itself."""
+
+    figures: dict[str, float]
+    logged: dict[str, float]
+    timing: Latency
+
+
+@dataclass
+class Timing:
+    """How a file is timed: ``batch`` rows per call, ``threads`` intra-op threads, on ``provider`` (``cpu``/
+    ``cuda``), and whether ``throughput`` at :data:`THROUGHPUT_BATCH` rows is measured too."""
+
+    batch: int = 1
+    threads: int = 1
+    provider: str = "cpu"
+    throughput: bool = False
+
+
+def measure_model(model: Any, task: Any, bundle: Any, best: dict[str, float], *, run_id: str | None,
+                  config: dict[str, Any], quantize: str = "none", timing: Timing | None = None,
+                  lock: Any = None) -> Measured:
+    """Export ``model`` (best-epoch weights) through the verified ONNX gate into a temporary folder, quantize
+    it to int8 when ``quantize == "int8"`` (its validation metrics are then the quantized file's, computed in
+    onnxruntime), and time it (:func:`measure` as ``timing`` says) while holding ``lock`` if given.
+
+    ``best``: the trainer's metrics at the best epoch (the fp32 file's validation metrics: the gate holds
+    onnxruntime within 1e-4 of torch). Raises ExportError from the gate or the quantizer, TrainforgeError
+    when ``provider`` cannot run the file.
+    """
+    import contextlib
+    import tempfile
+
+    from trainforge.exporting.exporter import export_model, export_sample
+    from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
+    from trainforge.training.data import sample_rows
+
+    how = timing or Timing()
+    figures = {k: float(v) for k, v in best.items() if k.startswith("val_")}
+    logged: dict[str, float] = {}
+    with tempfile.TemporaryDirectory(prefix="trainforge-trial-") as tmp:
+        sample = export_sample(model, sample_rows(bundle.test))
+        path = export_model(model, task, bundle.meta, sample, Path(tmp) / "model.onnx", run_id=run_id,
+                            config=config).path
+        if quantize == "int8":
+            path = quantize_model(path, Path(tmp) / "model.int8.onnx",
+                                  calibration=sample_rows(bundle.train, CALIBRATION_ROWS)).path
+            int8 = {f"val_{k}": float(v) for k, v in evaluate_onnx(str(path), bundle.val, task, threads=how.threads).items()}
+            figures.update(int8)  # the shipped (quantized) model's own validation metrics
+            logged.update({f"int8_{k}": v for k, v in int8.items()})
+        with lock if lock is not None else contextlib.nullcontext():
+            latency = measure(path, sample_rows(bundle.val, 1024), batch=how.batch, threads=how.threads,
+                              provider=how.provider, throughput=how.throughput)
+        figures.update(latency_ms=latency.p50_ms, model_bytes=float(path.stat().st_size),
+                       params=float(sum(p.numel() for p in model.parameters())))
+        if latency.throughput is not None:
+            figures["throughput"] = latency.throughput
+    logged.update(latency_ms_p50=latency.p50_ms, latency_ms_p90=latency.p90_ms, model_bytes=figures["model_bytes"],
+                  params=figures["params"], **({"throughput": latency.throughput} if latency.throughput else {}))
+    return Measured(figures, logged, latency)
+
+
+def evaluate_onnx(path: str | Path, split: Any, task: Any, batch_size: int = 1024,
+                  threads: int | None = None) -> dict[str, float]:
+    """The task's metrics (``accuracy``, ``loss``, ... for classification) of an ONNX file on a split,
+    computed with onnxruntime (CPU, ``threads`` intra-op threads; None: the CPUs this process may use) on
+    the raw features: what ``trainforge predict`` would score."""
+    import torch
+
+    from trainforge.exporting.sessions import open_session
+    from trainforge.training.data import batches
+
+    session, _ = open_session(path, "cpu", threads=threads)
+    output = session.get_outputs()[0].name  # logits (classification) or prediction (regression)
+    state = None
+    for x, y in batches(split, batch_size):
+        out = torch.from_numpy(session.run([output], {"input": x.cpu().numpy()})[0])
+        if state is None:
+            state = task.new_state(out.shape[1], torch.device("cpu"))
+        task.update(state, out, y.cpu())
+    return task.compute(state) if state is not None else {}

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 #: the pyfunc model's code: executed by MLflow to load the model, imports no trainforge module
 SERVING_CODE = Path(__file__).with_name("serving.py")
+#: the modules the serving code imports, logged beside it (MLflow ``code_paths``): it runs without trainforge
+SERVING_LIBS = [str(Path(__file__).with_name(name)) for name in ("sessions.py", "metadata.py")]
 
 
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path,
@@ -101,12 +103,13 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
     fill ``result.model_uri``, ``onnx_path`` and ``parity``. ``name`` defaults to :func:`model_name`."""
     import mlflow
     import onnx
-    import onnxruntime as ort
     from mlflow.models import infer_signature
     from mlflow.tracking import MlflowClient
 
+    from trainforge.exporting import metadata
     from trainforge.exporting.exporter import log_onnx_artifact
     from trainforge.exporting.providers import usable_providers
+    from trainforge.exporting.sessions import open_session
     from trainforge.tracking import store as tracking
 
     name = name or model_name(getattr(result, "config", None))
@@ -116,15 +119,13 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
                            run_id=result.run_id)
 
     example = sample[:5]
-    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    session, _ = open_session(report.path, "cpu")
     names = [o.name for o in session.get_outputs()]
     outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
-    from trainforge.exporting.exporter import decode_metadata
-
-    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    meta = metadata.from_session(session)
     with tracking.deferred_interrupt():
         info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE),
-                                       artifacts={"onnx": str(report.path)},
+                                       artifacts={"onnx": str(report.path)}, code_paths=SERVING_LIBS,
                                        signature=serving_signature(meta, outputs),
                                        input_example=serving_example(meta, example),
                                        pip_requirements=requirements(("numpy", "pandas")))

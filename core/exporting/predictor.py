@@ -21,12 +21,13 @@ import numpy as np
 
 from trainforge.atomic import atomic_output
 from trainforge.errors import DataError, TrainforgeError, row_label
-from trainforge.exporting.providers import CPU, CUDA, PROVIDERS, session_providers, usable_providers
+from trainforge.exporting.providers import CPU, CUDA, PROVIDERS, usable_providers
+from trainforge.exporting.sessions import open_session, session_options
 from trainforge.exporting.sources import resolve_model
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CPU", "CUDA", "PROVIDERS", "PredictResult", "open_session", "predict", "usable_providers"]
+__all__ = ["CPU", "CUDA", "PROVIDERS", "PredictResult", "open_session", "predict", "session_options", "usable_providers"]
 #: rows read per chunk: memory stays flat however long the file (65536 let parser and allocator
 #: buffers creep up for ~10 chunks: peak RSS 1.4x higher at 1M rows than at 100k; benchmarks/)
 CHUNK_ROWS = 16384
@@ -46,71 +47,6 @@ class PredictResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"rows": self.rows, "provider": self.provider, "output": self.output, "metrics": self.metrics}
-
-
-def session_options(threads: int | None = None, spinning: bool = False) -> Any:
-    """onnxruntime session options tuned for small (2-8 core), possibly shared CPUs.
-
-    - ``intra_op_num_threads``: ``threads``, else ``$TRAINFORGE_ORT_THREADS``, else the CPUs this process
-      may run on (``os.sched_getaffinity``); one inter-op thread, sequential execution (the graphs
-      are chains: nothing to run in parallel).
-    - Spinning only inside a call: ``session.intra_op.allow_spinning = "1"`` with
-      ``session.force_spinning_stop = "1"`` (onnxruntime's session config keys; the second "forces any
-      thread-pool threads spinning stop immediately when the last of concurrent Run() calls returns").
-      Pool threads busy-wait between the operators of one call, so a batch-1 call pays no thread
-      wake-up per operator (turning spinning off entirely made the digits CNN's batch-1 latency 2x
-      slower, benchmarks/RESULTS.md), and they sleep between calls, so an idle or infrequently called
-      session leaves a small machine's cores free (onnxruntime's thread-management docs).
-      ``spinning=True`` keeps onnxruntime's default (threads also spin for a while after a call).
-    - ``ORT_ENABLE_ALL``: every graph optimisation, including layout transforms and fusions.
-
-    ``trainforge predict`` and ``benchmarks/bench_inference.py`` both use this function.
-    """
-    import os
-
-    import onnxruntime as ort
-
-    if threads is None:
-        env = os.environ.get("TRAINFORGE_ORT_THREADS", "").strip()
-        threads = int(env) if env.isdigit() and int(env) > 0 else _cores()
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    options.intra_op_num_threads = int(threads)
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-    options.add_session_config_entry("session.force_spinning_stop", "0" if spinning else "1")
-    return options
-
-
-def _cores() -> int:
-    import os
-
-    try:
-        available = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        available = os.cpu_count() or 1
-    return max(1, min(available, os.cpu_count() or available))
-
-
-def open_session(model: str | Path, provider: str = "auto", allow_fallback: bool = True,
-                 threads: int | None = None) -> tuple[Any, str]:
-    """An onnxruntime session (options from :func:`session_options`) and the provider it actually uses."""
-    import onnxruntime as ort
-
-    requested = usable_providers(provider)
-    options = session_options(threads)
-    try:
-        session = ort.InferenceSession(str(model), options, providers=session_providers(requested))
-    except Exception as exc:
-        raise TrainforgeError(f"{model}: cannot load the ONNX model ({exc})") from None
-    active = session.get_providers()[0]
-    if active != requested[0]:
-        if not allow_fallback:
-            raise TrainforgeError(f"{requested[0]} was requested but onnxruntime fell back to {active}")
-        log.warning("%s was requested but onnxruntime runs on %s", requested[0], active)
-    return session, active
 
 
 def read_chunks(path: str | Path, chunk_rows: int = CHUNK_ROWS) -> Iterator[Any]:
@@ -201,21 +137,23 @@ def predict(
     allow_fallback: bool = True,
     tracking_uri: str | None = None,
     chunk_rows: int = CHUNK_ROWS,
+    threads: int | None = None,
 ) -> PredictResult:
     """Run a trainforge ONNX model on a CSV, .npy or Parquet file, chunk by chunk.
 
     Output CSV columns: ``prediction`` (a class label for classification, the value for regression,
     ``prediction_<i>`` for several targets) and, for classification, ``prob_<class>`` per class. With
     ``target``, the column is compared to the predictions: ``accuracy`` (labels compared as strings) or
-    ``mse``/``mae``. Raises :class:`DataError` for malformed input (naming file, row and column).
+    ``mse``/``mae``. ``threads``: onnxruntime intra-op threads (default: the CPUs this process may use).
+    Raises :class:`DataError` for malformed input (naming file, row and column).
     """
     import pandas as pd
 
-    from trainforge.exporting.exporter import decode_metadata
+    from trainforge.exporting import metadata
 
     path = resolve_model(str(model), tracking_uri)
-    session, active = open_session(path, provider, allow_fallback)
-    meta = decode_metadata(session.get_modelmeta().custom_metadata_map)
+    session, active = open_session(path, provider, threads, allow_fallback=allow_fallback)
+    meta = metadata.from_session(session)
     if "task" not in meta:
         raise TrainforgeError(f"{path}: not a trainforge model (no trainforge.* metadata)")
     out_path = Path(output) if output else None
@@ -236,6 +174,8 @@ def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, targe
     """Predict chunk by chunk, appending to ``out_path`` (else collecting frames); raises DataError for no rows."""
     import pandas as pd
 
+    from trainforge.exporting import metadata
+
     classes, outputs = meta.get("class_names"), meta["outputs"]
     rows, correct, se, ae = 0, 0, 0.0, 0.0
     frames, as_index = [], None
@@ -244,6 +184,7 @@ def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, targe
         result = dict(zip(outputs, _run(session, outputs, meta["input_name"], x), strict=True))
         if meta["task"] == "classification":
             probs = result["probabilities"]
+            classes = metadata.class_names(meta, probs.shape[1])
             labels = np.asarray(classes, dtype=object)[probs.argmax(1)]
             frame = pd.DataFrame({"prediction": labels})
             for i, name in enumerate(classes):

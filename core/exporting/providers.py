@@ -145,5 +145,5 @@ def usable_providers(choice: str = "auto") -> list[str]:
 
 
 def session_providers(providers: list[str]) -> list[Any]:
-    """``providers`` as ``InferenceSession(providers=...)`` takes them: CUDA with :data:`CUDA_OPTIONS`."""
+    """``providers`` as an onnxruntime session's ``providers=`` argument takes them: CUDA with :data:`CUDA_OPTIONS`."""
     return [(p, dict(CUDA_OPTIONS)) if p == CUDA else p for p in providers]

@@ -90,11 +90,9 @@ def _reader(input_name: str, rows: np.ndarray, batch_size: int = 64) -> Any:
 
 
 def _run_all(model: bytes | str, input_name: str, x: np.ndarray, batch_size: int = 1024) -> list[np.ndarray]:
-    import onnxruntime as ort
+    from trainforge.exporting.sessions import open_session
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3
-    session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    session, _ = open_session(model, "cpu")
     parts = [session.run(None, {input_name: x[i:i + batch_size]}) for i in range(0, len(x), batch_size)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(parts[0]))]
 
@@ -135,7 +133,7 @@ def quantize_model(
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from trainforge.exporting.exporter import META_PREFIX, decode_metadata
+    from trainforge.exporting import metadata
 
     started = time.perf_counter()
     source = Path(source)
@@ -143,8 +141,8 @@ def quantize_model(
     if method not in METHODS:
         raise ConfigError(f"unknown quantization method {method!r}; use {', '.join(METHODS)}")
     proto = onnx.load(str(source))
-    props = {p.key: p.value for p in proto.metadata_props}
-    meta = decode_metadata(props)
+    props = metadata.raw(proto)
+    meta = metadata.decode({metadata.PREFIX + k: v for k, v in props.items()})
     if "task" not in meta:
         raise TrainforgeError(f"{source}: not a trainforge model (no trainforge.* metadata)")
     method = choose_method(proto) if method == "auto" else method
@@ -178,11 +176,7 @@ def quantize_model(
             "activation_type": "uint8", "per_channel": True, "reduce_range": True,
             "calibration": {"split": "train", "rows": rows, "method": "minmax"} if rows else None,
             "source": source.name, "test_metrics": metrics}
-    del quantized.metadata_props[:]
-    for key, value in {**props, META_PREFIX + "quantization": json.dumps(info)}.items():
-        entry = quantized.metadata_props.add()
-        entry.key, entry.value = key, value
-    quantized.producer_name, quantized.producer_version = proto.producer_name, proto.producer_version
+    metadata.write(quantized, {**props, "quantization": json.dumps(info)}, proto.producer_version)
     onnx.save(quantized, str(output))
     report = QuantizeReport(output, source, info["method"], rows, metrics, source.stat().st_size,
                             output.stat().st_size, time.perf_counter() - started)
@@ -195,12 +189,12 @@ def quantize_model(
 def run_data(run_id: str, tracking_uri: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The run's training rows (calibration) and test rows and targets, re-created from its checkpoint."""
     from trainforge.contracts import DataMeta
+    from trainforge.tracking import checkpoints
     from trainforge.tracking import store as tracking
     from trainforge.training import data as data_mod
-    from trainforge.training.callbacks import load_checkpoint
 
     tracking.setup_uri(tracking_uri)
-    checkpoint = load_checkpoint(tracking.download(run_id, "checkpoints/best.pt"))
+    checkpoint = checkpoints.fetch(run_id)
     config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
     bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
     train = data_mod.sample_rows(bundle.train, CALIBRATION_ROWS)

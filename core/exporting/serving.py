@@ -3,8 +3,10 @@
 
 MLflow "models from code": :mod:`trainforge.exporting.logged` logs *this file* as the model's code and the
 ``.onnx`` file as its artifact ``onnx``; MLflow executes the file (``set_model`` at the bottom) to load the
-model. So it is self-contained: it imports numpy, pandas, onnxruntime and mlflow only, never torch or
-trainforge, and the model's recorded requirements are numpy, pandas and onnxruntime.
+model. So it is self-contained: it imports numpy, pandas, onnxruntime and mlflow, and the copies of
+:mod:`trainforge.exporting.sessions` and :mod:`trainforge.exporting.metadata` logged with it (``code_paths``;
+both need only the standard library at import), never torch or trainforge; the model's recorded
+requirements are numpy, pandas and onnxruntime.
 
 Input: a pandas DataFrame with the training feature names (any order, extra columns ignored; the
 trainforge ONNX metadata ``trainforge.feature_names`` gives the order), or with exactly as many columns as
@@ -13,7 +15,6 @@ DataFrame like ``trainforge predict``'s: ``prediction`` (the class name for clas
 regression, ``prediction_<i>`` for several targets) and, for classification, ``prob_<class>`` per class.
 """
 
-import json
 from typing import Any
 
 import mlflow.pyfunc
@@ -21,19 +22,12 @@ import numpy as np
 import pandas as pd
 from mlflow.models import set_model
 
-META_PREFIX = "trainforge."
-
-
-def read_metadata(session: Any) -> dict[str, Any]:
-    """The ``trainforge.*`` metadata of an onnxruntime session's model, JSON values decoded."""
-    out: dict[str, Any] = {}
-    for key, value in session.get_modelmeta().custom_metadata_map.items():
-        if key.startswith(META_PREFIX):
-            try:
-                out[key[len(META_PREFIX):]] = json.loads(value)
-            except ValueError:
-                out[key[len(META_PREFIX):]] = value
-    return out
+try:  # the copies logged beside this file (code_paths): trainforge need not be installed where it serves
+    from metadata import class_names, from_session
+    from sessions import open_session
+except ImportError:  # run from the trainforge package (e.g. while MLflow logs the model)
+    from trainforge.exporting.metadata import class_names, from_session
+    from trainforge.exporting.sessions import open_session
 
 
 def features(data: Any, meta: dict[str, Any]) -> np.ndarray:
@@ -63,7 +57,7 @@ def to_frame(result: dict[str, np.ndarray], meta: dict[str, Any]) -> pd.DataFram
     """The named ONNX outputs as ``trainforge predict``'s columns (see the module docstring)."""
     if meta["task"] == "classification":
         probs = result["probabilities"]
-        classes = meta["class_names"]
+        classes = class_names(meta, probs.shape[1])
         frame = pd.DataFrame({"prediction": np.asarray(classes, dtype=object)[probs.argmax(1)].astype(str)})
         for i, name in enumerate(classes):
             frame[f"prob_{name}"] = probs[:, i]
@@ -78,12 +72,8 @@ class OnnxModel(mlflow.pyfunc.PythonModel):
     """onnxruntime (CPU execution provider) on the artifact ``onnx``, labels and probabilities out."""
 
     def load_context(self, context: Any) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(context.artifacts["onnx"], options, providers=["CPUExecutionProvider"])
-        self.meta = read_metadata(self.session)
+        self.session, _ = open_session(context.artifacts["onnx"], "cpu")
+        self.meta = from_session(self.session)
 
     # pd.DataFrame is a hint MLflow 3 infers no schema from (the logged signature is the schema);
     # an array arrives as is when the data has no feature names (tensor signature)

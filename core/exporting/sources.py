@@ -49,21 +49,21 @@ def check_sha256(run_id: str, path: str | Path, what: str) -> None:
 
 def _registered_onnx(uri: str) -> str:
     """Download the MLflow model ``uri`` and return its ONNX file, checked against its source run's SHA-256."""
-    import os
-
     import mlflow
     import yaml
     from mlflow.exceptions import MlflowException
     from mlflow.store.artifact.utils.models import get_model_name_and_version
     from mlflow.tracking import MlflowClient
 
+    from trainforge.tracking import store as tracking
+
     client = MlflowClient()
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         found = get_model_name_and_version(client, uri)  # (name, version) or (logged model id,)
         run_id = (client.get_model_version(*found).run_id if len(found) == 2
                   else client.get_logged_model(found[0]).source_run_id)
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
+        with tracking.mlflow_environ(tracking.QUIET_DOWNLOAD):
+            local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri))
     except MlflowException as exc:
         raise TrainforgeError(f"{uri}: {exc.message.splitlines()[0]}") from None
     try:

@@ -183,15 +183,8 @@ def _warm_up() -> None:
 
 def _export(job: dict[str, Any]) -> Any:
     """Rebuild the model from the checkpoint (as ``trainforge export`` does) and run the export gate."""
-    from trainforge.contracts import DataMeta
     from trainforge.exporting.exporter import export_model
-    from trainforge.training.callbacks import load_checkpoint
-    from trainforge.training.modeling import build_model
-    from trainforge.training.tasks import get_task
+    from trainforge.training.checkpoint import rebuild
 
-    checkpoint = load_checkpoint(job["checkpoint"])
-    config, meta = checkpoint["config"], DataMeta.from_dict(checkpoint["meta"])
-    model = build_model(config["model"], meta)
-    model.load_state_dict(checkpoint["state_dict"])
-    task = get_task(meta.task, meta=meta)
+    model, task, meta, _config = rebuild(job["checkpoint"])
     return export_model(model, task, meta, job["sample"], job["path"], run_id=job["run_id"], config=job["config"])

@@ -271,6 +271,8 @@ def _run(
             reporting.log_artifacts(run_id, workdir, cfg, trainer, bundle, test_state=test_state,
                                     checkpoint_saved=saved)
     except BaseException:
+        if worker is not None:  # before the run's folder goes: the worker may be writing model.onnx in it
+            worker.close()
         with contextlib.suppress(Exception):  # keep the original error
             _wait_for_writers(trainer)
         raise
@@ -315,19 +317,14 @@ def _wait_for_writers(trainer: Any) -> None:
 def _resume_point(run_id: str, tracking_uri: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
     """The config and trainer state in run ``run_id``'s ``checkpoints/last.pt``."""
     from trainforge.errors import TrainforgeError
+    from trainforge.tracking import checkpoints
     from trainforge.tracking import store as tracking
-    from trainforge.training.callbacks import load_checkpoint
 
     tracking.setup_uri(tracking_uri)
     run = tracking.get_run(run_id)
     if run.info.status == "FINISHED":
         raise TrainforgeError(f"run {run_id} already FINISHED; nothing to resume")
-    try:
-        path = tracking.download(run_id, "checkpoints/last.pt")
-    except TrainforgeError:
-        raise TrainforgeError(
-            f"run {run_id} has no resumable checkpoint (checkpoints/last.pt); they are written every "
-            "trainer.resume_every_s seconds"
-        ) from None
-    saved = load_checkpoint(path)
+    saved = checkpoints.fetch(run_id, checkpoints.LAST, missing=(
+        f"run {run_id} has no resumable checkpoint ({checkpoints.LAST}); they are written every "
+        "trainer.resume_every_s seconds"))
     return saved["config"], saved["trainer"]

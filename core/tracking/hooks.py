@@ -19,7 +19,10 @@ def build_resume(ctx):
     every = ctx.config["trainer"].get("resume_every_s")
     if not ctx.run_id or every is None or float(every) < 0:
         return None
-    return ResumeCheckpoint(ctx.run_id, ctx.workdir / "resume" / "last.pt", ctx.config, ctx.meta.to_dict(), every)
+    from trainforge.training.checkpoint import LAST
+
+    staged = ctx.workdir / "resume" / LAST.rpartition("/")[2]
+    return ResumeCheckpoint(ctx.run_id, staged, ctx.config, ctx.meta.to_dict(), every)
 
 
 @hookimpl

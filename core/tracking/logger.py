@@ -9,9 +9,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from trainforge.contracts import Callback
+from trainforge.training import checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from trainforge.training.trainer import Trainer
@@ -136,8 +135,8 @@ class ResumeCheckpoint(Callback):
             if isinstance(cb, MLflowLogger):
                 cb.flush()
         mlflow.flush_async_logging()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save({"format": 1, "trainer": trainer.state_dict(), "config": self.config, "meta": self.meta}, tmp)
-        tmp.replace(self.path)
-        mlflow.log_artifact(str(self.path), artifact_path="checkpoints", run_id=self.run_id)
+        checkpoint.save_resume(self.path, trainer.state_dict(), self.config, self.meta)
+        from trainforge.tracking.store import deferred_interrupt
+
+        with deferred_interrupt():  # the upload reads the run from the store: no signal inside that query
+            mlflow.log_artifact(str(self.path), artifact_path=checkpoint.FOLDER, run_id=self.run_id)

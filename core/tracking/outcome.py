@@ -7,6 +7,8 @@ store was too full to mark (left RUNNING, which ``trainforge runs --stale`` find
 
 from __future__ import annotations
 
+from trainforge.training.checkpoint import BEST, FOLDER, LAST
+
 
 def stopped(run_id: str) -> str:
     """What a command stopped by a signal says about its run, read back from the store (so it is true
@@ -21,11 +23,11 @@ def stopped(run_id: str) -> str:
         with store.deferred_interrupt():
             client = MlflowClient()
             status = client.get_run(run_id).info.status
-            saved = {a.path for a in client.list_artifacts(run_id, "checkpoints")}
+            saved = {a.path for a in client.list_artifacts(run_id, FOLDER)}
     except BaseException:  # noqa: BLE001 - an unreadable store: say no more than the run's id
         return f"run {run_id}"
-    resume = f"; resume: trainforge train --resume {run_id}" if "checkpoints/last.pt" in saved else ""
-    if status == "KILLED" and "checkpoints/best.pt" in saved:
+    resume = f"; resume: trainforge train --resume {run_id}" if LAST in saved else ""
+    if status == "KILLED" and BEST in saved:
         return f"run {run_id} ended KILLED with its best checkpoint; resume: trainforge train --resume {run_id}"
     if status == "KILLED":
         return f"run {run_id} ended KILLED without a best checkpoint{resume}"
@@ -46,8 +48,8 @@ def failed(exc: BaseException) -> str:
     try:
         from mlflow.tracking import MlflowClient
 
-        saved = {a.path for a in MlflowClient().list_artifacts(run_id, "checkpoints")}
-        kept = " with its best checkpoint" if "checkpoints/best.pt" in saved else " without a best checkpoint"
+        saved = {a.path for a in MlflowClient().list_artifacts(run_id, FOLDER)}
+        kept = " with its best checkpoint" if BEST in saved else " without a best checkpoint"
     except Exception:  # noqa: BLE001 - an unreadable store: say no more
         pass
     if getattr(exc, "run_marked", False):

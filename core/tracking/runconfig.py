@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from trainforge.errors import TrainforgeError
+from trainforge.training.checkpoint import BEST, LAST, load
 
-CHECKPOINTS = ("checkpoints/best.pt", "checkpoints/last.pt")
+CHECKPOINTS = (BEST, LAST)
 
 
 def run_config(run_id: str) -> dict[str, Any]:
@@ -31,10 +32,8 @@ def run_config(run_id: str) -> dict[str, Any]:
             path = store.download(run_id, artifact)
         except TrainforgeError:
             continue
-        from trainforge.training.callbacks import load_checkpoint
-
         try:
-            return _checked(load_checkpoint(path).get("config"), artifact)
+            return _checked(load(path).get("config"), artifact)
         except TrainforgeError as exc:
             problems.append(str(exc))
     try:

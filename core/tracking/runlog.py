@@ -50,10 +50,12 @@ def upload_checkpoint(run_id: str, workdir: Path) -> None:
     """Upload ``checkpoints/`` if a checkpoint was written (also called when the fit fails)."""
     import mlflow
 
-    folder = workdir / "checkpoints"
+    from trainforge.training.checkpoint import FOLDER
+
+    folder = workdir / FOLDER
     if folder.is_dir() and any(folder.iterdir()):
         try:
-            mlflow.log_artifacts(str(folder), artifact_path="checkpoints", run_id=run_id)
+            mlflow.log_artifacts(str(folder), artifact_path=FOLDER, run_id=run_id)
         except Exception as exc:  # never hide the error that brought us here
             from trainforge.errors import environment_fault
 
@@ -146,11 +148,11 @@ def collect_split(model: Any, split: Any, device: Any, batch_size: int = 1024, m
 
 def save_best_checkpoint(workdir: Path, cfg: dict[str, Any], trainer: Any, meta: Any) -> Path:
     """Write the best epoch's weights, config and data meta to ``<workdir>/checkpoints/best.pt``."""
-    from trainforge.training.callbacks import save_checkpoint
+    from trainforge.training import checkpoint
 
-    ckpt = workdir / "checkpoints" / "best.pt"
+    ckpt = workdir / checkpoint.BEST
     best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else {}
-    save_checkpoint(ckpt, trainer.best_state or trainer.model.state_dict(), cfg, meta.to_dict(),
+    checkpoint.save(ckpt, trainer.best_state or trainer.model.state_dict(), cfg, meta.to_dict(),
                     trainer.best_epoch, best)
     return ckpt
 

@@ -1,8 +1,8 @@
 """Runs left RUNNING by a process that died (``kill -9``, OOM killer, a lost node).
 
 Every run records the process that trains it in the tags ``trainforge.host``, ``trainforge.pid`` and, on
-Linux, ``trainforge.pid_start`` (the process start time from ``/proc/<pid>/stat``, field 22, in clock
-ticks since boot; ``proc(5)``), so a pid reused by an unrelated process is not mistaken for the run's.
+Linux, ``trainforge.pid_start`` (the process start time), so a pid reused by an unrelated process is not
+mistaken for the run's (:mod:`trainforge.tracking.liveness`).
 A RUNNING run is **stale** when its host is this machine and that process is gone. A run recorded on
 another host cannot be checked from here: it is reported as such and never marked (run the command on
 that host). Runs without these tags (written by older versions) are reported as unknown.
@@ -10,29 +10,20 @@ that host). Runs without these tags (written by older versions) are reported as 
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from trainforge.tracking import liveness
 from trainforge.tracking import tags as tag
+from trainforge.training.checkpoint import FOLDER, LAST
 
 HOST_TAG, PID_TAG, START_TAG = tag.HOST, tag.PID, tag.PID_START
 
 
-def _start_ticks(pid: int) -> str:
-    """The start time of process ``pid`` in clock ticks since boot (``/proc/<pid>/stat`` field 22), or ''."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rpartition(")")[2].split()[19]  # fields after "(comm)" start at field 3
-
-
 def process_tags() -> dict[str, str]:
     """The tags that identify this process: host name, pid and (Linux) its start time."""
-    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), START_TAG: _start_ticks(os.getpid())}
+    me = liveness.this_process()
+    return {HOST_TAG: me.host, PID_TAG: str(me.pid), START_TAG: me.start}
 
 
 def process_state(tags: dict[str, str]) -> str:
@@ -40,18 +31,8 @@ def process_state(tags: dict[str, str]) -> str:
     host, pid = tags.get(HOST_TAG), tags.get(PID_TAG)
     if not host or not pid or not pid.isdigit():
         return "unknown"
-    if host != socket.gethostname():
-        return "other-host"
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return "dead"
-    except PermissionError:  # another user's process: it exists
-        pass
-    start = tags.get(START_TAG)
-    if start and _start_ticks(int(pid)) not in ("", start):
-        return "dead"  # the pid now belongs to another process
-    return "alive"
+    state = liveness.alive(host, pid, tags.get(START_TAG))
+    return "other-host" if state is None else "alive" if state else "dead"
 
 
 @dataclass
@@ -96,7 +77,7 @@ def running_runs(experiment: str | None = None) -> list[RunningRun]:
     for run in runs:
         tags = run.data.tags
         try:
-            resumable = any(a.path.endswith("last.pt") for a in client.list_artifacts(run.info.run_id, "checkpoints"))
+            resumable = any(a.path == LAST for a in client.list_artifacts(run.info.run_id, FOLDER))
         except Exception:  # noqa: BLE001 - an unreadable artifact store: not resumable from here
             resumable = False
         out.append(RunningRun(run.info.run_id, names[run.info.experiment_id], run.info.run_name or "",

@@ -129,18 +129,27 @@ FIRST_CONTACT = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_BA
 
 
 @contextlib.contextmanager
-def first_contact(uri: str) -> Iterator[None]:
-    """Bound MLflow's retries and timeout (:data:`FIRST_CONTACT`) while the block talks to an HTTP server."""
-    if not uri.startswith(("http://", "https://")):
-        yield
-        return
-    added = {k: v for k, v in FIRST_CONTACT.items() if k not in os.environ}
+def mlflow_environ(values: dict[str, str]) -> Iterator[None]:
+    """MLflow settings (environment variables, names from ``mlflow.environment_variables``) for the block
+    only: the library never changes its caller's environment for good. Variables already set are left alone."""
+    added = {k: v for k, v in values.items() if k not in os.environ}
     os.environ.update(added)
     try:
         yield
     finally:
         for key in added:
             os.environ.pop(key, None)
+
+
+#: no progress bar on stderr while an artifact downloads (our commands print one line, or --json on stdout)
+QUIET_DOWNLOAD = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+
+
+@contextlib.contextmanager
+def first_contact(uri: str) -> Iterator[None]:
+    """Bound MLflow's retries and timeout (:data:`FIRST_CONTACT`) while the block talks to an HTTP server."""
+    with mlflow_environ(FIRST_CONTACT if uri.startswith(("http://", "https://")) else {}):
+        yield
 
 
 def one_line(exc: BaseException, limit: int = 300) -> str:
@@ -375,8 +384,8 @@ def download(run_id: str, artifact_path: str) -> str:
         local = Path(unquote(uri.path)) / artifact_path
         if local.exists():
             return str(local)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
-        return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
+        with mlflow_environ(QUIET_DOWNLOAD):
+            return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
     except Exception as exc:
         raise TrainforgeError(f"run {run_id!r} has no artifact {artifact_path!r} ({exc})") from None

@@ -16,10 +16,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
-
 from trainforge.contracts import Callback
-from trainforge.errors import TrainforgeError
+from trainforge.training import checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover - types only
     from trainforge.training.trainer import Trainer
@@ -45,7 +43,7 @@ class EarlyStopping(Callback):
 
 
 class Checkpoint(Callback):
-    """Write the best model so far to ``<workdir>/best.pt`` (crash safety for long fits).
+    """Write the best model so far to ``path`` (``<workdir>/checkpoints/best.pt``; crash safety for long fits).
 
     An improved epoch is written at once when the last write is at least ``min_interval`` seconds old
     (the first improvement always is); otherwise it is written at the next such epoch, at the end of the
@@ -53,8 +51,8 @@ class Checkpoint(Callback):
     seconds of progress, while a fit of small epochs does not pay a ``torch.save`` per epoch
     (measured in ``benchmarks/``).
 
-    The file is a dict loadable with ``torch.load(path, weights_only=True)``: ``state_dict``,
-    ``config`` (the resolved config tree), ``meta`` (the data's metadata), ``epoch`` and ``metrics``.
+    The file is :func:`trainforge.training.checkpoint.save`'s (``state_dict``, ``config``, ``meta``,
+    ``epoch``, ``metrics``).
     """
 
     def __init__(self, path: Path, config: dict[str, Any], meta: dict[str, Any], min_interval: float = 10.0) -> None:
@@ -77,34 +75,8 @@ class Checkpoint(Callback):
         best = trainer.best_epoch
         if best <= self.written_epoch or not trainer.best_state:
             return
-        save_checkpoint(self.path, trainer.best_state, self.config, self.meta, best, trainer.history[best - 1])
+        checkpoint.save(self.path, trainer.best_state, self.config, self.meta, best, trainer.history[best - 1])
         self.written_epoch, self.last_write = best, time.monotonic()
-
-
-def save_checkpoint(
-    path: Path, state_dict: dict[str, torch.Tensor], config: dict[str, Any], meta: dict[str, Any],
-    epoch: int, metrics: dict[str, float],
-) -> None:
-    """Atomically write a checkpoint (see :class:`Checkpoint` for its content)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    payload = {"format": 1, "state_dict": state_dict, "config": config, "meta": meta,
-               "epoch": int(epoch), "metrics": {k: float(v) for k, v in metrics.items()}}
-    torch.save(payload, tmp)
-    tmp.replace(path)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a checkpoint with ``weights_only=True`` (no code runs from the file).
-
-    Raises :class:`TrainforgeError` for a damaged, truncated or foreign file (torch's own message, which
-    suggests ``weights_only=False``, i.e. running code from the file, is not passed on).
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - UnpicklingError, RuntimeError (zip), EOFError ...
-        raise TrainforgeError(f"{Path(path).name}: not a readable trainforge checkpoint (damaged or truncated: "
-                              f"{type(exc).__name__}); retrain, or resume from another run") from None
 
 
 class ProgressBar(Callback):

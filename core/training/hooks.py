@@ -40,8 +40,9 @@ def build_generation(meta):
 
 def build_checkpoint(ctx):
     from trainforge.training.callbacks import Checkpoint
+    from trainforge.training.checkpoint import BEST
 
-    return Checkpoint(ctx.workdir / "checkpoints" / "best.pt", ctx.config, ctx.meta.to_dict())
+    return Checkpoint(ctx.workdir / BEST, ctx.config, ctx.meta.to_dict())
 
 
 def build_early_stopping(ctx):

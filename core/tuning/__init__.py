@@ -1,2 +1,2 @@
-"""Tuning wing: the Optuna study (the MLflow parent run), objective, search space, workers, study-wide
-trial targets and the study report. Imports everything below it; nothing imports it but the CLI."""
+"""Tuning wing: ``settings`` (TuneSettings), ``space``, ``study`` (Optuna), ``objective``, ``runner``, ``selection``,
+``parent_run`` (MLflow), ``best_model`` and ``tune``. Imports everything below it; nothing imports it but the CLI."""

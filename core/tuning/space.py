@@ -12,7 +12,7 @@ Parameter names (what Optuna records, what ``best_params`` and the ``search_spac
   one with a ``weight_decay`` default its space leaves alone gets a log-uniform ``weight_decay``.
 - ``trainer.<name>``: the trainer's own space (:func:`trainer_space`), e.g. ``trainer.batch_size``.
 - ``export.quantize``: ``none`` or ``int8``, with ``--search-quantization`` only (the shipped file's
-  precision; measured by :mod:`trainforge.tuning.objectives`, not part of the training config).
+  precision; measured by :mod:`trainforge.tuning.deployment`, not part of the training config).
 
 Overrides (``search_space:`` section of ``--config``; flat dotted keys, or one level of nesting such as
 ``{cnn: {dropout1: 0.3}}``)::
@@ -340,6 +340,25 @@ class SearchSpace:
             "fixed": self.fixed,
             "overrides": self.overrides,
         }
+
+    def config(self, base: dict[str, Any], model: str, optimizer: str) -> dict[str, Any]:
+        """The resolved config of the branch ``model``/``optimizer`` at its defaults (the probe's values);
+        raises as ``config.resolve`` (a branch that cannot resolve fails before any trial runs)."""
+        from trainforge import config as config_mod
+
+        return config_mod.resolve(merge_sample(base, self.sample(Recorder(), model=model, optimizer=optimizer)))
+
+    def first_config(self, base: dict[str, Any]) -> dict[str, Any]:
+        """:meth:`config` of the first model and optimizer: what the data is loaded with."""
+        return self.config(base, self.models[0], self.optimizers[0])
+
+
+def space_of(settings: dict[str, Any]) -> SearchSpace:
+    """The :class:`SearchSpace` of a study's settings (:meth:`TuneSettings.to_json` or the stored form)."""
+    deployment = settings.get("deployment") or {}
+    quantization = bool(settings.get("search_quantization") or deployment.get("search_quantization"))
+    return SearchSpace(list(settings["models"]), list(settings["optimizers"]), settings.get("search_space") or {},
+                       quantization=quantization)
 
 
 def _section(base: dict[str, Any], kind: str, name: str) -> dict[str, Any]:

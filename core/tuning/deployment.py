@@ -27,9 +27,7 @@ Logged on the trial's child run: ``latency_ms_p50``, ``latency_ms_p90``, ``model
 from __future__ import annotations
 
 import logging
-import tempfile
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from trainforge.errors import ConfigError
@@ -80,8 +78,28 @@ class Deployment:
         return data
 
     def measure(self, trial: Any, result: Any, best: dict[str, float], bundle: Any, quantize: str = "none") -> list[float]:
-        """:func:`measure_trial` with this deployment (the objective calls it without importing this module)."""
-        return measure_trial(self, trial, result, best, bundle, quantize)
+        """Export, (quantize), time and log one trained trial; returns its objective values in :attr:`names` order.
+
+        ``result``: the trial's :class:`~trainforge.contracts.TrainResult` (its ``model`` holds the best-epoch
+        weights); ``best``: the trainer's metrics at that epoch. The measuring is the export wing's
+        (:func:`trainforge.exporting.latency.measure_model`), the logging :mod:`trainforge.tuning.parent_run`'s.
+        Raises ExportError from the gate or the quantizer, TrainforgeError when the provider cannot run the file.
+        """
+        from trainforge.exporting.latency import Timing, measure_model
+        from trainforge.training.tasks import get_task
+        from trainforge.tuning.parent_run import log_measures
+
+        task = get_task(bundle.meta.task, meta=bundle.meta)
+        found = measure_model(result.model, task, bundle, best, run_id=result.run_id, config=result.config,
+                              quantize=quantize, lock=self.lock, timing=Timing(
+                                  self.latency_batch, self.latency_threads, self.provider, "throughput" in self.names))
+        values = {name: found.figures[name] for name in self.names}
+        log_measures(result.run_id, found, values, quantize=quantize, batch=self.latency_batch,
+                     threads=self.latency_threads)
+        trial.set_user_attr(OBJECTIVES_ATTR, values)
+        trial.set_user_attr("quantize", quantize)
+        log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        return [values[name] for name in self.names]
 
     @classmethod
     def from_settings(cls, data: dict[str, Any] | None) -> Deployment | None:
@@ -113,43 +131,31 @@ def parse_objectives(raw: list[str], computed: list[str], maximize: Any) -> list
     return out
 
 
-def resolve(opts: dict[str, Any], stored: dict[str, Any], computed: list[str], maximize: Any) -> Deployment | None:
-    """The study's :class:`Deployment` from the options (``objectives``, ``latency_batch``,
-    ``latency_threads``, ``provider``, ``search_quantization``), else the stored study's, else None: a plain
-    single-objective study (no ``--objective``, or one validation metric and nothing to measure).
+def resolve(settings: Any, explicit: set[str], resuming: bool, computed: list[str], maximize: Any) -> Deployment | None:
+    """The study's :class:`Deployment` from a :class:`~trainforge.tuning.settings.TuneSettings` (``objectives``,
+    ``latency_batch``, ``latency_threads``, ``provider``, ``search_quantization``; a resumed study's own values
+    fill what was not given), else None: a plain single-objective study (no ``--objective``, or one
+    validation metric and nothing to measure). ``explicit``: the names given as arguments or in ``tune:``.
 
-    Raises ConfigError for bad values, ``--metric`` together with ``--objective``, or a ``cuda`` provider
-    that cannot run here.
+    Raises ConfigError for ``--metric`` together with ``--objective``, measurement options without anything
+    to measure, a measured objective on a resumed plain study, or a ``cuda`` provider that cannot run here.
     """
-    raw = opts.get("objectives") or []
-    if isinstance(raw, str):
-        raw = [raw]
-    if raw and opts.get("metric"):
+    if "objectives" in explicit and "metric" in explicit:
         raise ConfigError("give the validation metric as an --objective, not --metric, in a study with --objective")
-    before = Deployment.from_settings(stored.get("deployment"))
-    quantize = bool(opts.get("search_quantization")) or bool(before and before.search_quantization)
-    objectives = parse_objectives(list(raw), computed, maximize) if raw else before.objectives if before else []
-    plain = not quantize and (not objectives or (len(objectives) == 1 and objectives[0][0] in computed))
-    if plain:
-        given = [f"--{k.replace('_', '-')}" for k in ("latency_batch", "latency_threads", "provider") if opts.get(k)]
+    objectives = parse_objectives(list(settings.objectives), computed, maximize) if settings.objectives else []
+    quantize = bool(settings.search_quantization)
+    if not quantize and (not objectives or (len(objectives) == 1 and objectives[0][0] in computed)):
+        given = [f"--{k.replace('_', '-')}" for k in ("latency_batch", "latency_threads", "provider") if k in explicit]
         if given:
             raise ConfigError(f"{', '.join(given)}: nothing is timed without a latency_ms/throughput/model_bytes/"
                               "params --objective or --search-quantization")
         return None
-    if stored and not before:
+    if resuming and not (settings._stored.get("deployment")):
         raise ConfigError("this study was created without --objective/--search-quantization; its objective "
                           "cannot change (start a new --study)")
     if not objectives:
-        objectives = parse_objectives([stored.get("metric") or computed[0]], computed, maximize)
-    dep = Deployment(objectives, search_quantization=quantize)
-    for key, default in (("latency_batch", 1), ("latency_threads", 1)):
-        value = opts.get(key) if opts.get(key) is not None else getattr(before, key, default)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key} must be a whole number >= 1, got {value!r}")
-        setattr(dep, key, value)
-    dep.provider = opts.get("provider") or getattr(before, "provider", "cpu")
-    if dep.provider not in PROVIDERS:
-        raise ConfigError(f"provider must be one of {', '.join(PROVIDERS)}, got {dep.provider!r}")
+        objectives = parse_objectives([settings.metric or computed[0]], computed, maximize)
+    dep = Deployment(objectives, settings.latency_batch, settings.latency_threads, settings.provider, quantize)
     from trainforge.exporting.predictor import usable_providers
 
     usable_providers(dep.provider)  # ConfigError now, not in every trial
@@ -159,83 +165,6 @@ def resolve(opts: dict[str, Any], stored: dict[str, Any], computed: list[str], m
 def monitor_metric(dep: Deployment, computed: list[str], default: str) -> str:
     """The validation metric the trainer keeps its best epoch by: the first validation objective, else ``default``."""
     return next((name for name in dep.names if name in computed), default)
-
-
-def measure_trial(dep: Deployment, trial: Any, result: Any, best: dict[str, float], bundle: Any,
-                  quantize: str = "none") -> list[float]:
-    """Export, (quantize), time and log one trained trial; returns its objective values in ``dep`` order.
-
-    ``result``: the trial's :class:`~trainforge.contracts.TrainResult` (its ``model`` holds the best-epoch
-    weights); ``best``: the trainer's metrics at that epoch. Raises ExportError from the gate or the
-    quantizer, TrainforgeError when the provider cannot run the file.
-    """
-    import contextlib
-
-    import mlflow
-
-    from trainforge.exporting.exporter import export_model, export_sample
-    from trainforge.exporting.latency import measure
-    from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
-    from trainforge.training.data import sample_rows
-    from trainforge.training.tasks import get_task
-    from trainforge.tuning.tune_report import evaluate_onnx
-
-    task = get_task(bundle.meta.task, meta=bundle.meta)
-    figures = {k: float(v) for k, v in best.items() if k.startswith("val_")}
-    logged: dict[str, float] = {}
-    with tempfile.TemporaryDirectory(prefix="trainforge-trial-") as tmp:
-        model = result.model
-        sample = export_sample(model, sample_rows(bundle.test))
-        path = export_model(model, task, bundle.meta, sample, Path(tmp) / "model.onnx", run_id=result.run_id,
-                            config=result.config).path
-        if quantize == "int8":
-            path = quantize_model(path, Path(tmp) / "model.int8.onnx",
-                                  calibration=sample_rows(bundle.train, CALIBRATION_ROWS)).path
-            int8 = {f"val_{k}": float(v) for k, v in evaluate_onnx(str(path), bundle.val, task).items()}
-            figures.update(int8)  # the shipped (quantized) model's own validation metrics
-            logged.update({f"int8_{k}": v for k, v in int8.items()})
-        with dep.lock if dep.lock is not None else contextlib.nullcontext():
-            timing = measure(path, sample_rows(bundle.val, 1024), batch=dep.latency_batch,
-                             threads=dep.latency_threads, provider=dep.provider, throughput="throughput" in dep.names)
-        figures.update(latency_ms=timing.p50_ms, model_bytes=float(path.stat().st_size),
-                       params=float(sum(p.numel() for p in model.parameters())))
-        if timing.throughput is not None:
-            figures["throughput"] = timing.throughput
-    logged.update(latency_ms_p50=timing.p50_ms, latency_ms_p90=timing.p90_ms, model_bytes=figures["model_bytes"],
-                  params=figures["params"], **({"throughput": timing.throughput} if timing.throughput else {}))
-    values = {name: figures[name] for name in dep.names}
-    mlflow.log_metrics({**logged, **{f"objective_{k}": v for k, v in values.items()}}, run_id=result.run_id)
-    mlflow.tracking.MlflowClient().log_batch(result.run_id, tags=[
-        mlflow.entities.RunTag(tag.named(k), str(v)) for k, v in (
-            ("quantize", quantize), ("latency_batch", dep.latency_batch), ("latency_threads", dep.latency_threads),
-            ("provider", timing.provider), ("latency_runs", timing.runs))])
-    trial.set_user_attr(OBJECTIVES_ATTR, values)
-    trial.set_user_attr("quantize", quantize)
-    log.info("trial %d: %s", trial.number, ", ".join(f"{k}={v:.4g}" for k, v in values.items()))
-    return [values[name] for name in dep.names]
-
-
-def check_modes(dep: Deployment | None, settings: dict[str, Any], opts: dict[str, Any]) -> Any:
-    """Settle what a multi-objective study changes and parse ``--select``; returns the parsed selection.
-
-    Optuna's ``trial.report`` (and so every pruner) is single-objective: a study whose objective is not the
-    one monitored validation metric (:meth:`Deployment.prunable`) runs with the ``none`` pruner (ConfigError
-    when another is asked for); the CMA-ES sampler is single-objective too. ``--select`` without two objectives is a ConfigError.
-    """
-    from trainforge.tuning.pareto import parse_select
-
-    multi = dep is not None and dep.multi
-    if dep is not None and not dep.prunable(settings["metric"]):
-        if opts.get("pruner") not in (None, "none"):
-            raise ConfigError(f"--pruner {opts['pruner']}: pruning needs a single objective that is the validation "
-                              "metric (Optuna's trial.report is single-objective); this study runs every trial "
-                              "to the end")
-        settings["pruner"] = "none"
-    if multi and settings["sampler"] == "cmaes":
-        raise ConfigError("the cmaes sampler is single-objective; use tpe (default), nsga2, gp or random")
-    if opts.get("select") and not multi:
-        raise ConfigError("--select picks from a Pareto front: give two or more --objective")
-    return parse_select(opts.get("select"), dep.names) if multi else ("first", [])
 
 
 def study_directions(dep: Deployment | None, direction: str) -> str | list[str]:
