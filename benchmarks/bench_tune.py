@@ -137,7 +137,7 @@ def studies(section: Section, trials: list[int], rounds: int, jobs: bool) -> Non
 PHASES = [
     ("tune(): setup (storage, data, space, study, parent run)", "", ""),
     ("load the data", "trainforge.run.api:load_data", "tune(): setup (storage, data, space, study, parent run)"),
-    ("open/attach the parent run", "trainforge.tuning.study:ensure_parent_run",
+    ("open/attach the parent run", "trainforge.tuning.parent_run:ensure_parent_run",
      "tune(): setup (storage, data, space, study, parent run)"),
     ("trials (study.optimize)", "optuna.study.study:Study.optimize", ""),
     ("Optuna ask (sampler, storage)", "optuna.study.study:Study.ask", "trials (study.optimize)"),
@@ -163,13 +163,13 @@ PHASES = [
     ("confusion-matrix plot", "trainforge.training.tasks:Classification.state_plots", "log_artifacts"),
     ("wait for the metric writer", "trainforge.run.api:_wait_for_writers", "train()"),
     ("mlflow.end_run", "mlflow:end_run", "train()"),
-    ("finish_child (state tag, optuna.* params)", "trainforge.tuning.objective:finish_child",
+    ("finish_child (state tag, optuna.* params)", "trainforge.tuning.parent_run:finish_child",
      "objective, one trial"),
-    ("log the objective metric", "mlflow:log_metric", "objective, one trial"),
+    ("log the objective metric", "trainforge.tuning.parent_run:log_objective", "objective, one trial"),
     ("tune(): summary, plots, export, registry", "", ""),
-    ("export + register the best", "trainforge.tuning.tune_report:export_best",
+    ("export + register the best", "trainforge.tuning.best_model:export_best",
      "tune(): summary, plots, export, registry"),
-    ("study summary + plots", "trainforge.tuning.tune_report:log_study_summary",
+    ("study summary + plots", "trainforge.tuning.parent_run:log_study_summary",
      "tune(): summary, plots, export, registry"),
 ]
 
