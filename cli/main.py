@@ -91,8 +91,8 @@ Examples:
   trainforge train --model cnn --dataset digits --epochs 30 --json
   trainforge train --model mlp --dataset csv -p dataset.path=data.csv -p dataset.target=label
   trainforge train --config run.yaml -p model.hidden_sizes=[256,128] -p optimizer.momentum=0.9""")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML file with the config tree.")
-@click.option("-p", "--param", "params", multiple=True, metavar="SECTION.KEY=VALUE",
+@click.option("--config", "config", type=click.Path(dir_okay=False), help="YAML file with the config tree.")
+@click.option("-p", "--param", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
               help="Set any plugin or trainer option; VALUE is YAML. Repeatable.")
 @click.option("--model", help="Model plugin (see `trainforge plugins`). Default: mlp.")
 @click.option("--dataset", help="Dataset plugin. Default: digits.")
@@ -108,22 +108,26 @@ Examples:
 @click.option("--experiment", help="MLflow experiment name (default: trainforge).")
 @click.option("--run-name", help="MLflow run name (default: MODEL-DATASET).")
 @click.option("--tracking-uri", help=TRACKING_HELP)
-@click.option("--no-export", is_flag=True, help="Skip the ONNX export.")
+@click.option("--no-export", "export", is_flag=True, flag_value=False, default=True, help="Skip the ONNX export.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
+@click.option("--json", "json", is_flag=True, help="Print one JSON object with run_id, metrics, onnx_path.")
 @click.option("--resume", metavar="RUN_ID", help="Continue an interrupted run from its last checkpoint.")
 @click.option("--nproc", type=click.IntRange(min=1), default=1, help="Train with DDP in N local processes (torchrun).")
-def train(config_file: str | None, params: tuple[str, ...], model: str | None, dataset: str | None,
-          optimizer: str | None, scheduler: str | None, epochs: int | None, batch_size: int | None,
-          lr: float | None, seed: int | None, device: str | None, precision: str | None, patience: int | None,
-          experiment: str | None, run_name: str | None, tracking_uri: str | None, no_export: bool, quiet: bool,
-          as_json: bool, resume: str | None, nproc: int) -> None:
+@click.option("--cv", "folds", type=click.IntRange(min=2),
+              help="K-fold cross-validation, then a refit on all non-test rows.")
+def train(**given: Any) -> None:
     """Train a model, track it in MLflow and export a verified ONNX file."""
-    if nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
-        from trainforge.run.api import check_launch
-        from trainforge.training.distributed import launch
+    from trainforge.cli.quick_exit import standalone
+    from trainforge.run.options import RunOptions
 
-        check_launch(nproc, None if resume else config_file, () if resume else params, trainer__device=device)
+    if given.get("folds"):  # K-fold cross-validation: trainforge.cv.runner
+        from trainforge.cli.cv import train_cv
+
+        return train_cv(RunOptions.resolve(**given))
+
+    opts = RunOptions.resolve(**given, export_worker=standalone())  # every option is a RunOptions field
+    if opts.nproc > 1 and int(os.environ.get("WORLD_SIZE", "1")) == 1:
+        from trainforge.training.distributed import launch
 
         argv = sys.argv[1:]
         for i, arg in enumerate(argv):  # the same command, minus --nproc, in N processes
@@ -133,23 +137,15 @@ def train(config_file: str | None, params: tuple[str, ...], model: str | None, d
             if arg.startswith("--nproc="):
                 del argv[i]
                 break
-        raise SystemExit(launch(argv, nproc))
-    from trainforge.cli.quick_exit import standalone
+        raise SystemExit(launch(argv, opts.nproc))
     from trainforge.run.api import train as run_train
     from trainforge.training import distributed
 
-    result = run_train(
-        config_file, overrides=params, tracking_uri=tracking_uri, experiment=experiment, run_name=run_name,
-        export=not no_export, quiet=quiet, resume=resume, on_start=_announce, export_worker=standalone(),
-        model__name=model, dataset__name=dataset, optimizer__name=optimizer, scheduler__name=scheduler,
-        optimizer__lr=lr, trainer__epochs=epochs, trainer__batch_size=batch_size, trainer__seed=seed,
-        trainer__device=device, trainer__precision=precision, trainer__patience=patience,
-    )
-    if not distributed.is_main():
-        distributed.shutdown()
-        return
+    result = run_train(options=opts, on_start=_announce)
     distributed.shutdown()
-    if as_json:
+    if not distributed.is_main():
+        return
+    if opts.json:
         _print_json(result.to_dict())
         return
     click.echo(f"run {result.run_id}: best epoch {result.best_epoch} of {result.epochs_run} "
@@ -269,10 +265,11 @@ Examples:
   trainforge plugins --json""")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 def plugins(as_json: bool) -> None:
-    """List model, optimizer, dataset, scheduler and callback plugins and where they come from."""
+    """List the plugins and where they come from (each name is also DISTRIBUTION:NAME, e.g. trainforge:mlp)."""
     from trainforge import manager
 
-    rows = [{"kind": e.kind, "name": e.spec.name, "description": e.spec.description,
+    rows = [{"kind": e.plugin_type, "name": e.name, "qualified_name": e.qualified_name, "status": e.status,
+             "shadowed_by": e.shadowed_by, "description": e.spec.description,
              "distribution": e.distribution, "version": e.version, "plugin": e.plugin,
              "defaults": e.spec.defaults, "tunable": e.spec.search_space is not None,
              **({"tasks": sorted(e.spec.tasks)} if hasattr(e.spec, "tasks") else {})}
@@ -291,9 +288,9 @@ def plugins(as_json: bool) -> None:
             kind = r["kind"]
             click.echo(f"{kind}s:")
         origin = f"{r['distribution']} {r['version']}".strip()
-        click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]")
-    labels = {"broken": "BROKEN (skipped)", "conflict": "CONFLICT (the name is unusable)",
-              "empty": "WARNING (registers nothing)"}
+        state = {"shadowed": f"  SHADOWED by {r['shadowed_by']}", "ambiguous": "  AMBIGUOUS"}.get(r["status"], "")
+        click.echo(f"  {r['name']:<{width}}  {r['description']}  [{origin}]{state}")
+    labels = {"broken": "BROKEN (skipped)", "empty": "WARNING (registers nothing)"}
     if problems:
         click.echo("plugin problems (block one with TRAINFORGE_BLOCK_PLUGINS=DISTRIBUTION):")
     for p in problems:
@@ -378,13 +375,13 @@ cli.add_command(server)
 from trainforge.cli.tune import tune  # noqa: E402  (click only; optuna loads inside the command)
 
 cli.add_command(tune)
+from trainforge.cli.compare import compare  # noqa: E402  (click only; torch, mlflow load inside)
 from trainforge.cli.doctor import doctor  # noqa: E402  (click only; torch, onnxruntime, mlflow load inside)
-
-cli.add_command(doctor)
-
+from trainforge.cli.explain import explain  # noqa: E402  (click only; shap, captum, torch load inside)
 from trainforge.cli.runs import runs  # noqa: E402  (click only)
 
-cli.add_command(runs)
+for _command in (doctor, runs, compare, explain):
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -2,8 +2,8 @@
 
 After a command that loaded torch, the ONNX exporter and MLflow, Python's interpreter shutdown (tearing
 down ~10,000 modules and their objects, then C++ static destructors) takes 1.5-2 s on 2 cores, after
-all output is written and the run is closed (measured on ``trainforge train --model mlp --dataset iris``:
-7.2 s to the end of the command, 9.1 s to the process's exit). :func:`run` skips that teardown only:
+all output is written and the run is closed (``benchmarks/RESULTS_history.md``). :func:`run` skips that
+teardown only:
 
 - it registers an :mod:`atexit` handler before the command runs, so it runs after every handler
   registered later (MLflow's, multiprocessing's, ... run first, in the usual order) and after Python has

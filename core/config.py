@@ -131,10 +131,11 @@ def resolve(tree: dict[str, Any]) -> dict[str, Any]:
     for section in PLUGIN_SECTIONS:
         given = dict(tree.get(section) or {})
         name = given.pop("name", None) or DEFAULT_SELECTION[section]
-        spec = manager.get(section, str(name))
+        entry = manager.entry(section, str(name))
+        spec = entry.spec
         _check_keys(f"{section} {name!r}", given, spec.defaults)
         _check_types(f"{section}.", given, spec.defaults, allow_none=True)
-        out[section] = {"name": spec.name, **copy.deepcopy(spec.defaults), **given}
+        out[section] = {"name": entry.name, **copy.deepcopy(spec.defaults), **given}
     trainer = dict(tree.get("trainer") or {})
     _check_keys("trainer", trainer, TRAINER_DEFAULTS)
     _check_types("trainer.", trainer, TRAINER_DEFAULTS, allow_none=False)

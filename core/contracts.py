@@ -33,6 +33,11 @@ class Callback:
     (including ``KeyboardInterrupt`` and ``optuna.TrialPruned``), ``on_exception(trainer, exc)`` runs
     instead of ``on_fit_end`` and the exception propagates. ``trainer`` is the running
     :class:`trainforge.Trainer`; a callback stops training by setting ``trainer.should_stop = True``.
+
+    Two more events come from the trainer's owner: ``on_flush(trainer)`` (:meth:`Trainer.flush`, e.g. before a
+    resumable checkpoint is saved: write what you buffer) and ``on_close(trainer)`` (:meth:`Trainer.close`,
+    after the run's results are logged or the run failed: join the threads you started; an error raised
+    fails the run).
     """
 
     def on_fit_start(self, trainer: Any) -> None:
@@ -45,6 +50,12 @@ class Callback:
         pass
 
     def on_exception(self, trainer: Any, exc: BaseException) -> None:
+        pass
+
+    def on_flush(self, trainer: Any) -> None:
+        pass
+
+    def on_close(self, trainer: Any) -> None:
         pass
 
 
@@ -135,6 +146,11 @@ class DataMeta:
     #: regression only: mean and std ``(T,)`` of the training targets (the net learns standardized targets)
     target_mean: np.ndarray | None = None
     target_std: np.ndarray | None = None
+    #: a raw table's fitted preprocessing (:class:`trainforge.training.tabular.TablePrep`): the graph's first part.
+    #: Not saved in checkpoints: re-fitted from the data (deterministic) when a run is re-exported
+    table: Any = None
+    #: the data report: rows read, duplicates dropped, test rows also in train, per-column statistics
+    report: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,6 +166,7 @@ class DataMeta:
             "source": self.source,
             "target_mean": None if self.target_mean is None else self.target_mean.astype(float).tolist(),
             "target_std": None if self.target_std is None else self.target_std.astype(float).tolist(),
+            "report": dict(self.report),
         }
 
     @classmethod
@@ -167,6 +184,7 @@ class DataMeta:
             source=d.get("source", ""),
             target_mean=None if d.get("target_mean") is None else np.asarray(d["target_mean"], np.float32),
             target_std=None if d.get("target_std") is None else np.asarray(d["target_std"], np.float32),
+            report=dict(d.get("report") or {}),
         )
 
 

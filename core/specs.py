@@ -20,8 +20,6 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 
 SearchSpace = Callable[["optuna.Trial"], dict[str, Any]]
 TASKS = ("classification", "regression")
-#: every task the built-in plugins register (``register_tasks``); plugins may add more
-BUILTIN_TASKS = ("classification", "regression", "forecasting", "reconstruction", "generation")
 
 
 @dataclass(frozen=True)
@@ -37,6 +35,8 @@ class _Spec:
     def __post_init__(self) -> None:
         if not self.name or not isinstance(self.name, str):
             raise TypeError(f"{type(self).__name__} needs a non-empty name")
+        if ":" in self.name:  # ':' separates the distribution in a qualified name (trainforge:mlp)
+            raise TypeError(f"{type(self).__name__} {self.name!r}: a name cannot contain ':'")
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,12 @@ class ArrayData:
       never shuffled, with ``gap`` rows dropped between consecutive splits (no target overlap).
     - ``layout``: ``"sequence"`` for ``(N, T, F)`` windows (standardized per feature over all steps);
       ``"auto"`` standardizes vectors per feature and ``(N, C, ...)`` arrays per channel.
+    - ``table``: instead of ``features``, a raw pandas DataFrame of the feature columns (empty cells,
+      strings, free text): core types its columns on the training split, cleans and encodes them
+      (:mod:`trainforge.data`, :mod:`trainforge.training.tabular`) and exports that preprocessing inside
+      the ONNX graph. ``columns`` declares column types (``{"site": "categorical", "id": "drop"}``),
+      ``impute`` the fill of missing numbers (median, mean or constant 0), ``drop_duplicates`` drops exact
+      duplicate rows (features and target) before the split.
     """
 
     features: np.ndarray
@@ -182,6 +188,10 @@ class ArrayData:
     ordered: bool = False
     gap: int = 0
     layout: Literal["auto", "sequence"] = "auto"
+    table: Any = None
+    columns: dict[str, str] | None = None
+    impute: str = "median"
+    drop_duplicates: bool = True
 
 
 #: a table file larger than this streams when its dataset's ``streaming`` setting is ``"auto"`` (bytes: 1 GiB)

@@ -3,7 +3,9 @@
 
 Everything the script needs comes from the model's ``metadata_props`` (written by ``trainforge train`` /
 ``trainforge export``): the task, the input name and shape, the output names, the class labels and the
-feature names. Standardization is inside the graph, so raw feature values go in.
+feature names. Standardization is inside the graph, so raw feature values go in. A model trained on a raw
+table (``trainforge.columns`` in its metadata: missing cells, categories, text) takes the CSV's raw columns;
+its imputation, encoding and TF-IDF are inside the graph too (that path also needs pandas).
 
     python examples/predict_onnx.py model.onnx rows.csv            # CSV with a header row
     python examples/predict_onnx.py model.onnx rows.npy --provider cpu
@@ -66,6 +68,32 @@ def read_rows(path: str, meta: dict, target: str | None) -> tuple[np.ndarray, np
     return x.reshape(len(x), *shape), y
 
 
+def read_raw(path: str, meta: dict, target: str | None) -> tuple[dict, np.ndarray | None]:
+    """A raw table's model (metadata ``trainforge.columns``): one ``(N, 1)`` input per column, float32 with
+    NaN for numbers and booleans, strings with "" for missing categories and text (needs pandas)."""
+    import pandas as pd
+
+    data = pd.read_csv(path) if not path.endswith((".parquet", ".pq")) else pd.read_parquet(path)
+    y = data[target].astype(str).to_numpy() if target else None
+    feeds = {}
+    for col in (c for c in meta["columns"] if c["type"] != "drop"):
+        if col["name"] not in data.columns:
+            sys.exit(f"error: {path}: no column {col['name']!r}")
+        values = data[col["name"]]
+        if col["type"] == "numeric":
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float32)
+        elif col["type"] == "boolean":
+            text = values.astype(str).str.strip().str.lower()
+            x = np.where(text.isin({"true", "yes", "1", "1.0"}), 1.0,
+                         np.where(text.isin({"false", "no", "0", "0.0"}), 0.0, np.nan)).astype(np.float32)
+        else:
+            if pd.api.types.is_float_dtype(values):  # 3.0 next to an empty cell is the level "3"
+                values = values.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else v)
+            x = values.astype(object).where(values.notna(), "").astype(str).to_numpy(dtype=object)
+        feeds[col["name"]] = x.reshape(-1, 1)
+    return feeds, y
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model")
@@ -78,9 +106,14 @@ def main() -> None:
     options.log_severity_level = 3
     session = ort.InferenceSession(args.model, options, providers=providers(args.provider))
     meta = read_metadata(session)
-    x, y = read_rows(args.input, meta, args.target)
-    outputs = dict(zip(meta["outputs"], session.run(meta["outputs"], {meta["input_name"]: x}), strict=True))
-    print(f"# {len(x)} rows on {session.get_providers()[0]}, task {meta['task']}", file=sys.stderr)
+    if meta.get("columns"):  # raw rows: the preprocessing is inside the graph
+        feeds, y = read_raw(args.input, meta, args.target)
+    else:
+        x, y = read_rows(args.input, meta, args.target)
+        feeds = {meta["input_name"]: x}
+    outputs = dict(zip(meta["outputs"], session.run(meta["outputs"], feeds), strict=True))
+    n = len(next(iter(outputs.values())))
+    print(f"# {n} rows on {session.get_providers()[0]}, task {meta['task']}", file=sys.stderr)
     if meta["task"] == "classification":
         labels = np.asarray(meta["class_names"])[outputs["probabilities"].argmax(1)]
         print("prediction," + ",".join(f"prob_{c}" for c in meta["class_names"]))

@@ -62,12 +62,15 @@ def wants_streaming(file: Path, streaming) -> bool:
     return bool(streaming)
 
 
-def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", streaming="auto", split=None):
-    """A CSV file with a header row: ``target`` (default: the last column) and numeric feature columns.
+def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", streaming="auto", split=None,
+             columns=None, impute="median", drop_duplicates=True):
+    """A CSV file with a header row: ``target`` (default: the last column) and the feature columns.
 
-    Errors name the file, the line and the column: a missing file, a missing column, a non-numeric feature
-    value, an empty cell or NaN in a feature. With ``streaming`` the file is read in blocks through
-    pyarrow (core streams the :class:`trainforge.TableFile` it returns) instead of into memory.
+    All-numeric features without empty cells are read as numbers; otherwise (or with ``columns``) the
+    features are a raw table core types, cleans and encodes (:attr:`trainforge.ArrayData.table`).
+    Errors name the file, the line and the column: a missing file, a missing column, an empty target.
+    With ``streaming`` the file is read in blocks through pyarrow (core streams the
+    :class:`trainforge.TableFile` it returns; numeric features only) instead of into memory.
     """
     import pandas as pd
 
@@ -83,11 +86,12 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
         frame = pd.read_csv(file, sep=delimiter)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"{file}: not a readable CSV file: {exc}") from None
-    return frame_to_arrays(frame, file, target, features, task, "csv")
+    return frame_to_arrays(frame, file, target, features, task, "csv", raw=(columns, impute, drop_duplicates))
 
 
-def load_parquet(path=None, target=None, features=None, task="auto", streaming="auto", split=None):
-    """A Parquet file: ``target`` (default: the last column) and numeric feature columns, as ``csv``.
+def load_parquet(path=None, target=None, features=None, task="auto", streaming="auto", split=None,
+                 columns=None, impute="median", drop_duplicates=True):
+    """A Parquet file: ``target`` (default: the last column) and the feature columns, as ``csv``.
 
     Errors name the file, the row (1-based) and the column. With ``streaming`` the file is read in
     row groups through pyarrow (core streams the :class:`trainforge.TableFile` it returns) instead of into memory.
@@ -105,11 +109,25 @@ def load_parquet(path=None, target=None, features=None, task="auto", streaming="
         frame = pd.read_parquet(file)
     except (OSError, ValueError) as exc:
         raise DataError(f"{file}: not a readable Parquet file: {exc}") from None
-    return frame_to_arrays(frame, file, target, features, task, "parquet")
+    return frame_to_arrays(frame, file, target, features, task, "parquet", raw=(columns, impute, drop_duplicates))
 
 
-def frame_to_arrays(frame, file, target, features, task, kind):
+def raw_table(frame, feature_cols) -> bool:
+    """Whether the feature columns need core's cleaning: a non-number or an empty cell in any of them."""
+    import pandas as pd
+
+    for col in feature_cols:
+        values = frame[col]
+        if values.isna().any() or pd.to_numeric(values, errors="coerce").isna().any():
+            return True
+    return False
+
+
+def frame_to_arrays(frame, file, target, features, task, kind, raw=(None, "median", True)):
     """Validate a table read by ``csv``/``parquet`` and turn it into :class:`ArrayData`.
+
+    ``raw``: ``(columns, impute, drop_duplicates)``; with declared ``columns`` or features that are not all
+    numbers, the features go to core as a raw table (:attr:`ArrayData.table`) instead of float32.
 
     Errors name rows as ``trainforge.errors.row_label`` does: ``row N`` (data rows from 1), plus ``(line N+1)``
     for a CSV file.
@@ -129,7 +147,12 @@ def frame_to_arrays(frame, file, target, features, task, kind):
     missing = [c for c in feature_cols if c not in columns]
     if missing:
         raise DataError(f"{file}: no column(s) {', '.join(missing)}; columns: {', '.join(columns)}")
-    for col in feature_cols:
+    columns, impute, drop_duplicates = raw
+    if isinstance(columns, str):
+        raise DataError(f"dataset {kind}: columns must map names to types, e.g. "
+                        "-p 'dataset.columns={site: categorical, id: drop}'")
+    table = frame[feature_cols].copy() if columns or raw_table(frame, feature_cols) else None
+    for col in [] if table is not None else feature_cols:
         numeric = pd.to_numeric(frame[col], errors="coerce")
         bad = numeric.isna() & frame[col].notna()
         if bad.any():
@@ -160,6 +183,10 @@ def frame_to_arrays(frame, file, target, features, task, kind):
             row = int(np.flatnonzero(y.isna().to_numpy())[0])
             raise DataError(f"{file}: {where(row)}, column {target!r}: {y_col.iloc[row]!r} is not a number")
         y = y.to_numpy(dtype=np.float32)
+    if table is not None:
+        return ArrayData(features=None, target=y, task=task, class_names=class_names, feature_names=feature_cols,
+                         source=str(file), table=table, columns=dict(columns or {}), impute=impute,
+                         drop_duplicates=str(drop_duplicates).lower() not in ("false", "0", "no"))
     x = frame[feature_cols].to_numpy(dtype=np.float32)
     return ArrayData(features=x, target=y, task=task, class_names=class_names, feature_names=feature_cols,
                      source=str(file))
@@ -218,6 +245,12 @@ def load_mnist(path=None, limit=0):
                      feature_names=[f"pixel_{r}_{c}" for r in range(h) for c in range(w)], source=str(folder))
 
 
+RAW_DEFAULTS = {"columns": None, "impute": "median", "drop_duplicates": True}
+RAW_HELP = {"columns": "column types, e.g. {site: categorical, note: text, id: drop} (default: inferred)",
+            "impute": "fill of missing numbers: median, mean or constant (0)",
+            "drop_duplicates": "drop exact duplicate rows before the split (raw tables)"}
+
+
 @trainforge.hookimpl
 def register_datasets(register):
     for name, loader, task, what in [
@@ -234,19 +267,19 @@ def register_datasets(register):
     register(trainforge.DatasetSpec(
         name="csv", description="A CSV file: numeric features and a target column (task inferred)",
         load=load_csv, defaults={"path": None, "target": None, "features": None, "task": "auto", "delimiter": ",",
-                                       "streaming": "auto"},
+                                       "streaming": "auto", **RAW_DEFAULTS},
         param_help={"path": "CSV file with a header row", "target": "target column (default: the last one)",
                     "features": "feature columns (default: all others)",
                     "task": "auto, classification or regression",
-                    "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)"}))
+                    "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)", **RAW_HELP}))
     register(trainforge.DatasetSpec(
         name="parquet", description="A Parquet file: numeric features and a target column (task inferred)",
         load=load_parquet, defaults={"path": None, "target": None, "features": None, "task": "auto",
-                                     "streaming": "auto"},
+                                     "streaming": "auto", **RAW_DEFAULTS},
         param_help={"path": "Parquet file", "target": "target column (default: the last one)",
                     "features": "feature columns (default: all others)",
                     "task": "auto, classification or regression",
-                    "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)"}))
+                    "streaming": "true, false or auto (stream files above 1 GiB through pyarrow)", **RAW_HELP}))
     register(trainforge.DatasetSpec(
         name="mnist", description="MNIST from the four IDX files in a local directory (plain or .gz)",
         load=load_mnist, tasks={"classification"}, defaults={"path": None, "limit": 0},

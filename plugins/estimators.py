@@ -1,4 +1,4 @@
-"""Built-in scikit-learn estimators: ``random-forest`` and ``gradient-boosting``.
+"""Built-in scikit-learn estimators: ``random-forest``, ``gradient-boosting`` and ``logistic-regression``.
 
 ``fit="estimator"``: trainforge fits them once on the flattened training rows (no epochs), tracks them in
 MLflow like any run, exports them with skl2onnx and predicts with the same ``trainforge predict`` (see
@@ -34,10 +34,28 @@ def build_gradient_boosting(input_shape, output_dim, task, seed=0, n_estimators=
                subsample=float(subsample), random_state=int(seed))
 
 
+def build_logistic_regression(input_shape, output_dim, task, seed=0, C=1.0, max_iter=1000):
+    """``StandardScaler`` then multinomial ``LogisticRegression`` (L2 penalty, lbfgs), scikit-learn's defaults
+    except ``max_iter=1000``. The scaler is fitted on the training rows (the estimator sees raw rows) and is
+    part of the exported graph. Classification only (``ValueError`` otherwise)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if task != "classification":
+        raise ValueError(f"logistic-regression is a classifier, not a {task} model")
+    return make_pipeline(StandardScaler(), LogisticRegression(C=float(C), max_iter=int(max_iter),
+                                                              random_state=int(seed)))
+
+
 def forest_space(trial):
     return {"n_estimators": trial.suggest_int("n_estimators", 50, 400, log=True),
             "max_depth": trial.suggest_categorical("max_depth", [None, 4, 8, 16]),
             "min_samples_leaf": trial.suggest_int("min_samples_leaf", 1, 8)}
+
+
+def logistic_space(trial):
+    return {"C": trial.suggest_float("C", 1e-3, 1e2, log=True)}
 
 
 def boosting_space(trial):
@@ -62,3 +80,9 @@ def register_models(register):
         param_help={"n_estimators": "boosting stages", "learning_rate": "shrinkage per stage",
                     "max_depth": "depth of each tree", "subsample": "row fraction per stage"},
         search_space=boosting_space))
+    register(trainforge.ModelSpec(
+        name="logistic-regression", description="scikit-learn standardized logistic regression (fitted once)",
+        build=build_logistic_regression, fit="estimator", input="vector", tasks={"classification"},
+        defaults={"C": 1.0, "max_iter": 1000},
+        param_help={"C": "inverse L2 regularization strength", "max_iter": "lbfgs iterations at most"},
+        search_space=logistic_space))

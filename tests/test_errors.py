@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
 import torch
@@ -77,21 +79,38 @@ def _rows(n: int = 30) -> list[list]:
     return [[float(i), float(i % 7), i % 2] for i in range(n)]
 
 
-def test_non_numeric_csv_column_names_file_row_and_column(cli, workdir):
+def test_empty_csv_target_names_file_row_and_column(cli, workdir):
     rows = _rows()
-    rows[4][1] = "abc"  # data row 5 = line 6 of the file (the header is line 1)
+    rows[4][2] = None  # data row 5 = line 6 of the file (the header is line 1)
     name = _csv(workdir, rows)
     line = error_line(cli(*TRAIN, "--dataset", "csv", "-p", f"dataset.path={name}", ok=False))
-    assert name in line and "6" in line and "'b'" in line and "abc" in line
+    assert name in line and "row 5" in line and "line 6" in line and "'label'" in line and "empty" in line
 
 
-@pytest.mark.parametrize("bad", [float("nan"), None])
-def test_nan_in_csv_features(cli, workdir, bad):
-    rows = _rows()
+def test_a_half_numeric_column_is_refused_naming_the_column(cli, workdir):
+    rows = [[f"x{i}" if i % 3 == 0 else i + 0.5, float(i % 7), i % 2] for i in range(30)]  # a third not numbers
+    name = _csv(workdir, rows)
+    line = error_line(cli(*TRAIN, "--dataset", "csv", "-p", f"dataset.path={name}", ok=False))
+    assert "'a'" in line and "not numbers" in line and "dataset.columns" in line
+
+
+@pytest.mark.parametrize("bad", [float("nan"), None, "abc"])
+def test_one_empty_or_junk_feature_cell_is_imputed_not_refused(cli, workdir, bad):
+    """The raw-tables issue's first complaint: one empty (or one junk) cell refused the whole file. Now the
+    cell is filled (median) and a missing-indicator feature is added, as data_report.json records."""
+    import json
+
+    rows = [[i + 0.5, float(i % 7), i % 2] for i in range(30)]
     rows[9][0] = bad  # line 11
     name = _csv(workdir, rows)
-    line = error_line(cli(*TRAIN, "--dataset", "csv", "-p", f"dataset.path={name}", ok=False))
-    assert name in line and "11" in line and "'a'" in line and "NaN" in line
+    result = cli(*TRAIN, "--dataset", "csv", "-p", f"dataset.path={name}", "--json")
+    assert result.exit_code == 0, result.output
+    run_id = json.loads(result.output.strip().splitlines()[-1])["run_id"]
+    report = json.loads(Path(mlflow_client(workdir).download_artifacts(run_id, "data_report.json", str(workdir)))
+                        .read_text())
+    assert report["rows_read"] == 30
+    (a,) = [c for c in report["columns"] if c["name"] == "a"]
+    assert a["type"] == "numeric" and a["fill"] > 0 and a["missing"] + a["junk"] <= 1, a  # row 10 may be a test row
 
 
 def test_missing_target_column(cli, workdir):

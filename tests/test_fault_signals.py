@@ -197,13 +197,7 @@ PHASES = {"test-evaluation": "SIGTERM", "checkpoint-upload": "SIGTERM", "plots":
           "export": "SIGTERM", "finish": "SIGTERM"}
 
 
-# The best checkpoint is uploaded after the test evaluation today, so a signal there ends KILLED without it
-# (the line says so truthfully). Strict xfail: it turns into a failure as soon as the upload moves first (issue 26).
-_AFTER_FIT = [pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="best.pt uploaded after test evaluation"))
-              if p == "test-evaluation" else p for p in PHASES]
-
-
-@pytest.mark.parametrize("phase", _AFTER_FIT)
+@pytest.mark.parametrize("phase", PHASES)
 def test_signal_after_the_fit(workdir, phase_site, phase):
     """Whatever the phase, the line is true: a KILLED run holds its best checkpoint, whole; a signal that
     arrives while the run is being marked FINISHED leaves it FINISHED and says so. Before: a SIGTERM during

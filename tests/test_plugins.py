@@ -206,7 +206,7 @@ def test_same_name_twice_is_an_error_naming_both(fresh_plugins, cli):
     fresh_plugins.register_plugin(Duplicate(), name="my-duplicate")
     try:
         with pytest.raises(trainforge.PluginError) as info:
-            fresh_plugins.registry()
+            fresh_plugins.entries()
         assert "'mlp'" in str(info.value)
         assert "trainforge.plugins.models" in str(info.value) and "my-duplicate" in str(info.value)
         line = error_line(cli("plugins", ok=False))
@@ -217,18 +217,17 @@ def test_same_name_twice_is_an_error_naming_both(fresh_plugins, cli):
 
 
 def test_duplicate_from_a_distribution(tmp_path, monkeypatch, fresh_plugins, cli):
-    """A distribution that registers a built-in's name: that name is unusable (naming both plugins), the
-    rest of the registry works, and `trainforge plugins` shows the conflict."""
+    """A distribution that registers a built-in's name is shadowed: the built-in keeps the bare name, the
+    package's spec is listed (and selected) by its qualified name, the rest of the package works."""
     source = PLUGIN_SOURCE.replace('name="tiny-linear"', 'name="cnn"')
     write_distribution(tmp_path / "dup-site", source, dist="dup-dist", module="tf_dup_plugin", ep="dup")
     monkeypatch.syspath_prepend(str(tmp_path / "dup-site"))
     try:
         out = cli("plugins").output
-        assert "CONFLICT" in out and "dup-dist" in out
-        assert "mlp" in _names(cli) and "cnn" not in _names(cli) and "tiny-sgd" in _names(cli, "optimizer")
-        line = error_line(cli("train", "--model", "cnn", "--dataset", "digits", "--quiet", ok=False))
-        assert "'cnn'" in line and "trainforge.plugins.models" in line and "'dup'" in line and "dup-dist" in line
-        assert "TRAINFORGE_BLOCK_PLUGINS=dup-dist" in line
+        assert "dup-dist:cnn" in out and "SHADOWED by trainforge:cnn" in out
+        assert {"mlp", "cnn", "dup-dist:cnn"} <= _names(cli) and "tiny-sgd" in _names(cli, "optimizer")
+        assert fresh_plugins.get("model", "cnn").input == "image"  # the built-in
+        assert fresh_plugins.get("model", "dup-dist:cnn").input == "vector"
     finally:
         sys.modules.pop("tf_dup_plugin", None)
 
@@ -266,7 +265,7 @@ def test_wrong_spec_type_is_rejected(fresh_plugins):
     fresh_plugins.register_plugin(Wrong(), name="wrong")
     try:
         with pytest.raises(trainforge.PluginError, match="expected ModelSpec"):
-            fresh_plugins.registry()
+            fresh_plugins.entries()
     finally:
         fresh_plugins.unregister_plugin("wrong")
 

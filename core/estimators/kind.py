@@ -111,6 +111,9 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
     from trainforge.training.tasks import get_task
 
     meta, tcfg = bundle.meta, cfg["trainer"]
+    if getattr(meta, "table", None) is not None:  # its ONNX graph would take encoded features, not the raw rows
+        raise ConfigError(f"model {cfg['model']['name']!r} does not take raw tables yet (missing cells, strings); "
+                          "use a torch model such as mlp, or give all-numeric features")
     spec = manager.get("model", cfg["model"]["name"])
     params = {k: v for k, v in cfg["model"].items() if k != "name"}
     try:

@@ -9,6 +9,10 @@ axis is dynamic. The file is self-contained (``external_data=False``): no ``mode
 normalization, versions, run id, parity on onnxruntime's CPU and CUDA providers, part): the keys are
 listed in :mod:`trainforge.exporting.metadata`, which builds, writes and reads them for every export.
 
+A raw table's model (``trainforge.columns`` set) takes the raw columns instead of ``input``: one ``(N, 1)``
+input per column, float32 with NaN or strings (:mod:`trainforge.exporting.tabular`); its fitted
+preprocessing (skl2onnx) is merged in front of the network and the whole graph is checked on raw held-out rows.
+
 A generator (a model with ``example_input``, e.g. the GAN) is exported from its input code: the graph
 takes e.g. a latent ``(N, Z)`` float32 and returns ``samples`` ``(N, *input_shape)``.
 """
@@ -51,6 +55,10 @@ class ExportReport:
     seconds: float = 0.0
     metadata: dict[str, str] = field(default_factory=dict)
     cuda_max_abs_diff: dict[int, float] = field(default_factory=dict)
+    #: a raw table's gate (:func:`trainforge.exporting.tabular.raw_parity`): rows, max_abs_diff, argmax_agreement
+    raw_parity: dict[str, float] = field(default_factory=dict)
+    #: a raw table: a few held-out raw rows (pandas DataFrame), the served model's input example
+    raw_example: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "opset": self.opset, "seconds": round(self.seconds, 3),
@@ -105,15 +113,24 @@ def _export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: Pa
                 f"ONNX parity check failed on onnxruntime's {provider} provider: max abs difference {worst:.3g} > "
                 f"{tolerance:g} (per batch size: {measured}); the file was not kept"
             )
+    table = None if part else getattr(meta, "table", None)
+    raw_figures: dict[str, float] = {}
+    if table is not None:  # a raw table: its fitted preprocessing goes in front, checked on raw rows
+        from trainforge.exporting.tabular import attach, raw_parity
+
+        proto = attach(proto, table, INPUT_NAME)
+        raw_figures = raw_parity(proto, table, wrapped, outputs, meta.task)
     generative = bool(getattr(model, "generative", False)) and not part
     entries = metadata.build(meta, outputs, opset=opset_used, parity=diffs, cuda_parity=cuda_diffs or None,
                              run_id=run_id, config=config, part=part or "",
-                             input_shape=tuple(sample.shape[1:]) if generative else None)
+                             input_shape=tuple(sample.shape[1:]) if generative else None,
+                             table=table, raw_parity=raw_figures or None)
     metadata.write(proto, entries)
     onnx.save(proto, str(path))
     seconds = time.perf_counter() - started
     log.info("exported %s (opset %d, parity %s) in %.1f s", path, opset_used, diffs, seconds)
-    return ExportReport(path, opset_used, diffs, seconds, entries, cuda_diffs)
+    return ExportReport(path, opset_used, diffs, seconds, entries, cuda_diffs, raw_figures,
+                        None if table is None else table.heldout.head(5))
 
 
 def _wrapped(model: Any, task: Any, part: str | None) -> tuple[Any, list[str]]:
@@ -259,6 +276,7 @@ def export(
     from trainforge.tracking import store as tracking
     from trainforge.training import data as data_mod
     from trainforge.training.checkpoint import rebuild
+    from trainforge.training.tasks import get_task
 
     tracking.setup_uri(tracking_uri)
     run = tracking.get_run(run_id)
@@ -270,6 +288,8 @@ def export(
     if run.info.status != "FINISHED":
         _warn_cut_short(run, int(checkpoint.get("epoch", 0)), int(config["trainer"]["epochs"]))
     bundle = data_mod.load(config["dataset"], config["trainer"], task=meta.task)
+    meta.table = bundle.meta.table  # a raw table's preprocessing, re-fitted on the same training rows
+    task = get_task(meta.task, meta=meta)
     path = Path(output) if output else Path(f"{run_id}.{part}.onnx" if part else f"{run_id}.onnx")
     sample = export_sample(model, data_mod.sample_rows(bundle.test))
     report = export_model(model, task, meta, sample, path, run_id=run_id, config=config, opset=opset, part=part)

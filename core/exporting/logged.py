@@ -28,33 +28,24 @@ SERVING_LIBS = [str(Path(__file__).with_name(name)) for name in ("sessions.py", 
 
 
 def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, workdir: Path,
-                   quantize: str = "none", name: str | None = None, worker: Any = None) -> None:
+                   quantize: str = "none", name: str | None = None, exporter: Any = None) -> None:
     """Export the verified ONNX file and log it (:func:`log_onnx`; ``name`` is the MLflow model's name).
 
     ``quantize="int8"``: the verified fp32 file is quantized (:func:`trainforge.exporting.quantize.quantize_model`,
     calibrated on the training split) and the int8 file is what gets logged; the parity metrics logged are
     the fp32 gate's, the file it was derived from.
-    ``worker``: an :class:`~trainforge.exporting.worker.ExportWorker` the job was already submitted to (see
-    :func:`submit_export`); its report is used, or the export runs here if the worker was lost.
+    ``exporter``: the run's exporter (:mod:`trainforge.exporting.jobs`) the job was already submitted to
+    (see :func:`export_job`); None exports here. Raises :class:`~trainforge.errors.ExportError` when the
+    gate refuses the model.
     """
     import dataclasses
 
-    from trainforge.exporting.exporter import export_model
-    from trainforge.exporting.worker import WorkerLost
+    from trainforge.exporting.jobs import InProcessExporter
 
-    submitted = worker is not None and worker.submitted
-    sample = worker.sample if submitted else parity_sample(model, bundle)  # the one the worker was sent
-    report = None
-    if submitted:
-        try:
-            report = worker.result()
-            log.info("ONNX export ran in the export worker (pid %d) while this process logged the run",
-                     worker.process.pid)
-        except WorkerLost as exc:
-            log.warning("%s; exporting in the training process", exc)
-    if report is None:
-        report = export_model(model, task, meta, sample, workdir / "model.onnx", run_id=result.run_id,
-                              config=result.config)
+    if exporter is None:
+        exporter = InProcessExporter()
+        exporter.submit(export_job(model, task, meta, bundle, workdir, result.run_id, result.config))
+    report = exporter.result()
     if quantize == "int8":
         from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
         from trainforge.training.data import sample_rows
@@ -62,7 +53,7 @@ def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, w
         quantized = quantize_model(report.path, workdir / "int8" / "model.onnx",
                                    calibration=sample_rows(bundle.train, CALIBRATION_ROWS))
         report = dataclasses.replace(report, path=quantized.path)
-    log_onnx(result, report, sample, name=name)
+    log_onnx(result, report, exporter.job.sample, name=name)
 
 
 def parity_sample(model: Any, bundle: Any) -> np.ndarray:
@@ -73,20 +64,14 @@ def parity_sample(model: Any, bundle: Any) -> np.ndarray:
     return export_sample(model, sample_rows(bundle.test))
 
 
-def submit_export(worker: Any, checkpoint: Path, model: Any, bundle: Any, workdir: Path, run_id: str,
-                  config: dict[str, Any]) -> Any:
-    """Send the export of ``checkpoint`` to ``worker`` (:class:`~trainforge.exporting.worker.ExportWorker`);
-    returns the worker, or None (worker closed) if it is gone, so that the export runs in process."""
-    from trainforge.exporting.worker import WorkerLost
+def export_job(model: Any, task: Any, meta: Any, bundle: Any, workdir: Path, run_id: str | None,
+               config: dict[str, Any], checkpoint: Path | None = None) -> Any:
+    """The :class:`~trainforge.exporting.jobs.ExportJob` of a run: ``<workdir>/model.onnx``, checked on
+    :func:`parity_sample`; ``checkpoint`` is the ``best.pt`` a forked exporter rebuilds the model from."""
+    from trainforge.exporting.jobs import ExportJob
 
-    try:
-        worker.submit(checkpoint, parity_sample(model, bundle), workdir / "model.onnx", run_id=run_id,
-                      config=config)
-    except WorkerLost as exc:
-        log.warning("%s; the export will run in the training process", exc)
-        worker.close()
-        return None
-    return worker
+    return ExportJob(model, task, meta, parity_sample(model, bundle), workdir / "model.onnx", run_id, config,
+                     checkpoint)
 
 
 def model_name(config: dict[str, Any] | None) -> str:
@@ -115,14 +100,19 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
     name = name or model_name(getattr(result, "config", None))
     with tracking.deferred_interrupt():
         log_onnx_artifact(report.path, result.run_id)  # with its sha256, which predict checks
-        mlflow.log_metrics({f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
+        mlflow.log_metrics({**{f"onnx_parity_max_abs_diff_batch_{n}": d for n, d in report.max_abs_diff.items()},
+                            **{f"onnx_raw_{k}": v for k, v in (getattr(report, "raw_parity", None) or {}).items()}},
                            run_id=result.run_id)
 
-    example = sample[:5]
+    from trainforge.data import Column, raw_inputs
+
     session, _ = open_session(report.path, "cpu")
-    names = [o.name for o in session.get_outputs()]
-    outputs = dict(zip(names, session.run(names, {"input": example}), strict=True))
     meta = metadata.from_session(session)
+    raw = getattr(report, "raw_example", None)
+    example = sample[:5] if raw is None else raw
+    feeds = {"input": example} if raw is None else raw_inputs(raw, [Column.from_dict(c) for c in meta["columns"]])
+    names = [o.name for o in session.get_outputs()]
+    outputs = dict(zip(names, session.run(names, feeds), strict=True))
     with tracking.deferred_interrupt():
         info = mlflow.pyfunc.log_model(name=name, python_model=str(SERVING_CODE),
                                        artifacts={"onnx": str(report.path)}, code_paths=SERVING_LIBS,
@@ -130,8 +120,8 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
                                        input_example=serving_example(meta, example),
                                        pip_requirements=requirements(("numpy", "pandas")))
         plain = mlflow.onnx.log_model(onnx.load(str(report.path)), name=f"{name}-onnx",
-                              signature=infer_signature({"input": example}, outputs),
-                              input_example={"input": example}, save_as_external_data=False,
+                              signature=infer_signature(feeds, outputs),
+                              input_example=feeds, save_as_external_data=False,
                               onnx_execution_providers=usable_providers(),
                               pip_requirements=requirements(("onnx", "numpy")))
         client = MlflowClient()
@@ -150,7 +140,10 @@ def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> A
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     names = meta.get("feature_names")
-    if names:
+    if meta.get("columns"):  # a raw table: its raw columns, strings and numbers (NaN or null for missing)
+        inputs = Schema([ColSpec("double" if c["type"] in ("numeric", "boolean") else "string", c["name"],
+                                 required=False) for c in meta["columns"] if c["type"] != "drop"])
+    elif names:
         inputs = Schema([ColSpec("double", str(n)) for n in names])
     else:
         shape = tuple(int(d) for d in meta["input_shape"][1:])
@@ -168,7 +161,7 @@ def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> A
 def serving_example(meta: dict[str, Any], rows: np.ndarray) -> Any:
     """A few rows as the pyfunc model's input example: a DataFrame with the feature names, else the array."""
     names = meta.get("feature_names")
-    if not names:
+    if not names or not isinstance(rows, np.ndarray):  # an array, or a raw table's DataFrame as given
         return rows
     import pandas as pd
 

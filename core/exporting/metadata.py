@@ -9,8 +9,10 @@ carries the same keys in its ``metadata_props``, all strings (lists, dicts and n
 ``.mlflow_run_id``, ``.model``, ``.dataset``, ``.opset``, ``.parity_max_abs_diff`` (onnxruntime's CPU
 provider vs the source model, per batch size), ``.parity_cuda_max_abs_diff`` (its CUDA provider; null
 where CUDA cannot run or for an estimator), ``.part`` (empty for the whole model, e.g. ``encoder``),
-``.estimator`` (the scikit-learn class name, empty for a torch model) and, on an int8 file only,
-``.quantization``.
+``.estimator`` (the scikit-learn class name, empty for a torch model), ``.columns`` (a raw table's
+column schema with its training statistics, :class:`trainforge.data.Column` dicts; null otherwise),
+``.raw_parity`` (that table's raw-row gate figures: rows, max_abs_diff, argmax_agreement; null otherwise)
+and, on an int8 file only, ``.quantization``.
 
 Self-contained at import (standard library only), so :mod:`trainforge.exporting.logged` ships a copy
 with the MLflow serving model (``code_paths``), which reads the metadata with :func:`from_session`.
@@ -32,7 +34,7 @@ INPUT_NAME = "input"
 #: the keys :func:`build` writes, in order (``quantization`` is added by int8 quantization only)
 KEYS = ("task", "input_name", "input_shape", "input_dtype", "outputs", "class_names", "feature_names",
         "normalization", "version", "mlflow_run_id", "model", "dataset", "opset", "parity_max_abs_diff",
-        "parity_cuda_max_abs_diff", "part", "estimator")
+        "parity_cuda_max_abs_diff", "part", "estimator", "columns", "raw_parity")
 
 
 def _diffs(diffs: dict[int, float] | None) -> str:
@@ -42,7 +44,8 @@ def _diffs(diffs: dict[int, float] | None) -> str:
 def build(meta: Any, outputs: list[str], *, opset: int, parity: dict[int, float],
           cuda_parity: dict[int, float] | None = None, run_id: str | None = None,
           config: dict[str, Any] | None = None, part: str = "", estimator: Any = None,
-          input_shape: tuple[int, ...] | None = None) -> dict[str, str]:
+          input_shape: tuple[int, ...] | None = None, table: Any = None,
+          raw_parity: dict[str, float] | None = None) -> dict[str, str]:
     """The metadata entries (key without the ``trainforge.`` prefix -> string) of an exported model.
 
     - ``meta``: the run's :class:`~trainforge.contracts.DataMeta` (task, class and feature names,
@@ -53,6 +56,8 @@ def build(meta: Any, outputs: list[str], *, opset: int, parity: dict[int, float]
       for a torch model (standardization is inside the graph).
     - ``input_shape``: the graph's input shape without the batch axis when it is not the data's (a
       generator's latent code; ``feature_names`` is then null), else ``meta.input_shape``.
+    - ``table``: a raw table's fitted preprocessing (:class:`trainforge.training.tabular` table; its
+      ``columns`` are written), ``raw_parity`` its gate figures; both None for a numeric input.
     """
     from trainforge import __version__
 
@@ -78,6 +83,8 @@ def build(meta: Any, outputs: list[str], *, opset: int, parity: dict[int, float]
         "parity_cuda_max_abs_diff": _diffs(cuda_parity),
         "part": part or "",
         "estimator": type(estimator).__name__ if estimator is not None else "",
+        "columns": json.dumps([c.to_dict() for c in table.columns] if table is not None else None),
+        "raw_parity": json.dumps(raw_parity or None),
     }
 
 

@@ -180,8 +180,8 @@ def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, targe
     rows, correct, se, ae = 0, 0, 0.0, 0.0
     frames, as_index = [], None
     for chunk in read_chunks(input, chunk_rows):
-        x, y = to_features(chunk, meta, target, Path(input), rows)
-        result = dict(zip(outputs, _run(session, outputs, meta["input_name"], x), strict=True))
+        feeds, y = to_inputs(chunk, meta, target, Path(input), rows)
+        result = dict(zip(outputs, _run(session, outputs, feeds), strict=True))
         if meta["task"] == "classification":
             probs = result["probabilities"]
             classes = metadata.class_names(meta, probs.shape[1])
@@ -208,18 +208,38 @@ def _predict_chunks(session: Any, meta: dict[str, Any], input: str | Path, targe
             write_csv(frame, out_path, header=rows == 0)
         else:
             frames.append(frame)
-        rows += len(x)
+        rows += len(frame)
     if rows == 0:
         raise DataError(f"{input}: no rows")
     return rows, correct, se, ae, frames
 
 
-def _run(session: Any, outputs: list[str], input_name: str, x: np.ndarray) -> list[np.ndarray]:
-    """``session.run`` over ``x`` in slices of :data:`RUN_ROWS` rows, outputs concatenated."""
-    if len(x) <= RUN_ROWS:
-        return session.run(outputs, {input_name: x})
-    parts = [session.run(outputs, {input_name: x[i:i + RUN_ROWS]}) for i in range(0, len(x), RUN_ROWS)]
+def _run(session: Any, outputs: list[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """``session.run`` over ``feeds`` (input name -> rows) in slices of :data:`RUN_ROWS` rows, outputs concatenated."""
+    n = len(next(iter(feeds.values())))
+    if n <= RUN_ROWS:
+        return session.run(outputs, feeds)
+    parts = [session.run(outputs, {k: v[i:i + RUN_ROWS] for k, v in feeds.items()}) for i in range(0, n, RUN_ROWS)]
     return [np.concatenate([p[j] for p in parts]) for j in range(len(outputs))]
+
+
+def to_inputs(chunk: Any, meta: dict[str, Any], target: str | None, path: Path,
+              first_row: int) -> tuple[dict[str, np.ndarray], Any]:
+    """The session's inputs for a chunk, and its target column (or None): the raw columns of a raw table's
+    model (``trainforge.columns``, :func:`trainforge.data.raw_inputs`), else :func:`to_features`."""
+    if not meta.get("columns"):
+        x, y = to_features(chunk, meta, target, path, first_row)
+        return {meta["input_name"]: x}, y
+    from trainforge.data import Column, raw_inputs
+
+    if isinstance(chunk, np.ndarray):
+        raise DataError(f"{path}: this model takes named raw columns; give a CSV or Parquet file, not .npy")
+    y = None
+    if target is not None:
+        if target not in chunk.columns:
+            raise DataError(f"{path}: no target column {target!r}; columns: {', '.join(map(str, chunk.columns))}")
+        y = chunk[target].to_numpy()
+    return raw_inputs(chunk, [Column.from_dict(c) for c in meta["columns"]], str(path)), y
 
 
 def write_csv(frame: Any, path: Path, header: bool) -> None:

@@ -10,7 +10,8 @@ requirements are numpy, pandas and onnxruntime.
 
 Input: a pandas DataFrame with the training feature names (any order, extra columns ignored; the
 trainforge ONNX metadata ``trainforge.feature_names`` gives the order), or with exactly as many columns as
-features (taken in order), or an array ``(N, *input_shape)`` / ``(N, features)`` of numbers. Output: a
+features (taken in order), or an array ``(N, *input_shape)`` / ``(N, features)`` of numbers; for a raw
+table's model (metadata ``trainforge.columns``) a DataFrame of the raw columns (nulls, unseen strings). Output: a
 DataFrame like ``trainforge predict``'s: ``prediction`` (the class name for classification, the value for
 regression, ``prediction_<i>`` for several targets) and, for classification, ``prob_<class>`` per class.
 """
@@ -53,6 +54,32 @@ def features(data: Any, meta: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(x), *shape))
 
 
+def raw_inputs(data: Any, columns: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+    """A raw table's model (metadata ``trainforge.columns``): one ``(N, 1)`` input per used column, float32
+    with NaN (numeric, boolean) or strings with ``""`` (categorical, text) for missing; the same mapping as
+    ``trainforge.data.raw_inputs``, repeated here because this file imports no trainforge module."""
+    if not isinstance(data, pd.DataFrame):
+        raise ValueError("this model takes named raw columns: send a DataFrame (dataframe_split or records)")
+    data = data.set_axis([str(c) for c in data.columns], axis=1)
+    feeds = {}
+    for col in (c for c in columns if c["type"] != "drop"):
+        if col["name"] not in data.columns:
+            raise ValueError(f"no column {col['name']!r}")
+        values = data[col["name"]]
+        if col["type"] == "numeric":
+            x = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float32)
+        elif col["type"] == "boolean":
+            text = values.astype(str).str.strip().str.lower()
+            x = np.where(text.isin({"true", "yes", "1", "1.0"}), 1.0,
+                         np.where(text.isin({"false", "no", "0", "0.0"}), 0.0, np.nan)).astype(np.float32)
+        else:
+            if pd.api.types.is_float_dtype(values):
+                values = values.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else v)
+            x = values.astype(object).where(values.notna(), "").astype(str).to_numpy(dtype=object)
+        feeds[col["name"]] = x.reshape(-1, 1)
+    return feeds
+
+
 def to_frame(result: dict[str, np.ndarray], meta: dict[str, Any]) -> pd.DataFrame:
     """The named ONNX outputs as ``trainforge predict``'s columns (see the module docstring)."""
     if meta["task"] == "classification":
@@ -78,9 +105,12 @@ class OnnxModel(mlflow.pyfunc.PythonModel):
     # pd.DataFrame is a hint MLflow 3 infers no schema from (the logged signature is the schema);
     # an array arrives as is when the data has no feature names (tensor signature)
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict | None = None) -> pd.DataFrame:
-        x = features(model_input, self.meta)
+        if self.meta.get("columns"):  # a raw table's model: the raw columns in, preprocessing in the graph
+            feeds = raw_inputs(model_input, self.meta["columns"])
+        else:
+            feeds = {self.meta["input_name"]: features(model_input, self.meta)}
         outputs = list(self.meta["outputs"])
-        result = dict(zip(outputs, self.session.run(outputs, {self.meta["input_name"]: x}), strict=True))
+        result = dict(zip(outputs, self.session.run(outputs, feeds), strict=True))
         return to_frame(result, self.meta)
 
 

@@ -10,6 +10,8 @@ the checkpoint, as ``trainforge export`` does, and runs the same gate, while the
 split, draws the plots and uploads the artifacts. The file, its metadata and the parity figures are the
 ones an in-process export gives.
 
+- Chosen once per run by :func:`trainforge.exporting.jobs.choose`, behind the same ``submit``/``result``
+  calls as an in-process export.
 - Linux only (``fork``), and only from the ``trainforge`` program itself, before it has run any torch
   operation or started a thread (``trainforge.cli.quick_exit.standalone``); the worker runs torch with
   one intra-op thread, as torch's DataLoader workers do. Elsewhere, with
@@ -53,9 +55,6 @@ class ExportWorker:
 
     def __init__(self, process: Any, conn: Any) -> None:
         self.process, self.conn = process, conn
-        self.submitted = False
-        #: the parity sample of the submitted job (the one the run's logged parity metrics come from)
-        self.sample: np.ndarray | None = None
 
     @classmethod
     def start(cls) -> ExportWorker | None:
@@ -95,7 +94,6 @@ class ExportWorker:
                             "run_id": run_id, "config": config})
         except (OSError, EOFError) as exc:
             raise WorkerLost(f"export worker gone ({exc})") from None
-        self.submitted, self.sample = True, sample
 
     def result(self) -> Any:
         """The :class:`~trainforge.exporting.exporter.ExportReport` of the submitted job.

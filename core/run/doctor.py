@@ -113,7 +113,7 @@ def _plugins() -> dict[str, Any]:
         return out
     by_kind: dict[str, int] = {}
     for entry in entries:
-        by_kind[entry.kind] = by_kind.get(entry.kind, 0) + 1
+        by_kind[entry.plugin_type] = by_kind.get(entry.plugin_type, 0) + 1
     out.update(registered=len(entries), by_kind=by_kind, error="")
     return out
 

@@ -23,17 +23,14 @@ class MLflowLogger(Callback):
 
     Epochs are buffered and written with one ``log_batch`` call (chunked by MLflow) in a writer thread,
     once the last write is ``flush_every`` seconds old and has finished, and at the end of the fit; so the
-    UI lags by about ``flush_every`` seconds (1 s by default) and nothing is lost. Per-epoch calls (even
-    MLflow's asynchronous ones, whose writer thread competes with the training loop for the GIL) cost
-    small models several percent of their fit time; one write of all epochs at the end cost the digits
-    MLP about 3 ms per epoch more, measured as a whole process (``benchmarks/bench_run.py``): MLflow's
-    ORM writes each metric row, and that write then competed with the test evaluation and the artifact
-    logging for the GIL.
+    UI lags by about ``flush_every`` seconds (1 s by default) and nothing is lost. Why batched and in a
+    thread (per-epoch calls cost small models several percent of their fit time): ``benchmarks/RESULTS_history.md``.
 
-    The end-of-fit write runs in the writer thread while the caller evaluates the test split and logs
-    the run's artifacts; :meth:`wait` joins it and re-raises its error, or the error of an earlier write
-    (``trainforge.train`` calls it before the run ends). Writes after an exception are synchronous, after
-    the running one has finished.
+    The end-of-fit write runs in the writer thread while the caller evaluates the test split and logs the
+    run's artifacts. The thread is this logger's own: ``on_close`` (:meth:`Trainer.close
+    <trainforge.training.trainer.Trainer.close>`, before the run ends) joins it and re-raises its error, or
+    the error of an earlier write; ``on_flush`` writes synchronously. Writes after an exception are
+    synchronous, after the running one has finished.
     """
 
     def __init__(self, run_id: str, flush_every: float = 1.0) -> None:
@@ -56,6 +53,12 @@ class MLflowLogger(Callback):
 
     def on_exception(self, trainer: Trainer, exc: BaseException) -> None:
         self.flush()
+
+    def on_flush(self, trainer: Trainer) -> None:
+        self.flush()
+
+    def on_close(self, trainer: Trainer) -> None:
+        self.wait()
 
     def flush(self, background: bool = False) -> None:
         """Write the buffered epochs now: one ``log_batch``, in this thread or (``background``) in a
@@ -131,9 +134,7 @@ class ResumeCheckpoint(Callback):
         if self.saved and now - self.last < self.every_s:
             return
         self.last, self.saved = now, True
-        for cb in trainer.callbacks:  # metrics first: the MLflow logger buffers epochs between its writes
-            if isinstance(cb, MLflowLogger):
-                cb.flush()
+        trainer.flush()  # metrics first: the MLflow logger buffers epochs between its writes
         mlflow.flush_async_logging()
         checkpoint.save_resume(self.path, trainer.state_dict(), self.config, self.meta)
         from trainforge.tracking.store import deferred_interrupt

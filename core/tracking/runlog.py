@@ -39,7 +39,7 @@ def log_params(run_id: str, cfg: dict[str, Any], meta: Any) -> None:
     tags = {tag.VERSION: __version__, tag.TASK: meta.task}
     for section in config_mod.PLUGIN_SECTIONS:
         name = cfg[section]["name"]
-        entry = manager.registry()[section][name]
+        entry = manager.entry(section, name)
         tags[tag.named("plugin", section)] = f"{name} ({entry.distribution} {entry.version})".strip()
     client = MlflowClient()
     for key, value in tags.items():
@@ -158,10 +158,10 @@ def save_best_checkpoint(workdir: Path, cfg: dict[str, Any], trainer: Any, meta:
 
 
 def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any, bundle: Any,
-                  test_state: dict[str, Any] | None = None, checkpoint_saved: bool = False) -> None:
-    """Best checkpoint (written by :func:`save_best_checkpoint` unless ``checkpoint_saved``), resolved
-    config (YAML), learning curves and the task's test plots (a confusion matrix, predicted vs actual,
-    forecast vs actual, a reconstruction or sample grid).
+                  test_state: dict[str, Any] | None = None) -> None:
+    """Resolved config (YAML), data metadata, learning curves and the task's test plots (a confusion matrix,
+    predicted vs actual, forecast vs actual, a reconstruction or sample grid). The best checkpoint is not
+    among them: it is uploaded first, right after the fit (:func:`save_best_checkpoint`, :func:`upload_checkpoint`).
 
     ``test_state``: the task's metric state over the test split (:meth:`Trainer.evaluate_with_state`); a task
     whose ``state_plots`` draws from it (classification: the confusion counts) needs no test row. Other
@@ -172,14 +172,13 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
     from trainforge import plots
 
     meta = bundle.meta
-    if not checkpoint_saved:
-        save_best_checkpoint(workdir, cfg, trainer, meta)
-    upload_checkpoint(run_id, workdir)
-
     (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     (workdir / "data_meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
     mlflow.log_artifact(str(workdir / "config.yaml"), run_id=run_id)
     mlflow.log_artifact(str(workdir / "data_meta.json"), run_id=run_id)
+    if meta.report:  # a raw table: rows read, duplicates, test rows in train, per-column types and statistics
+        (workdir / "data_report.json").write_text(json.dumps(meta.report, indent=1))
+        mlflow.log_artifact(str(workdir / "data_report.json"), run_id=run_id)
 
     plot_dir = workdir / "plots"
     plot_dir.mkdir(exist_ok=True)

@@ -20,13 +20,14 @@ PID_START = "trainforge.pid_start"  # process start time, guards against a reuse
 WORLD_SIZE = "trainforge.world_size"  # processes of a distributed run
 DISTRIBUTED = "trainforge.distributed"  # backend and process count
 CONSTANT_FEATURES = "trainforge.constant_features"  # input columns with one value on the training split
+DROPPED_COLUMNS = "trainforge.dropped_columns"  # a raw table's columns dropped as identifiers or constants
 PLOT_ROWS = "trainforge.plot_rows"  # the sample a streamed run's plots were drawn from
 MODEL_URI = "trainforge.model_uri"  # the served MLflow model (pyfunc with labels)
 ONNX_MODEL_URI = "trainforge.onnx_model_uri"  # the plain ONNX-flavor MLflow model
 ONNX_SHA256 = "trainforge.onnx_sha256"  # SHA-256 of onnx/model.onnx as logged
 
 # -- studies (parent run), trials (child runs) and refits
-ROLE = "trainforge.role"  # study | refit
+ROLE = "trainforge.role"  # study | refit | cv | fold | compare
 STUDY = "trainforge.study"
 DATASET = "trainforge.dataset"
 TRIAL = "trainforge.trial"  # STUDY#NUMBER on a trial run; the trial number on a model version
@@ -45,6 +46,13 @@ PARENT_RUN_ID = "trainforge.parent_run_id"
 SELECTED_TRIAL = "trainforge.selected_trial"  # Optuna study user attribute
 SETTINGS = "trainforge.settings"  # Optuna study user attribute: the study's TuneSettings as JSON
 DEFAULTS = "trainforge.defaults"  # Optuna trial user attribute: the enqueued trial of the defaults
+
+# -- cross-validation (trainforge.cv): a cv parent run, its fold child runs and its refit child run
+FOLD = "trainforge.fold"  # the fold index on a fold run
+CV_FOLDS = "trainforge.cv_folds"  # K on the cv parent run
+CV_KIND = "trainforge.cv_kind"  # stratified | group | forward | kfold
+REFIT_RUN_ID = "trainforge.refit_run_id"  # on a cv parent: the run of the model refit on all non-test rows
+CV_MODE = "trainforge.cv_mode"  # on a cv trial: lockstep | sequential
 
 
 def named(*parts: str) -> str:

@@ -167,20 +167,26 @@ def split_indices(name: str, n: int, y: np.ndarray, stratify: bool, trainer_conf
     return train, val, test
 
 
-def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], task: str | None = None) -> DataBundle:
+def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], task: str | None = None,
+                 rows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> DataBundle:
     """Train/val/test split and train-only standardization; targets built for ``task`` (default: the data's).
 
     The split depends only on the rows, the data's own task and the seed: seeded and stratified when
     the data has class labels (also when an autoencoder uses them), chronological when ``data.ordered``.
-    Raises :class:`DataError` when ``task`` needs targets the data does not have.
+    ``rows``: the train, val and test row indices to use instead (a cross-validation fold, see
+    :mod:`trainforge.training.folds`). Raises :class:`DataError` when ``task`` needs targets the data
+    does not have.
     """
+    prep, report = None, {}
+    if data.table is not None:
+        data, prep, report = encode_table(name, data, trainer_config)
     x, y = validate(name, data)
     natural, task = target_kind(data.task), task or data.task
     kind = target_kind(task)
-    if natural == "label" and not data.ordered:
+    if natural == "label" and not data.ordered and rows is None:
         _check_class_counts(name, y, data.class_names)
-    train, val, test = split_indices(name, len(x), y, natural == "label", trainer_config,
-                                     ordered=data.ordered, gap=data.gap)
+    train, val, test = rows if rows is not None else split_indices(
+        name, len(x), y, natural == "label", trainer_config, ordered=data.ordered, gap=data.gap)
     mean, std = standardization(x[train], data.layout)
     _check_constant(name, x[train], data.feature_names)
     target_mean = target_std = None
@@ -213,12 +219,59 @@ def split_arrays(name: str, data: ArrayData, trainer_config: dict[str, Any], tas
         source=data.source,
         target_mean=target_mean,
         target_std=target_std,
+        table=prep,
+        report=report,
     )
 
     def part(rows: np.ndarray) -> TensorSplit:
         return TensorSplit(torch.from_numpy(x[rows]), torch.from_numpy(y[rows]))
 
     return DataBundle(part(train), part(val), part(test), meta)
+
+
+def encode_table(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> tuple[ArrayData, Any, dict[str, Any]]:
+    """A raw table's rows as encoded float32 features: duplicates dropped (unless ``data.drop_duplicates`` is
+    false), the preprocessing fitted on the training rows of the split :func:`split_arrays` then draws
+    (the same seed and rows give the same split), every row transformed.
+
+    Returns the encoded :class:`ArrayData`, the fitted :class:`~trainforge.training.tabular.TablePrep`
+    (holding the raw held-out rows in ``heldout``) and the data report.
+    """
+    import dataclasses
+
+    import pandas as pd
+
+    from trainforge.training.tabular import fit_table
+
+    table = data.table.reset_index(drop=True)
+    target = np.asarray(data.target)
+    report: dict[str, Any] = {"rows_read": len(table), "duplicates_dropped": 0}
+    if data.drop_duplicates:
+        keyed = table.assign(__target__=target.tolist() if target.ndim > 1 else target)
+        keep = ~keyed.duplicated().to_numpy()
+        report["duplicates_dropped"] = int((~keep).sum())
+        if keep.sum() < 2:
+            raise DataError(f"{data.source or name}: fewer than 2 distinct rows after dropping duplicates")
+        if report["duplicates_dropped"]:
+            log.warning("%s: %d exact duplicate row(s) dropped before the split (-p dataset.drop_duplicates=false "
+                        "keeps them)", data.source or name, report["duplicates_dropped"])
+        table, target = table[keep].reset_index(drop=True), target[keep]
+    natural = target_kind(data.task)
+    if natural == "label" and not data.ordered:
+        _check_class_counts(name, target.astype(np.int64), data.class_names)
+    train, _, test = split_indices(name, len(table), target, natural == "label", trainer_config,
+                                   ordered=data.ordered, gap=data.gap)
+    prep = fit_table(table.iloc[train], data.columns, data.impute)
+    hashes = pd.util.hash_pandas_object(table, index=False).to_numpy()
+    report["test_rows_in_train"] = int(np.isin(hashes[test], hashes[train]).sum())
+    if report["test_rows_in_train"]:
+        log.warning("%s: %d test row(s) are identical to a training row (features)", data.source or name,
+                    report["test_rows_in_train"])
+    report["columns"] = [c.to_dict() for c in prep.columns]
+    prep.heldout = table.iloc[test].reset_index(drop=True)
+    x = prep.transform(table, data.source or name)
+    encoded = dataclasses.replace(data, features=x, target=target, table=None, feature_names=prep.feature_names)
+    return encoded, prep, report
 
 
 def _check_class_counts(name: str, y: np.ndarray, class_names: list[Any] | None) -> None:

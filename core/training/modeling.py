@@ -122,8 +122,8 @@ class InferenceModel(nn.Module):
         return self.task.head(self.model(x))
 
 
-def _names(kind: str, keep: Any) -> str:
-    return ", ".join(sorted(e.spec.name for e in manager.entries(kind) if keep(e.spec))) or "(none)"
+def _names(plugin_type: str, keep: Any) -> str:
+    return ", ".join(sorted(e.name for e in manager.entries(plugin_type) if keep(e.spec))) or "(none)"
 
 
 def choose_task(model_name: str, dataset_name: str) -> str | None:
@@ -260,3 +260,11 @@ def build_scheduler(
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"scheduler {spec.name!r} rejected {_params(section)}: {exc}") from exc
     return scheduler, spec.needs_metric
+
+
+def check_optimizer(config: dict[str, Any]) -> None:
+    """Build the resolved config's optimizer and scheduler over one dummy parameter, so that torch's own
+    checks (e.g. ``Invalid momentum value: -1``) refuse a value before a run is opened, as the trainer's
+    values are. Raises :class:`ConfigError` (one line, from :func:`build_optimizer` / :func:`build_scheduler`)."""
+    optimizer = build_optimizer(config["optimizer"], [nn.Parameter(torch.zeros(1))])
+    build_scheduler(config["scheduler"], optimizer, int(config["trainer"]["epochs"]))

@@ -209,9 +209,6 @@ class Regression(Task):
         return [plots.predicted_vs_actual(y, outputs, folder / "predicted_vs_actual.png")]
 
 
-TASKS: dict[str, type[Task]] = {"classification": Classification, "regression": Regression}
-
-
 def get_task(name: str, target_std: Any = None, meta: Any = None) -> Task:
     """The task object for ``name``, built by its registered :class:`~trainforge.TaskSpec`.
 
@@ -222,15 +219,16 @@ def get_task(name: str, target_std: Any = None, meta: Any = None) -> Task:
     from types import SimpleNamespace
 
     from trainforge import manager
-    from trainforge.errors import ConfigError
+    from trainforge.errors import ConfigError, PluginError
 
-    tasks = manager.registry()["task"]
-    if name not in tasks:
-        raise ConfigError(f"unknown task {name!r}; available: {', '.join(sorted(tasks)) or '(none)'}")
+    try:
+        spec = manager.get("task", name)
+    except PluginError as exc:
+        raise ConfigError(str(exc)) from None
     if meta is None:
         meta = SimpleNamespace(task=name, target_std=target_std, target_mean=None, input_shape=None,
                                output_dim=None, class_names=None, mean=None, std=None)
-    return tasks[name].spec.build(meta)
+    return spec.build(meta)
 
 
 def metric_mode(metric: str, task: Task) -> str:

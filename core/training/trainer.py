@@ -293,6 +293,27 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
 
+    def flush(self) -> None:
+        """Event ``on_flush``: every callback writes what it buffers now (e.g. before a resumable checkpoint
+        is saved, so that the run never holds a checkpoint newer than its logged metrics)."""
+        for cb in self.callbacks:
+            if (handler := getattr(cb, "on_flush", None)) is not None:
+                handler(self)
+
+    def close(self) -> None:
+        """Event ``on_close``, once the run's results are logged (or the run failed), before the run ends:
+        every callback finishes what it runs in the background (joins its threads). All are closed; the first
+        error raised is raised again (e.g. the metric writer's: an unreachable tracking server)."""
+        error: BaseException | None = None
+        for cb in self.callbacks:
+            try:
+                if (handler := getattr(cb, "on_close", None)) is not None:
+                    handler(self)
+            except BaseException as exc:  # noqa: BLE001 - the others are closed first
+                error = error or exc
+        if error is not None:
+            raise error
+
     def restore_best(self) -> None:
         """Load the best epoch's weights into the model (no-op before the first epoch)."""
         if self.best_state:

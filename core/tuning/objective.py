@@ -29,7 +29,6 @@ from trainforge.tracking import tags as tag
 log = logging.getLogger(__name__)
 
 
-
 class OptunaPruning(Callback):
     """Report the monitored metric to the trial after every epoch and stop the fit if the pruner says so.
 
@@ -63,17 +62,20 @@ class OptunaPruning(Callback):
 Fitter = Callable[..., Any]
 
 
-def make_fitter(bundle: Any, *, study_name: str, parent_run_id: str, tracking_uri: str | None = None,
-                experiment: str | None = None, quiet: bool = True) -> Fitter:
-    """The default :data:`Fitter`: one :func:`trainforge.run.api.train` call, a child run of the study's parent
-    named ``STUDY-trial-N``, on ``bundle`` (the data, loaded once per worker process), no export."""
+def make_fitter(settings: dict[str, Any], bundle: Any, *, parent_run_id: str, experiment: str | None = None) -> Fitter:
+    """The :data:`Fitter` of a study (``settings``: :meth:`TuneSettings.to_json`): one
+    :func:`trainforge.run.api.train` call, a child run of the study's parent named ``STUDY-trial-N``, on
+    ``bundle`` (the data, loaded once per worker process), no export. The one place that decides how a
+    trial is scored: a k-fold or a cheap-trial fitter is chosen here from the settings."""
+    study_name, tracking_uri = settings["study"], settings.get("tracking_uri")
+
     def fit(cfg: dict[str, Any], *, trial: Any, tags: dict[str, str], callbacks: list[Any],
             on_start: Callable[[str], None]) -> Any:
         from trainforge.run import api
 
         return api.train(cfg, tracking_uri=tracking_uri, experiment=experiment,
                          run_name=f"{study_name}-trial-{trial.number}", parent_run_id=parent_run_id, tags=tags,
-                         export=False, quiet=quiet, callbacks=callbacks, data=bundle, on_start=on_start,
+                         export=False, quiet=True, callbacks=callbacks, data=bundle, on_start=on_start,
                          extras={"optuna_trial": trial})
 
     return fit

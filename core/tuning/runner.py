@@ -113,8 +113,7 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
     space = space_of(s)
     tracking.setup(s.get("tracking_uri"), plan.experiment)
     bundle = bundle if bundle is not None else load_data(space.first_config(s["base"]))
-    fitter = make_fitter(bundle, study_name=s["study"], parent_run_id=plan.parent_run_id,
-                         tracking_uri=s.get("tracking_uri"), experiment=plan.experiment)
+    fitter = make_fitter(s, bundle, parent_run_id=plan.parent_run_id, experiment=plan.experiment)
     objective = Objective(space, s["base"], s["metric"], s["study"], fitter, bundle,
                           extra_tags={tag.WORKER: str(index)}, deploy=deploy)
     ran = counter if counter is not None else [0]

@@ -193,6 +193,10 @@ class TuneSettings:
             raise ConfigError("the cmaes sampler is single-objective; use tpe (default), nsga2, gp or random")
         if out.select and not multi:
             raise ConfigError("--select picks from a Pareto front: give two or more --objective")
+        if multi:
+            from trainforge.tuning.selection import parse_select
+
+            parse_select(out.select, dep.names)  # ConfigError now, not after the trials
         out.base.setdefault("trainer", {}).update(monitor=out.metric,
                                                  mode="max" if out.direction == "maximize" else "min")
         return out
