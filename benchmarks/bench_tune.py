@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -155,17 +156,19 @@ PHASES = [
     ("Checkpoint.on_epoch_end (best.pt)", "trainforge.training.callbacks:Checkpoint.on_epoch_end", "Trainer.fit"),
     ("OptunaPruning.on_epoch_end (report)", "trainforge.tuning.objective:OptunaPruning.on_epoch_end",
      "Trainer.fit"),
-    ("test evaluation", "trainforge.training.trainer:Trainer.evaluate_with_state", "train()"),
+    ("evaluate_with_state (validation each epoch, and the test pass)", "trainforge.training.trainer:Trainer.evaluate_with_state", "Trainer.fit"),
+    ("test evaluation", "trainforge.run.api:_test_metrics", "train()"),
     ("log_artifacts", "trainforge.tracking.runlog:log_artifacts", "train()"),
-    ("save best.pt", "trainforge.tracking.runlog:save_best_checkpoint", "log_artifacts"),
-    ("upload checkpoints/", "trainforge.tracking.runlog:upload_checkpoint", "log_artifacts"),
+    ("save best.pt", "trainforge.tracking.runlog:save_best_checkpoint", "train()"),
+    ("upload checkpoints/", "trainforge.tracking.runlog:upload_checkpoint", "train()"),
     ("learning-curve plot", "trainforge.plots:learning_curves", "log_artifacts"),
     ("confusion-matrix plot", "trainforge.training.tasks:Classification.state_plots", "log_artifacts"),
-    ("wait for the metric writer", "trainforge.run.api:_wait_for_writers", "train()"),
+    ("wait for the metric writer", "trainforge.tracking.logger:MLflowLogger.on_close", "train()"),
     ("mlflow.end_run", "mlflow:end_run", "train()"),
-    ("finish_child (state tag, optuna.* params)", "trainforge.tuning.parent_run:finish_child",
+    ("finish_child (state tag, optuna.* params, objective)", "trainforge.tuning.parent_run:finish_child",
      "objective, one trial"),
-    ("log the objective metric", "trainforge.tuning.parent_run:log_objective", "objective, one trial"),
+    ("log the objective metric (before: its own call)", "trainforge.tuning.parent_run:log_objective",
+     "objective, one trial"),
     ("tune(): summary, plots, export, registry", "", ""),
     ("export + register the best", "trainforge.tuning.best_model:export_best",
      "tune(): summary, plots, export, registry"),
@@ -226,11 +229,12 @@ def profile_child(n_trials: int, workdir: str) -> None:
                       "best_value": result.best_value, "n_complete": result.n_complete}))
 
 
-def profile(section: Section, n_trials: int) -> None:
+def profile(section: Section, n_trials: int, with_plain: bool = True) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-tune-profile-") as tmp:
         plain_started = time.perf_counter()
-        _run([*PLAIN, "--n-trials", str(n_trials), "--epochs", str(EPOCHS)], Path(tmp))
-        plain = time.perf_counter() - plain_started
+        if with_plain:
+            _run([*PLAIN, "--n-trials", str(n_trials), "--epochs", str(EPOCHS)], Path(tmp))
+        plain = time.perf_counter() - plain_started if with_plain else math.nan
         load_before = _load()
         started = time.perf_counter()
         out = _run([sys.executable, str(Path(__file__).resolve()), "--profile-child", str(n_trials), tmp], Path(tmp))
@@ -271,6 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile-trials", type=int, default=10)
     parser.add_argument("--profile-only", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
+    parser.add_argument("--profile-no-plain", action="store_true", help="profile without running the plain script first")
     parser.add_argument("--output", default=str(HERE / "RESULTS_tune.md"))
     parser.add_argument("--profile-child", nargs=2, metavar=("N", "DIR"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -285,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         sections.append(section)
     if not args.no_profile:
         section = Section("Where a trial's time goes")
-        profile(section, args.profile_trials)
+        profile(section, args.profile_trials, with_plain=not args.profile_no_plain)
         sections.append(section)
     text = ["# trainforge tune against a plain Optuna script", "",
             "Written by `benchmarks/bench_tune.py` (see its docstring and `benchmarks/README.md`).", "",
