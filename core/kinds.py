@@ -17,8 +17,6 @@ from trainforge.errors import ConfigError
 
 #: kind name -> module that registers it when imported
 BUILTIN_KINDS = {"estimator": "trainforge.estimators.kind"}
-#: the MLflow run tag that records a run's kind (absent for ``"epochs"``)
-KIND_TAG = "trainforge.fit"
 
 _KINDS: dict[str, ModelKind] = {}
 

@@ -137,3 +137,23 @@ def test_one_home_each_for_sessions_metadata_and_checkpoint_paths():
     assert _core_files_containing('"TRAINFORGE_ORT_THREADS"') == []
     for name in ('"checkpoints/best.pt"', '"checkpoints/last.pt"', '/ "best.pt"', '"last.pt"'):
         assert _core_files_containing(name) == [], name
+
+
+def test_tag_names_are_spelled_in_the_tags_module_only():
+    """No string literal in core/ (docstrings aside) names a ``trainforge.*`` MLflow tag outside
+    core/tracking/tags.py; module names (``"trainforge.estimators.kind"``) are not tags."""
+    import ast
+    import re
+
+    tag_like = re.compile(r"trainforge\.[a-z_]+\Z")
+    found = []
+    for path in (ROOT / "core").rglob("*.py"):
+        if path == ROOT / "core" / "tracking" / "tags.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and tag_like.match(node.value):
+                module = node.value.split(".", 1)[1]
+                if not ((ROOT / "core" / module).is_dir() or (ROOT / "core" / f"{module}.py").exists()
+                        or module in ("plugins", "cli")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
+    assert found == []

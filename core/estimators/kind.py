@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 from trainforge.errors import ConfigError, ExportError, TrainforgeError
-from trainforge.kinds import KIND_TAG, register_kind
+from trainforge.kinds import register_kind
+from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
 MODEL_FILE = "checkpoints/estimator.skops"
@@ -121,7 +122,7 @@ def fit_and_log(cfg: dict[str, Any], bundle: Any, run_id: str, experiment_id: st
                                task=meta.task, seed=int(tcfg["seed"]), **params)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"model {spec.name!r} could not be built with {params}: {exc}") from exc
-    MlflowClient().set_tag(run_id, KIND_TAG, "estimator")
+    MlflowClient().set_tag(run_id, tag.FIT, "estimator")
     x, y = split_arrays(bundle.train)
     started = time.perf_counter()
     estimator.fit(x, y.ravel() if y.ndim == 1 or y.shape[1] == 1 else y)

@@ -123,8 +123,8 @@ def _store_run(run_id: Any, tracking_uri: str | None) -> str | None:
 def _attach_run(subject: Subject, run_id: str, seed: int) -> None:
     """Fill the run's test rows, training pool, baseline and model (torch or estimator) into ``subject``."""
     from trainforge.estimators.kind import split_arrays
-    from trainforge.kinds import KIND_TAG
     from trainforge.tracking import store as tracking
+    from trainforge.tracking import tags as tag
     from trainforge.tracking.runconfig import run_config
     from trainforge.training import data as data_mod
 
@@ -140,7 +140,7 @@ def _attach_run(subject: Subject, run_id: str, seed: int) -> None:
     subject.pool = train_x[np.sort(keep)].reshape(-1, *shape)
     subject.baseline = train_x.mean(axis=0).reshape(shape).astype(np.float32)
     subject.meta["_target"] = cfg["dataset"].get("target")
-    if tracking.get_run(run_id).data.tags.get(KIND_TAG) == "estimator":
+    if tracking.get_run(run_id).data.tags.get(tag.FIT) == "estimator":
         subject.model_kind = "estimator"
         subject.refit = _estimator_refit(run_id, subject.task, train_x, train_y)
     else:

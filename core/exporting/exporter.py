@@ -271,7 +271,7 @@ def export(
     :mod:`trainforge.kinds`) is re-exported by that kind. Raises :class:`TrainforgeError` subclasses when the run, its
     checkpoint, the part or the data cannot be found.
     """
-    from trainforge.kinds import KIND_TAG, get_kind
+    from trainforge.kinds import get_kind
     from trainforge.tracking import checkpoints
     from trainforge.tracking import store as tracking
     from trainforge.training import data as data_mod
@@ -280,7 +280,7 @@ def export(
 
     tracking.setup_uri(tracking_uri)
     run = tracking.get_run(run_id)
-    kind = run.data.tags.get(KIND_TAG)
+    kind = run.data.tags.get(tag.FIT)
     if kind:  # not the epoch loop's torch module (e.g. a scikit-learn estimator): its kind re-exports it
         return get_kind(kind).export_run(run_id, output, part=part, log_to_run=log_to_run)
     checkpoint = checkpoints.fetch(run_id)

@@ -27,6 +27,7 @@ ONNX_MODEL_URI = "trainforge.onnx_model_uri"  # the plain ONNX-flavor MLflow mod
 ONNX_SHA256 = "trainforge.onnx_sha256"  # SHA-256 of onnx/model.onnx as logged
 
 # -- studies (parent run), trials (child runs) and refits
+FIT = "trainforge.fit"  # a run's model kind when it is not the epoch loop (e.g. estimator: scikit-learn)
 ROLE = "trainforge.role"  # study | refit | cv | fold | compare
 STUDY = "trainforge.study"
 DATASET = "trainforge.dataset"
