@@ -25,6 +25,7 @@ Examples:
   trainforge tune --model cnn --dataset digits --n-trials 30 --pruner median
   trainforge tune --model cnn,mlp --optimizer adam,sgd --n-trials 40 --n-jobs 2 --study digits
   trainforge tune --study digits --n-trials 10          # resume: same settings, trial numbers continue
+  trainforge tune --model mlp --dataset digits --cv 3 --n-trials 12 --pruner median
   trainforge tune --config space.yaml --storage sqlite:///optuna.db --json
   trainforge tune --study digits --storage postgresql://db/optuna --study-trials 50   # on each machine
   trainforge tune --model mlp,cnn --objective val_accuracy --objective latency_ms --latency-batch 64 \
@@ -59,6 +60,9 @@ mlruns/optuna/journal.log. A study with no complete trial exits 1 with the most 
 @click.option("--n-jobs", type=click.IntRange(min=1), help="Worker processes on this machine (default 1).")
 @click.option("--seed", type=int, help="Sampler seed (worker i uses seed+i); the data split follows trainer.seed.")
 @click.option("--refit", is_flag=True, default=None, help="Retrain the best config on train+val before export.")
+@click.option("--cv", type=click.IntRange(min=2), metavar="K",
+              help="Score each trial by K-fold cross-validation (the mean over folds; NN folds train in lockstep "
+                   "so the pruner sees the mean each epoch); the best config is refit on all non-test rows.")
 @click.option("--register", help="Registered model name for the best model (default: the study name).")
 @click.option("--export/--no-export", default=None, help="Export and register the best model (default) or skip it.")
 @click.option("--experiment", help="MLflow experiment name (default: trainforge).")

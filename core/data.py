@@ -18,13 +18,16 @@ typed column by column on the **training split** (:func:`infer_columns`), overri
 - ``categorical``: strings; missing is the empty string, its own level. Integers with few levels are
   categorical only when declared.
 - ``text``: free text (strings averaging at least :data:`TEXT_MIN_WORDS` words), TF-IDF inside the graph.
-- ``drop``: not used. Inferred for identifiers (every training value distinct: strings, or integers) and
-  constant columns (one value, missing included), with a warning and the tag ``trainforge.dropped_columns``.
+- ``drop``: not used. Inferred for identifiers (every training value distinct: strings, or integers),
+  empty columns (every training cell missing) and constant columns (one value, missing included), with a
+  warning and the tag ``trainforge.dropped_columns``.
 - Datetime columns are **refused** with one line (derive numeric parts, e.g. day of year, before
   training, or declare the column ``drop``): the graph cannot parse dates in every serving path alike.
 
 :func:`raw_inputs` is the one mapping of raw rows to the graph's inputs (one ``(N, 1)`` input per used
-column, named as the column: float32 for numeric/boolean, strings for categorical/text). The training-side
+column, named as the column: float32 for numeric/boolean, strings for categorical/text); ``strict=True``
+(rows to predict) refuses a wrongly typed column with one line and counts the cells it reads as missing
+(:func:`check_typed`). The training-side
 preprocessing is fitted on exactly what it returns, so the two sides see the same values. It imports
 numpy and pandas only; ``trainforge.exporting.serving`` and ``examples/predict_onnx.py`` repeat its few
 lines because they must not import trainforge.
@@ -44,7 +47,7 @@ import numpy as np
 from trainforge.contracts import DataBundle, DataMeta, TensorSplit
 from trainforge.errors import ConfigError, DataError
 
-__all__ = ["Column", "DataBundle", "DataMeta", "TensorSplit", "csv_header", "infer_columns", "raw_inputs",
+__all__ = ["Column", "DataBundle", "DataMeta", "TensorSplit", "check_typed", "csv_header", "infer_columns", "raw_inputs",
            "schema_line"]
 
 log = logging.getLogger(__name__)
@@ -126,6 +129,8 @@ def infer_column(name: str, values: Any, declared: str | None = None) -> Column:
             raise ConfigError(f"dataset.columns: column {name!r}: unknown type {declared!r}; choose one of "
                               f"{', '.join(TYPES)}")
         return Column(name, declared, "declared")
+    if len(_strings(values).replace("", np.nan).dropna()) == 0:
+        return Column(name, "drop", "empty")
     if values.nunique(dropna=False) <= 1:
         return Column(name, "drop", "constant")
     if pd.api.types.is_bool_dtype(values):
@@ -180,12 +185,13 @@ def infer_columns(frame: Any, declared: dict[str, str] | None = None) -> list[Co
     return columns
 
 
-def raw_inputs(frame: Any, columns: list[Column], where: str = "input") -> dict[str, np.ndarray]:
+def raw_inputs(frame: Any, columns: list[Column], where: str = "input", *, strict: bool = False) -> dict[str, np.ndarray]:
     """Raw rows (a pandas DataFrame) as the graph's inputs: one ``(N, 1)`` array per used column.
 
     Numeric and boolean columns become float32 with NaN for missing, junk and (boolean) unrecognised
     values; categorical and text columns become strings with ``""`` for missing. Extra columns are
-    ignored. Raises :class:`DataError` naming the first used column that ``frame`` lacks.
+    ignored. Raises :class:`DataError` naming the first used column that ``frame`` lacks, and with
+    ``strict`` (rows to predict) one that :func:`check_typed` refuses.
     """
     import pandas as pd
 
@@ -204,12 +210,53 @@ def raw_inputs(frame: Any, columns: list[Column], where: str = "input") -> dict[
             text = values.astype(str).str.strip().str.lower()
             x = np.where(text.isin(TRUE | {"1", "1.0"}), 1.0, np.where(text.isin(FALSE | {"0", "0.0"}), 0.0, np.nan))
             x = x.astype(np.float32)
-        else:
+        if strict and col.dtype == "float32":
+            check_typed(col, values, x, where)
+        if col.dtype != "float32":
             if pd.api.types.is_float_dtype(values):  # 3.0 read next to an empty cell is the level "3"
                 values = values.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else v)
             x = values.astype(object).where(values.notna(), "").astype(str).to_numpy(dtype=object)
+            if strict and col.type == "categorical":
+                count_unseen(col, x, where)
         feeds[col.name] = x.reshape(-1, 1)
     return feeds
+
+
+#: cell values read as missing in a numeric or boolean column to predict, whatever their share (lowercased)
+MISSING_MARKERS = frozenset({"na", "n/a", "nan", "null", "none", "?", "-"})
+
+
+def check_typed(col: Column, values: Any, fed: np.ndarray, where: str = "input") -> None:
+    """Rows to predict: a numeric or boolean column where more than :data:`JUNK_SHARE` of the non-empty cells
+    are neither numbers (true/false values) nor a :data:`MISSING_MARKERS` value, e.g. words or a shifted
+    column, is refused with a :class:`DataError` naming it (the training rule: a wrong-typed column is not
+    predicted as all missing). Fewer such cells, and the markers, count as missing with a warning giving
+    their count; an empty column (every cell missing) is warned about and gets the training fill value."""
+    text = values.astype(str).str.strip()
+    present = (values.notna() & (text != "")).to_numpy()
+    unread = present & np.isnan(fed)
+    marker = text.str.lower().isin(MISSING_MARKERS).to_numpy()
+    junk = unread & ~marker
+    kind = "numbers" if col.type == "numeric" else "true/false values"
+    if junk.any() and junk.sum() > JUNK_SHARE * present.sum():
+        raise DataError(f"{where}: column {col.name!r}: {int(junk.sum())} of {int(present.sum())} value(s) are not "
+                        f"{kind} (e.g. {values[junk].iloc[0]!r}); the model was trained on {col.type} values there")
+    if unread.any():
+        log.warning("%s: column %r: %d value(s) that are not %s (e.g. %r) count as missing", where, col.name,
+                    int(unread.sum()), kind, values[unread].iloc[0])
+    if len(values) and not present.any():
+        log.warning("%s: column %r is empty in every row: filled with the training value %.6g", where, col.name,
+                    float("nan") if col.fill is None else col.fill)
+
+
+def count_unseen(col: Column, fed: np.ndarray, where: str = "input") -> None:
+    """Rows to predict: warn with the count of a categorical column's levels never seen in training (they
+    take the shared rare/unknown encoding, never an error)."""
+    seen = {"", *(col.levels or []), *(col.rare or [])}
+    unseen = ~np.isin(fed, list(seen))
+    if unseen.any():
+        log.warning("%s: column %r: %d value(s) never seen in training (e.g. %r) take the unknown level", where,
+                    col.name, int(unseen.sum()), fed[unseen][0])
 
 
 def schema_line(columns: list[Column]) -> str:

@@ -1,4 +1,5 @@
-"""Built-in scikit-learn estimators: ``random-forest``, ``gradient-boosting`` and ``logistic-regression``.
+"""Built-in scikit-learn estimators: ``random-forest``, ``gradient-boosting``, ``logistic-regression`` and
+``linear-svm``.
 
 ``fit="estimator"``: trainforge fits them once on the flattened training rows (no epochs), tracks them in
 MLflow like any run, exports them with skl2onnx and predicts with the same ``trainforge predict`` (see
@@ -48,6 +49,23 @@ def build_logistic_regression(input_shape, output_dim, task, seed=0, C=1.0, max_
                                                               random_state=int(seed)))
 
 
+def build_linear_svm(input_shape, output_dim, task, seed=0, C=1.0, max_iter=1000, calibration_folds=3):
+    """``StandardScaler`` then a linear SVM (``LinearSVC``: squared hinge loss, L2 penalty, one-vs-rest) whose
+    decision values become probabilities by Platt's sigmoid calibration (``CalibratedClassifierCV``,
+    ``method="sigmoid"``, fitted on ``calibration_folds`` cross-validation folds of the training rows; Platt
+    1999). scikit-learn's defaults except ``max_iter=1000`` and 3 folds. Classification only (``ValueError``
+    otherwise)."""
+    from sklearn.calibration import CalibratedClassifierCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    if task != "classification":
+        raise ValueError(f"linear-svm is a classifier, not a {task} model")
+    svm = LinearSVC(C=float(C), max_iter=int(max_iter), random_state=int(seed))
+    return make_pipeline(StandardScaler(), CalibratedClassifierCV(svm, method="sigmoid", cv=int(calibration_folds)))
+
+
 def forest_space(trial):
     return {"n_estimators": trial.suggest_int("n_estimators", 50, 400, log=True),
             "max_depth": trial.suggest_categorical("max_depth", [None, 4, 8, 16]),
@@ -85,4 +103,11 @@ def register_models(register):
         build=build_logistic_regression, fit="estimator", input="vector", tasks={"classification"},
         defaults={"C": 1.0, "max_iter": 1000},
         param_help={"C": "inverse L2 regularization strength", "max_iter": "lbfgs iterations at most"},
+        search_space=logistic_space))
+    register(trainforge.ModelSpec(
+        name="linear-svm", description="scikit-learn standardized linear SVM, sigmoid-calibrated (fitted once)",
+        build=build_linear_svm, fit="estimator", input="vector", tasks={"classification"},
+        defaults={"C": 1.0, "max_iter": 1000, "calibration_folds": 3},
+        param_help={"C": "inverse L2 regularization strength", "max_iter": "liblinear iterations at most",
+                    "calibration_folds": "cross-validation folds of the sigmoid calibration"},
         search_space=logistic_space))

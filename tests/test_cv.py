@@ -1,6 +1,7 @@
 """Cross-validation: folds over the non-test rows, ``train --cv K`` (parent, fold and refit runs) and the
 ``compare`` leaderboard. Real data (scikit-learn's wine), real MLflow store, real onnxruntime; 2-3 folds,
-1-2 epochs."""
+2 epochs. The end-to-end commands run once (one module-scoped store, :func:`cv_runs`) and several tests read
+what they left."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import last_json, mlflow_client
 
 from trainforge.config import resolve
@@ -81,44 +83,94 @@ def test_corrected_t_test_inflates_the_plain_paired_variance():
     assert s["cv_val_accuracy_mean"] == pytest.approx(0.85) and s["cv_val_accuracy_std"] == pytest.approx(0.0707, 1e-3)
 
 
-def test_train_cv_makes_parent_fold_and_refit_runs(cli, workdir):
-    out = cli("train", "--model", "mlp", "--dataset", "wine", "--cv", "3", "--epochs", "2", "--json", "-q")
-    result = last_json(out.output)
-    client = mlflow_client(workdir)
+@pytest.fixture(scope="module")
+def cv_runs(tmp_path_factory):
+    """In one store: ``train --cv 2`` of an mlp (2 epochs), ``compare --model random-forest,logistic-regression
+    --cv 2`` (estimators: fitted once, half the time of mlp rows; the mlp's cv path is train's) and the test
+    rows as CSV (``data --split test`` of the refit run: the same test split for every model)."""
+    from trainforge.cli.main import cli as command
+
+    root = tmp_path_factory.mktemp("cv")
+
+    def invoke(*args):
+        result = CliRunner().invoke(command, [str(a) for a in args], catch_exceptions=True)
+        assert result.exit_code == 0, f"trainforge {' '.join(map(str, args))}: {result.output}\n{result.exception!r}"
+        return result.output
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(root)
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        trained = last_json(invoke("train", "--model", "mlp", "--dataset", "wine", "--cv", "2", "--epochs", "2",
+                                   "--json", "-q"))
+        board = last_json(invoke("compare", "--model", "random-forest,logistic-regression", "--dataset", "wine",
+                                 "--cv", "2", "--epochs", "2", "-p", "trainer.monitor=val_accuracy",
+                                 "--register", "wine-best", "--json"))
+        client = mlflow_client(root)
+        refit = client.get_run(trained["run_id"]).data.tags["trainforge.refit_run_id"]
+        invoke("data", "--run", refit, "--split", "test", "--output", "test.csv")
+
+        def predict(onnx_path):
+            return last_json(invoke("predict", onnx_path, "--input", "test.csv", "--target", "target", "--json"))
+
+        yield {"root": root, "client": client, "train": trained, "board": board, "predict": predict}
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+
+
+def test_train_cv_makes_parent_fold_and_refit_runs(cv_runs):
+    result, client = cv_runs["train"], cv_runs["client"]
     parent = client.get_run(result["run_id"])
     assert parent.info.status == "FINISHED" and parent.data.tags["trainforge.role"] == "cv"
     m = parent.data.metrics
-    assert {"cv_val_accuracy_mean", "cv_val_accuracy_std", "fold2_val_accuracy", "test_accuracy"} <= set(m)
+    assert {"cv_val_accuracy_mean", "cv_val_accuracy_std", "cv_val_loss_mean", "fold1_val_accuracy",
+            "test_accuracy"} <= set(m)
     folds = [f["metrics"]["val_accuracy"] for f in result["folds"]]
     assert m["cv_val_accuracy_mean"] == pytest.approx(np.mean(folds))
-    children = client.search_runs([parent.info.experiment_id],
-                                  f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    roles = sorted(r.data.tags["trainforge.role"] for r in children)
-    assert roles == ["fold", "fold", "fold", "refit"]
-    indices = json.loads(open(client.download_artifacts(parent.info.run_id, "folds.json")).read())
-    assert len(indices["folds"]) == 3 and indices["kind"] == "stratified"
+    assert m["cv_val_accuracy_std"] == pytest.approx(np.std(folds, ddof=1))
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert sorted(r.data.tags["trainforge.role"] for r in children) == ["fold", "fold", "refit"]
     refit = client.get_run(parent.data.tags["trainforge.refit_run_id"])
     assert refit.data.params["trainer.patience"] == "0"
-    # predict on the refit's ONNX file gives the test accuracy the parent carries
-    cli("data", "--run", refit.info.run_id, "--split", "test", "--output", "test.csv")
-    pred = last_json(cli("predict", result["onnx_path"], "--input", "test.csv", "--target", "target",
-                         "--json").output)
-    assert pred["metrics"]["accuracy"] == pytest.approx(m["test_accuracy"], abs=1e-6)
+    assert refit.data.params["trainer.epochs"] == str(int(m["refit_epochs"]))
 
 
-def test_compare_ranks_models_on_the_same_folds(cli, workdir):
-    out = cli("compare", "--model", "mlp,logistic-regression", "--dataset", "wine", "--cv", "2", "--epochs", "2",
-              "-p", "trainer.monitor=val_accuracy", "--register", "wine-best", "--json")
-    board = last_json(out.output)
+def test_the_folds_artifact_holds_stratified_folds_within_one_row_of_the_class_proportions(cv_runs):
+    from sklearn.datasets import load_wine
+
+    client, run_id = cv_runs["client"], cv_runs["train"]["run_id"]
+    indices = json.loads(open(client.download_artifacts(run_id, "folds.json")).read())
+    assert len(indices["folds"]) == 2 and indices["kind"] == "stratified"
+    y = load_wine().target
+    rest = np.concatenate([f["val"] for f in indices["folds"]])
+    assert not set(rest) & set(indices["test"]) and len(rest) + len(indices["test"]) == len(y)
+    whole = np.bincount(y[rest]) / len(rest)
+    for fold in indices["folds"]:
+        assert np.all(np.abs(np.bincount(y[fold["val"]], minlength=3) - whole * len(fold["val"])) <= 1.0)
+
+
+def test_predict_on_the_refit_onnx_gives_the_parents_test_accuracy(cv_runs):
+    result = cv_runs["train"]
+    test_accuracy = cv_runs["client"].get_run(result["run_id"]).data.metrics["test_accuracy"]
+    assert cv_runs["predict"](result["onnx_path"])["metrics"]["accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
+
+
+def test_compare_ranks_models_on_the_same_folds(cv_runs):
+    board, client = cv_runs["board"], cv_runs["client"]
     rows = board["leaderboard"]
-    assert [r["model"] for r in rows] == sorted((r["model"] for r in rows),
-                                                key=lambda n: -next(r["cv_mean"] for r in rows if r["model"] == n))
-    assert {r["model"] for r in rows} == {"mlp", "logistic-regression"}
+    assert {r["model"] for r in rows} == {"random-forest", "logistic-regression"}
+    assert [r["cv_mean"] for r in rows] == sorted((r["cv_mean"] for r in rows), reverse=True)
     for r in rows:
         assert len(r["fold_scores"]) == 2 and r["onnx_bytes"] > 0 and r["p50_ms_per_row_batch64"] > 0
         assert r["cv_mean"] == pytest.approx(np.mean(r["fold_scores"]))
     assert board["paired_test"]["a"] == rows[0]["model"] and 0 <= board["paired_test"]["p_value"] <= 1
     assert board["registered"] == "wine-best/1"
-    client = mlflow_client(workdir)
     arts = {a.path for a in client.list_artifacts(board["run_id"])}
     assert {"leaderboard.csv", "leaderboard.png"} <= arts
+
+
+def test_every_leaderboard_onnx_passed_the_gate_and_predicts_its_test_score(cv_runs):
+    for row in cv_runs["board"]["leaderboard"]:
+        assert row["onnx_path"] and row["refit_run_id"]
+        predicted = cv_runs["predict"](row["onnx_path"])["metrics"]["accuracy"]
+        assert predicted == pytest.approx(row["test_score"], abs=1e-6), row["model"]

@@ -70,3 +70,34 @@ def test_forest_run_re_exports(forest, cli, workdir, monkeypatch):
     report = last_json(cli("export", result.run_id, "--output", str(workdir / "again.onnx"), "--json").output)
     assert max(report["max_abs_diff"].values()) <= 1e-4
     assert read_metadata(workdir / "again.onnx")["mlflow_run_id"] == result.run_id
+
+
+def test_forest_vote_ties_export_with_the_estimator_labels(tmp_path, monkeypatch):
+    """Issue 23's defect: a 50/50 vote of a random forest is an exact tie that scikit-learn gives to the
+    first class; the float32 tree graph returned 0.49999994/0.50000006 and the other label. The graph now
+    sums in float64 and its label is the ArgMax of the probabilities; the float32 graph is refused with a
+    message saying how many rows differ and by how much."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    from trainforge.contracts import DataMeta
+    from trainforge.errors import ExportError
+    from trainforge.estimators import kind
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(600, 8))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+    x = x.astype(np.float32)
+    forest = RandomForestClassifier(20, random_state=0, n_jobs=1).fit(x[:400], y[:400])
+    ties = x[400:][forest.predict_proba(x[400:])[:, 0] == 0.5]
+    assert len(ties) >= 1
+    meta = DataMeta("planted", "classification", (8,), 2, ["no", "yes"], None, np.zeros(8), np.ones(8))
+    report = kind.export_estimator(forest, meta, ties, tmp_path / "forest.onnx")
+    session = ort.InferenceSession(str(report.path), providers=["CPUExecutionProvider"])
+    labels, probs = session.run(None, {"input": ties})
+    np.testing.assert_array_equal(labels, forest.predict(ties))
+    np.testing.assert_array_equal(probs.argmax(1), forest.predict(ties))  # what trainforge predict writes
+    monkeypatch.setattr(kind, "double_precision", lambda estimator: False)
+    with pytest.raises(ExportError, match=r"labels differ from the estimator's on \d+ of \d+ rows "
+                                          r"\(max \|Δ probability\| [0-9.e-]+ there"):
+        kind.export_estimator(forest, meta, ties, tmp_path / "float32.onnx")
+    assert not (tmp_path / "float32.onnx").exists()

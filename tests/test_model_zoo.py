@@ -27,6 +27,8 @@ CASES = {
     "gan": ("digits", ["trainer.epochs=1", "model.hidden=16"]),
     "random-forest": ("wine", ["model.n_estimators=10"]),
     "gradient-boosting": ("diabetes", ["model.n_estimators=10"]),
+    "logistic-regression": ("wine", []),
+    "linear-svm": ("wine", []),
 }
 
 

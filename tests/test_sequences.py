@@ -96,7 +96,11 @@ def test_parquet_dataset_matches_csv(tmp_path):
     np.testing.assert_array_equal(a.test.x.numpy(), b.test.x.numpy())
     frame.loc[7, "alcohol"] = None
     frame.to_parquet(tmp_path / "holes.parquet")
-    with pytest.raises(DataError, match=r"holes.parquet: row 8, column 'alcohol': empty or NaN"):
+    holes = data_mod.load({"name": "parquet", "path": str(tmp_path / "holes.parquet")}, TRAINER)
+    assert holes.meta.table is not None  # a raw table: the empty cell is imputed on the training split
+    frame.loc[7, "target"] = None
+    frame.to_parquet(tmp_path / "holes.parquet")
+    with pytest.raises(DataError, match=r"holes.parquet: row 8, column 'target': the target is empty"):
         data_mod.load({"name": "parquet", "path": str(tmp_path / "holes.parquet")}, TRAINER)
 
 

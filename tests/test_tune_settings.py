@@ -63,7 +63,19 @@ def test_json_round_trip_and_stored_part():
     back = TuneSettings.from_json(s.to_json())
     assert back == s and back.models == ["mlp", "cnn"] and back.base["trainer"]["patience"] == 0
     assert set(s.stored()) == {"models", "optimizers", "dataset", "search_space", "sampler", "pruner", "metric",
-                               "direction", "deployment", "base", "study", "storage"}
+                               "direction", "deployment", "base", "study", "storage", "cv"}
+
+
+def test_cv_is_checked_and_frozen_with_the_study():
+    with pytest.raises(ConfigError, match="cv must be a whole number of folds >= 2, got 1"):
+        TuneSettings.resolve({"tune": {"cv": 1}}, stored={})
+    stored = TuneSettings.resolve({}, stored={}, cv=3).stored()
+    assert TuneSettings.resolve({}, stored=stored).cv == 3  # a resume keeps its folds
+    with pytest.raises(ConfigError, match="created with cv=3; 5 conflicts"):
+        TuneSettings.resolve({}, stored=stored, cv=5)
+    plain = TuneSettings.resolve({}, stored={}).stored()
+    with pytest.raises(ConfigError, match="created without --cv"):
+        TuneSettings.resolve({}, stored=plain, cv=3)
 
 
 def _study(directions, values, val_losses=None):

@@ -120,6 +120,11 @@ def lockstep_bytes(n_params: int, bundles: list[Any]) -> int:
     return 20 * int(n_params) * len(bundles) + data
 
 
+def mode_for(n_params: int, bundles: list[Any], max_bytes: int = LOCKSTEP_MAX_BYTES) -> str:
+    """``"lockstep"`` when :func:`lockstep_bytes` fits in ``max_bytes`` (bytes), else ``"sequential"``."""
+    return "lockstep" if lockstep_bytes(n_params, bundles) <= max_bytes else "sequential"
+
+
 def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: list[Any], metric: str,
               report: Callable[[int, float], bool], *, n_params: int = 0,
               max_bytes: int = LOCKSTEP_MAX_BYTES) -> tuple[list[Any], str]:
@@ -133,7 +138,7 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
     """
     import optuna
 
-    if lockstep_bytes(n_params, bundles) > max_bytes:
+    if mode_for(n_params, bundles, max_bytes) == "sequential":
         log.info("cv: folds run one after another (lockstep would hold ~%d MiB)",
                  lockstep_bytes(n_params, bundles) >> 20)
         results, scores = [], []

@@ -156,11 +156,16 @@ def best_val_metrics(result: TrainResult) -> dict[str, float]:
     return {key: float(value) for key, value in row.items() if key.startswith("val_")}
 
 
+def median_epoch(best_epochs: list[int]) -> int:
+    """The median of the folds' best epochs, rounded half up, at least 1 (the refit's epoch count)."""
+    return max(1, math.floor(float(np.median(best_epochs)) + 0.5)) if best_epochs else 1
+
+
 def refit_config(cfg: dict[str, Any], best_epochs: list[int]) -> dict[str, Any]:
     """``cfg`` for the refit on all non-test rows: ``trainer.epochs`` = the median of the folds' best epochs
     (rounded half up, at least 1), early stopping off."""
     out = copy.deepcopy(cfg)
-    out["trainer"]["epochs"] = max(1, math.floor(float(np.median(best_epochs)) + 0.5))
+    out["trainer"]["epochs"] = median_epoch(best_epochs)
     out["trainer"]["patience"] = 0
     return out
 

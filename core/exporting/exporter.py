@@ -116,10 +116,10 @@ def _export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: Pa
     table = None if part else getattr(meta, "table", None)
     raw_figures: dict[str, float] = {}
     if table is not None:  # a raw table: its fitted preprocessing goes in front, checked on raw rows
-        from trainforge.exporting.tabular import attach, raw_parity
+        from trainforge.exporting.tabular import attach, raw_parity, torch_reference
 
         proto = attach(proto, table, INPUT_NAME)
-        raw_figures = raw_parity(proto, table, wrapped, outputs, meta.task)
+        raw_figures = raw_parity(proto, table, torch_reference(wrapped), outputs, meta.task)
     generative = bool(getattr(model, "generative", False)) and not part
     entries = metadata.build(meta, outputs, opset=opset_used, parity=diffs, cuda_parity=cuda_diffs or None,
                              run_id=run_id, config=config, part=part or "",

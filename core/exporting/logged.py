@@ -134,15 +134,20 @@ def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = No
 
 def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> Any:
     """The pyfunc model's signature: one ``double`` column per training feature (a tensor
-    ``(-1, *input_shape)`` float32 when the data has no feature names), and the output columns of
+    ``(-1, *input_shape)`` float32 when the data has no feature names; a raw table: one optional column of
+    MLflow's ``any`` type per used column, its cells as the user has them), and the output columns of
     :func:`trainforge.exporting.serving.to_frame` (``prediction`` string/double, ``prob_<class>`` float)."""
     from mlflow.models import ModelSignature
     from mlflow.types import ColSpec, Schema, TensorSpec
 
     names = meta.get("feature_names")
     if meta.get("columns"):  # a raw table: its raw columns, strings and numbers (NaN or null for missing)
-        inputs = Schema([ColSpec("double" if c["type"] in ("numeric", "boolean") else "string", c["name"],
-                                 required=False) for c in meta["columns"] if c["type"] != "drop"])
+        from mlflow.types.schema import AnyType
+
+        # raw rows as the user has them: an integer or string in a numeric column ("n/a"), numbers in a
+        # categorical one; MLflow's "double" refuses int64 cells. The graph's inputs are built from any of them.
+        inputs = Schema([ColSpec(AnyType(), c["name"], required=False)
+                         for c in meta["columns"] if c["type"] != "drop"])
     elif names:
         inputs = Schema([ColSpec("double", str(n)) for n in names])
     else:
@@ -160,10 +165,21 @@ def serving_signature(meta: dict[str, Any], outputs: dict[str, np.ndarray]) -> A
 
 def serving_example(meta: dict[str, Any], rows: np.ndarray) -> Any:
     """A few rows as the pyfunc model's input example: a DataFrame with the feature names, else the array."""
-    names = meta.get("feature_names")
-    if not names or not isinstance(rows, np.ndarray):  # an array, or a raw table's DataFrame as given
-        return rows
     import pandas as pd
+
+    if meta.get("columns") and isinstance(rows, pd.DataFrame):  # a raw table: as given, in the signature's types
+        types = {c["name"]: c["type"] for c in meta["columns"] if c["type"] != "drop"}
+        rows = rows[[c for c in rows.columns if str(c) in types]].copy()
+        for name in rows.columns:
+            if types[str(name)] == "numeric":
+                rows[name] = pd.to_numeric(rows[name], errors="coerce").astype(np.float64)
+            else:
+                rows[name] = rows[name].astype(object).where(rows[name].notna(), None).map(
+                    lambda v: v if v is None or isinstance(v, str) else str(v))
+        return rows
+    names = meta.get("feature_names")
+    if not names or not isinstance(rows, np.ndarray):  # an array as given
+        return rows
 
     return pd.DataFrame(rows.reshape(len(rows), -1).astype(np.float64), columns=[str(n) for n in names])
 

@@ -239,7 +239,7 @@ def to_inputs(chunk: Any, meta: dict[str, Any], target: str | None, path: Path,
         if target not in chunk.columns:
             raise DataError(f"{path}: no target column {target!r}; columns: {', '.join(map(str, chunk.columns))}")
         y = chunk[target].to_numpy()
-    return raw_inputs(chunk, [Column.from_dict(c) for c in meta["columns"]], str(path)), y
+    return raw_inputs(chunk, [Column.from_dict(c) for c in meta["columns"]], str(path), strict=True), y
 
 
 def write_csv(frame: Any, path: Path, header: bool) -> None:

@@ -54,6 +54,9 @@ def features(data: Any, meta: dict[str, Any]) -> np.ndarray:
     return np.ascontiguousarray(x.reshape(len(x), *shape))
 
 
+MISSING_MARKERS = {"na", "n/a", "nan", "null", "none", "?", "-"}  # trainforge.data.MISSING_MARKERS
+
+
 def raw_inputs(data: Any, columns: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     """A raw table's model (metadata ``trainforge.columns``): one ``(N, 1)`` input per used column, float32
     with NaN (numeric, boolean) or strings with ``""`` (categorical, text) for missing; the same mapping as
@@ -72,6 +75,13 @@ def raw_inputs(data: Any, columns: list[dict[str, Any]]) -> dict[str, np.ndarray
             text = values.astype(str).str.strip().str.lower()
             x = np.where(text.isin({"true", "yes", "1", "1.0"}), 1.0,
                          np.where(text.isin({"false", "no", "0", "0.0"}), 0.0, np.nan)).astype(np.float32)
+        if col["type"] in ("numeric", "boolean"):  # trainforge.data.check_typed: a wrong-typed column is refused
+            text = values.astype(str).str.strip()
+            present = (values.notna() & (text != "")).to_numpy()
+            junk = present & np.isnan(x) & ~text.str.lower().isin(MISSING_MARKERS).to_numpy()
+            if junk.any() and junk.sum() > 0.05 * present.sum():
+                raise ValueError(f"column {col['name']!r}: {int(junk.sum())} of {int(present.sum())} value(s) are "
+                                 f"not {col['type']} (e.g. {values[junk].iloc[0]!r})")
         else:
             if pd.api.types.is_float_dtype(values):
                 values = values.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else v)

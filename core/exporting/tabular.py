@@ -15,6 +15,7 @@ missing) for numeric and boolean columns, strings (``""`` for missing) for categ
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -110,20 +111,34 @@ def edge_rows(prep: Any, n: int = 8) -> Any:
     return pd.concat(rows[: max(n, len(rows))], ignore_index=True)
 
 
-def raw_parity(merged: Any, prep: Any, wrapped: Any, outputs: list[str], task: str) -> dict[str, float]:
-    """Compare the training-side pipeline (raw frame -> ``prep`` -> torch ``wrapped``) with onnxruntime on
-    the held-out raw rows plus :func:`edge_rows`. Returns ``rows``, ``max_abs_diff`` (probabilities or
-    values) and, for classification, ``argmax_agreement``; raises :class:`ExportError` on a breach of
-    :data:`PROBABILITY_TOLERANCE` / 100 % agreement or :data:`RELATIVE_TOLERANCE`."""
-    import pandas as pd
+def torch_reference(wrapped: Any) -> Callable[[np.ndarray], list[np.ndarray]]:
+    """The training side of a torch model for :func:`raw_parity`: encoded float32 ``(N, D)`` -> its outputs."""
     import torch
+
+    def run(features: np.ndarray) -> list[np.ndarray]:
+        with torch.inference_mode():
+            return [t.numpy() for t in wrapped(torch.from_numpy(features))]
+
+    return run
+
+
+def raw_parity(merged: Any, prep: Any, reference: Callable[[np.ndarray], Sequence[np.ndarray]], outputs: list[str],
+               task: str, tolerance: float = PROBABILITY_TOLERANCE) -> dict[str, float]:
+    """Compare the training-side pipeline (raw frame -> ``prep`` -> ``reference``, the model on encoded
+    float32 ``(N, D)`` features returning one array per name in ``outputs``: :func:`torch_reference` or a
+    scikit-learn estimator's outputs) with onnxruntime on the held-out raw rows plus :func:`edge_rows`.
+
+    Returns ``rows``, ``max_abs_diff`` (probabilities or values) and, for classification,
+    ``argmax_agreement``; raises :class:`ExportError` on a breach of ``tolerance`` (probabilities; default
+    :data:`PROBABILITY_TOLERANCE`, 1e-4 for tree ensembles) / 100 % agreement or :data:`RELATIVE_TOLERANCE`.
+    """
+    import pandas as pd
 
     from trainforge.exporting.sessions import open_session
 
     rows = pd.concat([prep.heldout, edge_rows(prep)], ignore_index=True)
     feeds = raw_inputs(rows, prep.columns, "held-out rows")
-    with torch.inference_mode():
-        expected = [t.numpy() for t in wrapped(torch.from_numpy(prep.transform_inputs(feeds)))]
+    expected = [np.asarray(a) for a in reference(prep.transform_inputs(feeds))]
     session, _ = open_session(merged.SerializeToString(), "cpu")
     got = session.run(outputs, feeds)
     result = dict(zip(outputs, zip(expected, got, strict=True), strict=True))
@@ -132,7 +147,7 @@ def raw_parity(merged: Any, prep: Any, wrapped: Any, outputs: list[str], task: s
         diff = np.abs(e - g).max(axis=1)
         differ = int((e.argmax(1) != g.argmax(1)).sum())
         figures = {"rows": len(rows), "max_abs_diff": float(diff.max()), "argmax_agreement": 1 - differ / len(rows)}
-        bad = differ > 0 or figures["max_abs_diff"] > PROBABILITY_TOLERANCE
+        bad = differ > 0 or figures["max_abs_diff"] > tolerance
         what = f"{differ} of {len(rows)} labels differ, max |Δ probability| {figures['max_abs_diff']:.3g}"
     else:
         e, g = result[outputs[0]]

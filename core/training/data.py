@@ -251,7 +251,9 @@ def encode_table(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> 
         keep = ~keyed.duplicated().to_numpy()
         report["duplicates_dropped"] = int((~keep).sum())
         if keep.sum() < 2:
-            raise DataError(f"{data.source or name}: fewer than 2 distinct rows after dropping duplicates")
+            raise DataError(f"{data.source or name}: its {len(table)} rows are copies of {int(keep.sum())} distinct row(s); "
+                            "exact duplicates are dropped before the split, so nothing is left to split "
+                            "(-p dataset.drop_duplicates=false keeps them)")
         if report["duplicates_dropped"]:
             log.warning("%s: %d exact duplicate row(s) dropped before the split (-p dataset.drop_duplicates=false "
                         "keeps them)", data.source or name, report["duplicates_dropped"])

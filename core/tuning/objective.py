@@ -69,13 +69,26 @@ def make_fitter(settings: dict[str, Any], bundle: Any, *, parent_run_id: str, ex
     ``bundle`` (the data, loaded once per worker process), no export. ``experiment_id``: the experiment the
     worker set up (:func:`trainforge.tracking.store.setup`, once per process; None: each trial sets it up).
 
-    The one place that decides how a trial is scored (a k-fold or a cheap-trial fitter is chosen here from
-    the settings) and what its run writes: the trial's :class:`~trainforge.run.options.RunOptions` and the
-    ``trainer:`` keys of the study's base config (:data:`trainforge.tuning.settings.TRIAL_TRAINER`: no
-    per-trial plots or ``last.pt`` unless the config asks)."""
+    The one place that decides how a trial is scored and what its run writes: with ``settings["cv"]`` = K,
+    :func:`trainforge.tuning.cv_trial.make_cv_fitter` (the K fold models in lockstep, the trial's value the CV
+    mean; ``bundle`` is then only the plain split the study checked the models against); else the trial's
+    :class:`~trainforge.run.options.RunOptions` and the ``trainer:`` keys of the study's base config
+    (:data:`trainforge.tuning.settings.TRIAL_TRAINER`: no per-trial plots or ``last.pt`` unless asked)."""
     from trainforge.run.options import RunOptions
 
     study_name = settings["study"]
+    if settings.get("cv"):
+        from trainforge.tuning.cv_trial import make_cv_fitter
+
+        cv_fit = make_cv_fitter(settings, parent_run_id=parent_run_id, experiment=experiment)
+
+        def fit_cv(cfg: dict[str, Any], *, trial: Any, tags: dict[str, str], callbacks: list[Any],
+                   on_start: Callable[[str], None]) -> Any:
+            pruning = next((c for c in callbacks if isinstance(c, OptunaPruning)), None)
+            return cv_fit(cfg, trial=trial, tags=tags, callbacks=[c for c in callbacks if c is not pruning],
+                          pruning=pruning, on_start=on_start)
+
+        return fit_cv
     common = RunOptions(tracking_uri=settings.get("tracking_uri"), experiment=experiment, parent_run_id=parent_run_id,
                         export=False, quiet=True, experiment_id=experiment_id)
 
@@ -92,6 +105,15 @@ def make_fitter(settings: dict[str, Any], bundle: Any, *, parent_run_id: str, ex
                          extras={"optuna_trial": trial})
 
     return fit
+
+
+def best_metrics(result: Any) -> dict[str, float]:
+    """The metrics a trial is judged on: a fitter result's ``best_metrics`` when it has them (a cross-validated
+    trial: the means over folds), else its history row at ``best_epoch`` (``{}`` without one)."""
+    given = getattr(result, "best_metrics", None)
+    if given is not None:
+        return dict(given)
+    return result.history[result.best_epoch - 1] if result.best_epoch and result.history else {}
 
 
 @dataclass
@@ -145,7 +167,7 @@ class Objective:
             trial.set_user_attr("epochs_run", pruning.epoch)
             finish_child(run[0], "FAIL", trial, reason=reason)
             raise
-        best = result.history[result.best_epoch - 1] if result.best_epoch else {}
+        best = best_metrics(result)
         value = float(best.get(self.metric, math.nan))
         trial.set_user_attr("mlflow_run_id", result.run_id)
         trial.set_user_attr("epochs_run", result.epochs_run)

@@ -45,9 +45,9 @@ TRIAL_TRAINER: dict[str, Any] = {"plots": False, "resume_every_s": -1}
 DIRECTIONS = ("maximize", "minimize")
 #: the fields kept on the study (its user attr ``trainforge.settings``) and read back on a resume
 STUDY_FIELDS = ("models", "optimizers", "dataset", "search_space", "sampler", "pruner", "metric", "direction",
-                "deployment", "base", "study", "storage")
+                "deployment", "base", "study", "storage", "cv")
 #: fields a resume may not change (ConfigError); the deployment's parts are frozen through ``deployment``
-FROZEN = ("models", "optimizers", "dataset", "metric", "direction", "deployment")
+FROZEN = ("models", "optimizers", "dataset", "metric", "direction", "deployment", "cv")
 #: fields that are not options: derived from the config, or settled later (no ``tune:`` key, no click option)
 DERIVED = frozenset({"base", "search_space", "deployment", "given"})
 #: options the ``tune:`` section may not set (they are command-line or Python-call matters)
@@ -64,7 +64,9 @@ class TuneSettings:
     ``heartbeat_interval``/``heartbeat_grace``: RDB storages only (Optuna's ``heartbeat_interval`` and
     ``grace_period``); a dead worker's trial is detected ``grace`` to ``grace + interval`` s after its last
     heartbeat. ``threads``: onnxruntime intra-op threads when the exported best model is scored (default:
-    the CPUs this process may use); ``latency_threads`` is the count trials are timed with.
+    the CPUs this process may use); ``latency_threads`` is the count trials are timed with. ``cv``: K >= 2
+    scores every trial by K-fold cross-validation (:mod:`trainforge.tuning.cv_trial`; the study's best
+    configuration is then always refit on all non-test rows), frozen once the study exists.
     """
 
     config: str | None = None
@@ -99,6 +101,7 @@ class TuneSettings:
     heartbeat_interval: float = study_mod.HEARTBEAT_INTERVAL
     heartbeat_grace: float = study_mod.HEARTBEAT_GRACE
     threads: int | None = None
+    cv: int | None = None
     # derived: the config tree every trial overlays, the search_space: section, the settled objectives
     base: dict[str, Any] = field(default_factory=dict)
     search_space: dict[str, Any] = field(default_factory=dict)
@@ -148,7 +151,10 @@ class TuneSettings:
                 setattr(settings, key, copy.deepcopy(stored[key]))
         _lift(settings, stored.get("deployment") or {}, chosen)
         settings._build_base(raw, space, config_mod)
-        settings._check_frozen(("models", "optimizers", "dataset"))
+        settings._check_frozen(("models", "optimizers", "dataset", "cv"))
+        if settings.cv and stored and not stored.get("cv"):
+            raise ConfigError(f"study {settings.study!r} was created without --cv: its trials are scored on one "
+                              "validation split; start a new --study for cross-validated trials")
         return settings
 
     def _build_base(self, raw: dict[str, Any], space: Any, config_mod: Any) -> None:
@@ -200,6 +206,9 @@ class TuneSettings:
             out.pruner = "none"
         if multi and out.sampler == "cmaes":
             raise ConfigError("the cmaes sampler is single-objective; use tpe (default), nsga2, gp or random")
+        if out.cv and dep is not None:
+            raise ConfigError("--cv scores a trial by the mean over its folds; --objective measures one exported "
+                              "model per trial: use one or the other")
         if out.select and not multi:
             raise ConfigError("--select picks from a Pareto front: give two or more --objective")
         if multi:
@@ -255,6 +264,8 @@ class TuneSettings:
                 raise ConfigError(f"unknown {key} {getattr(self, key)!r}; choose one of {', '.join(choices)}")
         if self.direction is not None and self.direction not in DIRECTIONS:
             raise ConfigError(f"direction must be maximize or minimize, got {self.direction!r}")
+        if self.cv is not None and (isinstance(self.cv, bool) or not isinstance(self.cv, int) or self.cv < 2):
+            raise ConfigError(f"cv must be a whole number of folds >= 2, got {self.cv!r}")
         for key in ("n_trials", "study_trials", "n_jobs", "epochs", "latency_batch", "latency_threads", "threads"):
             value = getattr(self, key)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):

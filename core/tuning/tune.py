@@ -168,7 +168,7 @@ def _open_study(settings: TuneSettings, space: Any, max_epochs: int) -> tuple[An
 
 
 def _ship(settings: TuneSettings, best: Any, parent: str, bundle: Any, experiment: str) -> Any:
-    """Refit (``--refit``) and export the chosen trial into the parent run, register it; None with ``export=False``."""
+    """Refit (``--refit``; always with ``--cv``) and export the chosen trial into the parent run, register it; None with ``export=False``."""
     if not settings.export:
         return None
     from trainforge.tuning import best_model, deployment
@@ -176,7 +176,12 @@ def _ship(settings: TuneSettings, best: Any, parent: str, bundle: Any, experimen
     source = best.user_attrs.get("mlflow_run_id")
     if not source:
         raise TrainforgeError(f"the best trial {best.number} of study {settings.study!r} has no MLflow run")
-    if settings.refit:
+    if settings.cv:  # refit on all non-test rows for the folds' median best epoch, as train --cv does
+        from trainforge.tuning.cv_trial import refit_best
+
+        source, bundle = refit_best(best, parent, settings.cv, study_name=settings.study,
+                                    tracking_uri=settings.tracking_uri, experiment=experiment)
+    elif settings.refit:
         source = best_model.refit(best, parent, bundle, study_name=settings.study,
                                   tracking_uri=settings.tracking_uri, experiment=experiment)
     tags = {tag.STUDY: settings.study, tag.TRIAL: str(best.number),
