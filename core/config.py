@@ -46,6 +46,9 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "val_fraction": 0.1,  # share of all rows held out for validation
     "test_fraction": 0.2,  # share of all rows held out for the final test
     "resume_every_s": 60.0,  # seconds between resumable checkpoints (checkpoints/last.pt); 0 every epoch, -1 off
+    # draw the run's plots (plots/learning_curves.png and the task's test plots, e.g. a confusion matrix);
+    # tuning trials default to false (trainforge.tuning.settings.TRIAL_TRAINER): matplotlib costs a trial ~0.3 s
+    "plots": True,
     # MLflow system metrics on the run (CPU, memory, and per GPU utilization and memory): needs psutil, and
     # nvidia-ml-py for the GPUs (pip install 'trainforge[gpu]'); MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL sets the period
     "system_metrics": False,

@@ -41,7 +41,10 @@ def test_resolve_precedence_arguments_then_section_then_stored_then_defaults():
     assert (s.sampler, s.pruner, s.n_trials, s.seed) == ("tpe", "hyperband", 7, 5)  # argument, section, section
     assert (s.optimizers, s.models, s.dataset) == (["sgd"], ["mlp"], "iris")  # stored
     assert (s.n_jobs, s.heartbeat_interval, s.storage) == (1, 30, study.DEFAULT_STORAGE)  # defaults
-    assert s.base["trainer"] == {"epochs": 4, "val_fraction": 0.2}
+    assert s.base["trainer"] == {"epochs": 4, "val_fraction": 0.2, "plots": False, "resume_every_s": -1}
+    # a trial's run draws plots / keeps last.pt when the config asks (issue 27: off by default for trials)
+    opted = TuneSettings.resolve({"trainer": {"resume_every_s": 30}}, stored={}, overrides=["trainer.plots=true"])
+    assert (opted.base["trainer"]["plots"], opted.base["trainer"]["resume_every_s"]) == (True, 30)
     assert sorted(s.given) == ["n_trials", "pruner", "sampler", "seed"]
     # a frozen field that conflicts with the stored study, an unknown tune: key, an out-of-range value
     with pytest.raises(ConfigError, match="was created with optimizers=\\['sgd'\\]"):

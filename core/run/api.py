@@ -120,7 +120,7 @@ def _prepare(opts: RunOptions, data: Any, track: bool) -> tuple[str | None, Any]
     if track:
         from trainforge.tracking import store
 
-        experiment_id = store.setup(opts.tracking_uri, opts.experiment)
+        experiment_id = opts.experiment_id or store.setup(opts.tracking_uri, opts.experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     bundle = data if data is not None else load_data(cfg)
     if track:

@@ -70,6 +70,9 @@ class RunOptions:
     #: export in a forked process while this one logs (:mod:`trainforge.exporting.worker`); only a process
     #: that has not used torch or threads yet may fork (the ``trainforge`` program itself)
     export_worker: bool = False
+    #: the MLflow experiment, already set up by the caller in this process (a study's worker sets the store up
+    #: once, not once per trial); None: :func:`trainforge.tracking.store.setup` opens the store and finds it
+    experiment_id: str | None = None
     resume_state: dict[str, Any] | None = field(default=None, repr=False)  #: filled by :meth:`resolve`
 
     @classmethod

@@ -22,8 +22,9 @@ def _param_value(value: Any) -> str:
 
 
 def log_params(run_id: str, cfg: dict[str, Any], meta: Any) -> None:
-    """Every resolved hyperparameter (``section.key``), the data's shape and sizes, and plugin origins."""
-    import mlflow
+    """Every resolved hyperparameter (``section.key``), the data's shape and sizes, and plugin origins, in one
+    ``log_batch`` (MLflow chunks it at 100 params/tags): one store round trip, not one per tag."""
+    from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
 
     from trainforge import __version__, manager
@@ -35,15 +36,13 @@ def log_params(run_id: str, cfg: dict[str, Any], meta: Any) -> None:
         "data.output_dim": str(meta.output_dim),
         **{f"data.{split}_size": str(n) for split, n in meta.sizes.items()},
     })
-    mlflow.log_params(params, run_id=run_id)
     tags = {tag.VERSION: __version__, tag.TASK: meta.task}
     for section in config_mod.PLUGIN_SECTIONS:
         name = cfg[section]["name"]
         entry = manager.entry(section, name)
         tags[tag.named("plugin", section)] = f"{name} ({entry.distribution} {entry.version})".strip()
-    client = MlflowClient()
-    for key, value in tags.items():
-        client.set_tag(run_id, key, value)
+    MlflowClient().log_batch(run_id, params=[Param(k, v) for k, v in params.items()],
+                             tags=[RunTag(k, v) for k, v in tags.items()])
 
 
 def upload_checkpoint(run_id: str, workdir: Path) -> None:
@@ -159,8 +158,9 @@ def save_best_checkpoint(workdir: Path, cfg: dict[str, Any], trainer: Any, meta:
 
 def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any, bundle: Any,
                   test_state: dict[str, Any] | None = None) -> None:
-    """Resolved config (YAML), data metadata, learning curves and the task's test plots (a confusion matrix,
-    predicted vs actual, forecast vs actual, a reconstruction or sample grid). The best checkpoint is not
+    """Resolved config (YAML), data metadata, and unless ``trainer.plots`` is false the learning curves and the
+    task's test plots (a confusion matrix, predicted vs actual, forecast vs actual, a reconstruction or sample
+    grid). The best checkpoint is not
     among them: it is uploaded first, right after the fit (:func:`save_best_checkpoint`, :func:`upload_checkpoint`).
 
     ``test_state``: the task's metric state over the test split (:meth:`Trainer.evaluate_with_state`); a task
@@ -172,14 +172,16 @@ def log_artifacts(run_id: str, workdir: Path, cfg: dict[str, Any], trainer: Any,
     from trainforge import plots
 
     meta = bundle.meta
-    (workdir / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    (workdir / "data_meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
-    mlflow.log_artifact(str(workdir / "config.yaml"), run_id=run_id)
-    mlflow.log_artifact(str(workdir / "data_meta.json"), run_id=run_id)
+    files = workdir / "run-files"  # one upload (one store round trip) for the run's top-level files
+    files.mkdir(exist_ok=True)
+    (files / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (files / "data_meta.json").write_text(json.dumps(meta.to_dict(), indent=1))
     if meta.report:  # a raw table: rows read, duplicates, test rows in train, per-column types and statistics
-        (workdir / "data_report.json").write_text(json.dumps(meta.report, indent=1))
-        mlflow.log_artifact(str(workdir / "data_report.json"), run_id=run_id)
+        (files / "data_report.json").write_text(json.dumps(meta.report, indent=1))
+    mlflow.log_artifacts(str(files), run_id=run_id)
 
+    if not cfg["trainer"].get("plots", True):  # e.g. a tuning trial (trainforge.tuning.settings.TRIAL_TRAINER)
+        return
     plot_dir = workdir / "plots"
     plot_dir.mkdir(exist_ok=True)
     plots.learning_curves(trainer.history, plot_dir / "learning_curves.png", meta.task,

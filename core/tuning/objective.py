@@ -62,14 +62,21 @@ class OptunaPruning(Callback):
 Fitter = Callable[..., Any]
 
 
-def make_fitter(settings: dict[str, Any], bundle: Any, *, parent_run_id: str, experiment: str | None = None) -> Fitter:
+def make_fitter(settings: dict[str, Any], bundle: Any, *, parent_run_id: str, experiment: str | None = None,
+                experiment_id: str | None = None) -> Fitter:
     """The :data:`Fitter` of a study (``settings``: :meth:`TuneSettings.to_json`): one
     :func:`trainforge.run.api.train` call, a child run of the study's parent named ``STUDY-trial-N``, on
-    ``bundle`` (the data, loaded once per worker process), no export. The one place that decides how a
-    trial is scored: with ``settings["cv"]`` = K, :func:`trainforge.tuning.cv_trial.make_cv_fitter` (the K fold
-    models in lockstep, the trial's value the CV mean; ``bundle`` is then only the plain split the study
-    checked the models against)."""
-    study_name, tracking_uri = settings["study"], settings.get("tracking_uri")
+    ``bundle`` (the data, loaded once per worker process), no export. ``experiment_id``: the experiment the
+    worker set up (:func:`trainforge.tracking.store.setup`, once per process; None: each trial sets it up).
+
+    The one place that decides how a trial is scored and what its run writes: with ``settings["cv"]`` = K,
+    :func:`trainforge.tuning.cv_trial.make_cv_fitter` (the K fold models in lockstep, the trial's value the CV
+    mean; ``bundle`` is then only the plain split the study checked the models against); else the trial's
+    :class:`~trainforge.run.options.RunOptions` and the ``trainer:`` keys of the study's base config
+    (:data:`trainforge.tuning.settings.TRIAL_TRAINER`: no per-trial plots or ``last.pt`` unless asked)."""
+    from trainforge.run.options import RunOptions
+
+    study_name = settings["study"]
     if settings.get("cv"):
         from trainforge.tuning.cv_trial import make_cv_fitter
 
@@ -82,14 +89,19 @@ def make_fitter(settings: dict[str, Any], bundle: Any, *, parent_run_id: str, ex
                           pruning=pruning, on_start=on_start)
 
         return fit_cv
+    common = RunOptions(tracking_uri=settings.get("tracking_uri"), experiment=experiment, parent_run_id=parent_run_id,
+                        export=False, quiet=True, experiment_id=experiment_id)
 
     def fit(cfg: dict[str, Any], *, trial: Any, tags: dict[str, str], callbacks: list[Any],
             on_start: Callable[[str], None]) -> Any:
-        from trainforge.run import api
+        import dataclasses
 
-        return api.train(cfg, tracking_uri=tracking_uri, experiment=experiment,
-                         run_name=f"{study_name}-trial-{trial.number}", parent_run_id=parent_run_id, tags=tags,
-                         export=False, quiet=True, callbacks=callbacks, data=bundle, on_start=on_start,
+        from trainforge.run import api
+        from trainforge.run.options import check_optimization
+
+        check_optimization(cfg)  # cfg is resolved (Objective): RunOptions.resolve would resolve it again
+        opts = dataclasses.replace(common, config=cfg, run_name=f"{study_name}-trial-{trial.number}", tags=tags)
+        return api.train(options=opts, callbacks=callbacks, data=bundle, on_start=on_start,
                          extras={"optuna_trial": trial})
 
     return fit
@@ -128,7 +140,7 @@ class Objective:
         import optuna
 
         from trainforge import config as config_mod
-        from trainforge.tuning.parent_run import finish_child, log_objective
+        from trainforge.tuning.parent_run import finish_child
         from trainforge.tuning.space import merge_sample
 
         pruning = OptunaPruning(trial, self.metric, report=self.deploy is None or self.deploy.prunable(self.metric))
@@ -170,8 +182,7 @@ class Objective:
             values = self._measure(trial, result, best, quantize)
             finish_child(result.run_id, "COMPLETE", trial)
             return values if self.deploy.multi else values[0]
-        finish_child(result.run_id, "COMPLETE", trial)
-        log_objective(result.run_id, value)
+        finish_child(result.run_id, "COMPLETE", trial, metrics={"objective": value})
         return value
 
     def _measure(self, trial: Any, result: Any, best: dict[str, float], quantize: str) -> list[float]:

@@ -242,26 +242,28 @@ def log_front(study: Any, parent_run_id: str, names: list[str], chosen: Any, fix
         study.set_user_attr(SELECTED_ATTR, chosen.number)
 
 
-def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, reason: str | None = None) -> None:
-    """Tag a trial's child run with its final Optuna state and log the trial's params on it.
+def finish_child(run_id: str | None, state: str, trial: Any, *, epoch: int = 0, reason: str | None = None,
+                 metrics: dict[str, float] | None = None) -> None:
+    """Tag a trial's child run with its final Optuna state and log the trial's params on it as ``optuna.<name>``
+    (and ``metrics``, e.g. the ``objective``), in one ``log_batch``.
 
     A pruned run was ended FAILED by ``tracking.run_status`` (TrialPruned is an exception to train());
     it is set back to FINISHED: pruning is a decision, not an error.
     """
     if run_id is None:
         return
+    from mlflow.entities import Metric, Param, RunTag
     from mlflow.tracking import MlflowClient
 
     from trainforge.tracking.store import deferred_interrupt
 
     client = MlflowClient()
+    stamp = int(time.time() * 1000)
     try:
         with deferred_interrupt():
-            client.set_tag(run_id, STATE_TAG, state)
-            if trial.params:
-                from mlflow.entities import Param
-
-                client.log_batch(run_id, params=[Param(f"optuna.{k}", str(v)[:6000]) for k, v in trial.params.items()])
+            client.log_batch(run_id, params=[Param(f"optuna.{k}", str(v)[:6000]) for k, v in trial.params.items()],
+                             tags=[RunTag(STATE_TAG, state)],
+                             metrics=[Metric(k, float(v), stamp, 0) for k, v in (metrics or {}).items()])
             if state == "PRUNED":
                 client.set_tag(run_id, tag.PRUNED_EPOCH, str(epoch))
                 client.delete_tag(run_id, tag.ERROR)
@@ -295,13 +297,6 @@ def log_measures(run_id: str, found: Any, values: dict[str, float], *, quantize:
         mlflow.entities.RunTag(tag.named(k), str(v)) for k, v in (
             ("quantize", quantize), ("latency_batch", batch), ("latency_threads", threads),
             ("provider", found.timing.provider), ("latency_runs", found.timing.runs))])
-
-
-def log_objective(run_id: str, value: float) -> None:
-    """A single-objective trial's returned value, as the metric ``objective`` of its child run."""
-    import mlflow
-
-    mlflow.log_metric("objective", value, run_id=run_id)
 
 
 def end_run(run_id: str, status: str) -> None:

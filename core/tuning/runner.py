@@ -111,9 +111,10 @@ def run_trials(plan: Plan, n_trials: int | None, timeout: float | None, index: i
             s["sampler"], seed), pruner=study_mod.make_pruner(s["pruner"], plan.max_epochs))
     deploy = for_worker(s, s["storage"], s["study"])
     space = space_of(s)
-    tracking.setup(s.get("tracking_uri"), plan.experiment)
+    experiment_id = tracking.setup(s.get("tracking_uri"), plan.experiment)
     bundle = bundle if bundle is not None else load_data(space.first_config(s["base"]))
-    fitter = make_fitter(s, bundle, parent_run_id=plan.parent_run_id, experiment=plan.experiment)
+    fitter = make_fitter(s, bundle, parent_run_id=plan.parent_run_id, experiment=plan.experiment,
+                         experiment_id=experiment_id)
     objective = Objective(space, s["base"], s["metric"], s["study"], fitter, bundle,
                           extra_tags={tag.WORKER: str(index)}, deploy=deploy)
     ran = counter if counter is not None else [0]

@@ -36,6 +36,12 @@ DEFAULT_N_TRIALS = 20
 #: best of 30 trials scored 0.994 there but 0.972 on the test split). 0.2 doubles it; the test split,
 #: drawn first, is the same as ``train``'s. ``--refit`` gives the held-out rows back to the final model.
 TUNE_VAL_FRACTION = 0.2
+#: what a trial's run does not write unless the config says so (``-p trainer.plots=true``, a ``trainer:``
+#: section): no per-trial plots (matplotlib: ~0.3 s a trial on digits, most of a trial's time outside its
+#: epochs; the study's plots go on the parent run) and no resumable ``checkpoints/last.pt`` (a trial is re-run,
+#: not resumed: an interrupted trial is marked FAIL and the study runs a new one). Set in the study's base config,
+#: so a trial's params show them. Measured: ``benchmarks/RESULTS_tune.md``.
+TRIAL_TRAINER: dict[str, Any] = {"plots": False, "resume_every_s": -1}
 DIRECTIONS = ("maximize", "minimize")
 #: the fields kept on the study (its user attr ``trainforge.settings``) and read back on a resume
 STUDY_FIELDS = ("models", "optimizers", "dataset", "search_space", "sampler", "pruner", "metric", "direction",
@@ -162,7 +168,10 @@ class TuneSettings:
         base = config_mod.merge(self._stored.get("base"), raw, config_mod.parse_overrides(list(self.overrides)),
                                 flags)
         # Trials are chosen on the validation split: hold out more than train's 10% unless told otherwise.
-        base.setdefault("trainer", {}).setdefault("val_fraction", TUNE_VAL_FRACTION)
+        trainer = base.setdefault("trainer", {})
+        trainer.setdefault("val_fraction", TUNE_VAL_FRACTION)
+        for key, value in TRIAL_TRAINER.items():
+            trainer.setdefault(key, value)
         self.base = base
         self.search_space = space if space is not None else self._stored.get("search_space") or {}
         self.models = self.models or [(raw.get("model") or {}).get("name") or config_mod.DEFAULT_SELECTION["model"]]
