@@ -157,3 +157,13 @@ def test_tag_names_are_spelled_in_the_tags_module_only():
                         or module in ("plugins", "cli")):
                     found.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.value}")
     assert found == []
+
+
+def test_the_two_entry_points_stay_short():
+    """``tune()`` and ``train()`` read top to bottom: each at most 60 lines (docstring included)."""
+    import ast
+
+    for path, name in (("core/tuning/tune.py", "tune"), ("core/run/api.py", "train")):
+        tree = ast.parse((ROOT / path).read_text())
+        (node,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
+        assert node.end_lineno - node.lineno + 1 <= 60, f"{path}: {name}() is {node.end_lineno - node.lineno + 1} lines"
