@@ -218,3 +218,42 @@ def test_per_epoch_metrics_reach_the_store_during_the_fit(workdir):
     assert sorted(m.step for m in history) == list(range(1, 13))
     assert [m.value for m in sorted(history, key=lambda m: m.step)] == pytest.approx(
         [h["val_loss"] for h in result.history])
+
+
+def _set_same_new_tags(uri: str, run_id: str, start: float, out) -> None:
+    import time
+
+    from trainforge.tracking.store import set_tags
+
+    mlflow.set_tracking_uri(uri)
+    client, failures = MlflowClient(), 0
+    for i in range(25):  # the processes write tag k<i> at the same instant: both see it absent, both insert
+        while time.time() < start + 0.12 * i:
+            time.sleep(0.001)
+        try:
+            set_tags(run_id, {f"k{i}": str(i)}, client)
+        except Exception:  # noqa: BLE001 - counted: the assertion is that there are none
+            failures += 1
+    out.put(failures)
+
+
+def test_processes_setting_the_same_new_tags_on_one_run_all_succeed(tmp_path):
+    """A study's parent run is written by every worker at once (CI: a worker died of ``IntegrityError: UNIQUE
+    constraint failed: tags.key, tags.run_uuid`` from ``MlflowClient.set_tag``); ``store.set_tags`` is not."""
+    import multiprocessing as mp
+    import time
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    run_id = client.create_run("0").info.run_id
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start = time.time() + 8  # after the spawned interpreters have imported mlflow
+    procs = [ctx.Process(target=_set_same_new_tags, args=(uri, run_id, start, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    failures = [out.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    assert failures == [0, 0, 0]
+    assert client.get_run(run_id).data.tags["k24"] == "24"

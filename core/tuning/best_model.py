@@ -120,7 +120,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
         client = mlflow.tracking.MlflowClient()
         client.update_model_version(register, version.version, description=version_description(
             client, source_run_id, parent_run_id, (tags or {}).get(tag.TRIAL)))
-        client.set_tag(parent_run_id, tag.MODEL_VERSION, f"{register}/{version.version}")
+        tracking.set_tags(parent_run_id, {tag.MODEL_VERSION: f"{register}/{version.version}"}, client)  # workers share it
     return best
 
 
