@@ -24,7 +24,7 @@ sys.path.insert(0, str(HERE))
 
 from common import Section, log, machine  # noqa: E402
 
-ORDER = ("startup", "trainer", "run", "inference", "predict")
+ORDER = ("startup", "trainer", "run", "inference", "predict", "rawpredict")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="+", choices=ORDER, help="run only these benchmarks")
     parser.add_argument("--repeats", type=int, default=5, help="repeats per measurement (>= 5 for RESULTS.md)")
     parser.add_argument("--threads", type=int, default=None, help="torch/onnxruntime threads (default: all CPUs)")
-    parser.add_argument("--quick", action="store_true", help="3 repeats and 20k/200k-row predict files")
+    parser.add_argument("--quick", action="store_true", help="3 repeats and 20k/200k-row predict files (20k raw rows)")
     parser.add_argument("--output", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
     args = parser.parse_args(argv)
@@ -98,6 +98,10 @@ def _run_one(name: str, repeats: int, args: argparse.Namespace) -> Section:
         import bench_inference
 
         return bench_inference.run(repeats=repeats, threads=args.threads)
+    if name == "rawpredict":
+        import bench_rawpredict
+
+        return bench_rawpredict.run(repeats=repeats, rows=20_000 if args.quick else 100_000)
     import bench_predict
 
     sizes = (20_000, 200_000) if args.quick else (100_000, 1_000_000)
