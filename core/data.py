@@ -232,19 +232,25 @@ def check_typed(col: Column, values: Any, fed: np.ndarray, where: str = "input")
     column, is refused with a :class:`DataError` naming it (the training rule: a wrong-typed column is not
     predicted as all missing). Fewer such cells, and the markers, count as missing with a warning giving
     their count; an empty column (every cell missing) is warned about and gets the training fill value."""
-    text = values.astype(str).str.strip()
-    present = (values.notna() & (text != "")).to_numpy()
-    unread = present & np.isnan(fed)
-    marker = text.str.lower().isin(MISSING_MARKERS).to_numpy()
-    junk = unread & ~marker
+    # only the cells given but not read (NaN in ``fed``) can be empty text, markers or junk: converting just
+    # those to text keeps a clean float column free of a per-cell str() (pandas 3's arrow strings: 30x slower)
+    given = values.notna().to_numpy().copy()
+    unread = given & np.isnan(fed)
+    text = values[unread].astype(str).str.strip()
+    empty = (text == "").to_numpy()
+    blank = np.flatnonzero(unread)[empty]  # empty or blank text: missing, like a NaN
+    given[blank] = unread[blank] = False
+    text = text[~empty]
+    junk = np.zeros_like(unread)
+    junk[unread] = ~text.str.lower().isin(MISSING_MARKERS).to_numpy()
     kind = "numbers" if col.type == "numeric" else "true/false values"
-    if junk.any() and junk.sum() > JUNK_SHARE * present.sum():
-        raise DataError(f"{where}: column {col.name!r}: {int(junk.sum())} of {int(present.sum())} value(s) are not "
+    if junk.any() and junk.sum() > JUNK_SHARE * given.sum():
+        raise DataError(f"{where}: column {col.name!r}: {int(junk.sum())} of {int(given.sum())} value(s) are not "
                         f"{kind} (e.g. {values[junk].iloc[0]!r}); the model was trained on {col.type} values there")
     if unread.any():
         log.warning("%s: column %r: %d value(s) that are not %s (e.g. %r) count as missing", where, col.name,
                     int(unread.sum()), kind, values[unread].iloc[0])
-    if len(values) and not present.any():
+    if len(values) and not given.any():
         log.warning("%s: column %r is empty in every row: filled with the training value %.6g", where, col.name,
                     float("nan") if col.fill is None else col.fill)
 

@@ -73,6 +73,22 @@ def test_junk_numbers_count_as_missing_unless_most_are_junk():
         raw_inputs(frame.drop(columns="x"), columns)
 
 
+def test_rows_to_predict_count_markers_and_blanks_as_missing_and_refuse_words(caplog):
+    """``strict`` raw inputs: blanks and markers are missing (counted), a column of mostly words is refused."""
+    column = Column("x", "numeric")
+    values = [str(v) for v in range(40)] + ["", "  ", "n/a", "?", "seven"]
+    with caplog.at_level("WARNING"):
+        feeds = raw_inputs(pd.DataFrame({"x": values}), [column], "rows", strict=True)
+    assert np.isnan(feeds["x"][40:, 0]).all() and not np.isnan(feeds["x"][:40, 0]).any()
+    assert "column 'x': 3 value(s) that are not numbers (e.g. 'n/a') count as missing" in caplog.text
+    with pytest.raises(DataError, match=r"column 'x': 3 of 10 value\(s\) are not numbers \(e.g. 'large'\)"):
+        raw_inputs(pd.DataFrame({"x": ["1"] * 7 + ["large", " ", "big", "huge"]}), [column], "rows", strict=True)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        raw_inputs(pd.DataFrame({"x": [np.nan, np.nan]}), [column], "rows", strict=True)
+    assert "column 'x' is empty in every row" in caplog.text
+
+
 def _raw_session(path: str) -> tuple[ort.InferenceSession, dict]:
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     raw = session.get_modelmeta().custom_metadata_map

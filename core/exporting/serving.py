@@ -76,11 +76,13 @@ def raw_inputs(data: Any, columns: list[dict[str, Any]]) -> dict[str, np.ndarray
             x = np.where(text.isin({"true", "yes", "1", "1.0"}), 1.0,
                          np.where(text.isin({"false", "no", "0", "0.0"}), 0.0, np.nan)).astype(np.float32)
         if col["type"] in ("numeric", "boolean"):  # trainforge.data.check_typed: a wrong-typed column is refused
-            text = values.astype(str).str.strip()
-            present = (values.notna() & (text != "")).to_numpy()
-            junk = present & np.isnan(x) & ~text.str.lower().isin(MISSING_MARKERS).to_numpy()
-            if junk.any() and junk.sum() > 0.05 * present.sum():
-                raise ValueError(f"column {col['name']!r}: {int(junk.sum())} of {int(present.sum())} value(s) are "
+            unread = values.notna().to_numpy() & np.isnan(x)  # only these cells can be blank, markers or junk
+            text = values[unread].astype(str).str.strip()
+            present = int(values.notna().sum()) - int((text == "").sum())
+            junk = np.zeros(len(x), dtype=bool)
+            junk[unread] = ((text != "") & ~text.str.lower().isin(MISSING_MARKERS)).to_numpy()
+            if junk.any() and junk.sum() > 0.05 * present:
+                raise ValueError(f"column {col['name']!r}: {int(junk.sum())} of {present} value(s) are "
                                  f"not {col['type']} (e.g. {values[junk].iloc[0]!r})")
         else:
             if pd.api.types.is_float_dtype(values):
