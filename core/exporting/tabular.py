@@ -4,7 +4,8 @@ Why skl2onnx plus ``onnx.compose.merge_models`` rather than the same operations 
 training side stays scikit-learn's tested ``SimpleImputer``/``OneHotEncoder``/``TfidfVectorizer``, and
 skl2onnx's converters of exactly those fitted objects give the graph; the gate below then checks the two
 on raw rows. Missing-value indicators (which skl2onnx's ``SimpleImputer`` converter leaves out) are
-written here as ``IsNaN`` -> ``Cast`` and concatenated after the transformer's output, as
+written here as ``Concat`` of those columns -> ``IsNaN`` -> ``Cast`` (3 nodes however many columns: a node per column
+made the batch-1 call 1.3x slower, benchmarks/RESULTS_rawtables.md), concatenated after the transformer's output, as
 :meth:`~trainforge.training.tabular.TablePrep.transform_inputs` does.
 
 The merged graph takes one ``(N, 1)`` input per used column, named as the column: float32 (NaN for
@@ -62,11 +63,12 @@ def table_graph(prep: Any, opset: int, ir_version: int) -> Any:
     graph = proto.graph
     out = graph.output[0].name
     parts = [out]
-    for col in prep.indicators:
-        nan, cast = f"isnan_{len(parts)}", f"indicator_{len(parts)}"
-        graph.node.extend([helper.make_node("IsNaN", [col.name], [nan]),
-                           helper.make_node("Cast", [nan], [cast], to=TensorProto.FLOAT)])
-        parts.append(cast)
+    if prep.indicators:  # one IsNaN and one Cast over the (N, k) indicator columns: 2 nodes, not 2 per column
+        names = [col.name for col in prep.indicators]
+        graph.node.extend([helper.make_node("Concat", names, ["indicator_inputs"], axis=1),
+                           helper.make_node("IsNaN", ["indicator_inputs"], ["indicator_isnan"]),
+                           helper.make_node("Cast", ["indicator_isnan"], ["indicators"], to=TensorProto.FLOAT)])
+        parts.append("indicators")
     graph.node.append(helper.make_node("Concat", parts, [FEATURES], axis=1))
     del graph.output[:]
     graph.output.append(helper.make_tensor_value_info(FEATURES, TensorProto.FLOAT, [None, len(prep.feature_names)]))
