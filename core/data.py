@@ -236,13 +236,22 @@ def check_typed(col: Column, values: Any, fed: np.ndarray, where: str = "input")
     # those to text keeps a clean float column free of a per-cell str() (pandas 3's arrow strings: 30x slower)
     given = values.notna().to_numpy().copy()
     unread = given & np.isnan(fed)
+    if unread.any():  # a float column's NaN cells are not given: nothing to look at (the common case)
+        _check_unread(col, values, given, unread, where)
+    if len(values) and not given.any():
+        log.warning("%s: column %r is empty in every row: filled with the training value %.6g", where, col.name,
+                    float("nan") if col.fill is None else col.fill)
+
+
+def _check_unread(col: Column, values: Any, given: np.ndarray, unread: np.ndarray, where: str) -> None:
+    """:func:`check_typed` on the cells given but not read: blanks become not given (in place), markers and
+    a few junk values count as missing (warned), more junk than :data:`JUNK_SHARE` raises."""
     text = values[unread].astype(str).str.strip()
     empty = (text == "").to_numpy()
     blank = np.flatnonzero(unread)[empty]  # empty or blank text: missing, like a NaN
     given[blank] = unread[blank] = False
-    text = text[~empty]
     junk = np.zeros_like(unread)
-    junk[unread] = ~text.str.lower().isin(MISSING_MARKERS).to_numpy()
+    junk[unread] = ~text[~empty].str.lower().isin(MISSING_MARKERS).to_numpy()
     kind = "numbers" if col.type == "numeric" else "true/false values"
     if junk.any() and junk.sum() > JUNK_SHARE * given.sum():
         raise DataError(f"{where}: column {col.name!r}: {int(junk.sum())} of {int(given.sum())} value(s) are not "
@@ -250,9 +259,6 @@ def check_typed(col: Column, values: Any, fed: np.ndarray, where: str = "input")
     if unread.any():
         log.warning("%s: column %r: %d value(s) that are not %s (e.g. %r) count as missing", where, col.name,
                     int(unread.sum()), kind, values[unread].iloc[0])
-    if len(values) and not given.any():
-        log.warning("%s: column %r is empty in every row: filled with the training value %.6g", where, col.name,
-                    float("nan") if col.fill is None else col.fill)
 
 
 def count_unseen(col: Column, fed: np.ndarray, where: str = "input") -> None:
