@@ -116,3 +116,30 @@ def test_the_sample_is_uniform_and_independent_of_the_reading_order():
     a, b = forward.rows_in_file_order()["i"].to_numpy(), backward.rows_in_file_order()["i"].to_numpy()
     assert len(a) == 1000 and np.array_equal(a, b) and np.all(np.diff(a) > 0)
     assert abs(a.mean() - 10_000) < 600 and a.max() > 19_000  # uniform over the file (sd of the mean ~ 180)
+
+
+def test_the_pass_counts_every_training_row_exactly(tmp_path, monkeypatch):
+    """Missing cells and levels come from every training row, the fill values from the (here 300-row) sample."""
+    from trainforge.training import streaming_tabular
+    from trainforge.training.streaming import split_codes
+    from trainforge.training.streaming_tabular import open_stream
+
+    monkeypatch.setattr(streaming_tabular, "SAMPLE_ROWS", 300)
+    monkeypatch.setattr(streaming_tabular, "TYPE_ROWS", 500)
+    frame = stream_frame(rows=4000, seed=2)
+    frame.to_parquet(tmp_path / "t.parquet", index=False, row_group_size=400)
+    split = {"seed": 5, "val_fraction": 0.1, "test_fraction": 0.2}
+    bundle = open_stream(tmp_path / "t.parquet", "label", None, "auto", split)
+    train = frame[split_codes(np.arange(len(frame)), 5, 0.1, 0.2) == 0]
+    columns = {c.name: c for c in bundle.meta.table.columns}
+    assert bundle.meta.report["sample_rows"] == 300 and bundle.meta.sizes["train"] == len(train)
+    assert columns["a"].missing == int(train["a"].isna().sum())
+    assert columns["site"].missing == int(train["site"].isna().sum())
+    assert columns["note"].missing == int((train["note"] == "").sum())
+    counts = train["site"].fillna("").value_counts()
+    # rare-outpost: 9 training rows, so a kept level (>= 5), though the 300-row sample holds about one of them
+    assert columns["site"].levels == sorted(counts[counts >= 5].index) and "rare-outpost" in columns["site"].levels
+    assert (bundle.meta.table.heldout.columns.tolist(), len(bundle.meta.table.heldout)) == (
+        ["a", "b", "site", "note"], bundle.meta.sizes["test"])  # fewer test rows than HELDOUT_ROWS: all of them
+    x, y = next(iter(bundle.train.iter_batches(512)))
+    assert x.shape == (512, len(bundle.meta.feature_names)) and np.isfinite(x.numpy()).all()

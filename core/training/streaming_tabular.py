@@ -36,8 +36,17 @@ import numpy as np
 
 from trainforge.data import Column, infer_columns, raw_inputs
 from trainforge.errors import DataError, row_label
-from trainforge.training.streaming import (SPLIT_CODES, StreamingSplit, StreamSpec, Table, is_raw, open_table,
-                                           row_uniform, split_codes, stream_spec)
+from trainforge.training.streaming import (
+    SPLIT_CODES,
+    StreamingSplit,
+    StreamSpec,
+    Table,
+    is_raw,
+    open_table,
+    row_uniform,
+    split_codes,
+    stream_spec,
+)
 from trainforge.training.tabular import ColumnCounts, column_counts, fit_table
 
 log = logging.getLogger(__name__)
