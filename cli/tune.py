@@ -93,12 +93,13 @@ mlruns/optuna/journal.log. A study with no complete trial exits 1 with the most 
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (study, best_value, best_params, ...).")
 def tune(as_json: bool, quiet: bool, **options: object) -> None:
     """Search hyperparameters with Optuna; one MLflow parent run per study, one child run per trial."""
+    from trainforge.cli.quick_exit import standalone
     from trainforge.errors import NoTrialCompleted
     from trainforge.tuning.tune import tune as run_tune
 
     settings = TuneSettings.resolve(options.pop("config"), quiet=quiet or as_json, **options)
     try:
-        result = run_tune(settings)
+        result = run_tune(settings, export_worker=standalone())
     except NoTrialCompleted as exc:
         if as_json and exc.result is not None:
             _print_json(exc.result)

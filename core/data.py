@@ -213,13 +213,21 @@ def raw_inputs(frame: Any, columns: list[Column], where: str = "input", *, stric
         if strict and col.dtype == "float32":
             check_typed(col, values, x, where)
         if col.dtype != "float32":
-            if pd.api.types.is_float_dtype(values):  # 3.0 read next to an empty cell is the level "3"
-                values = values.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else v)
-            x = values.astype(object).where(values.notna(), "").astype(str).to_numpy(dtype=object)
+            x = as_strings(values)
             if strict and col.type == "categorical":
                 count_unseen(col, x, where)
         feeds[col.name] = x.reshape(-1, 1)
     return feeds
+
+
+def as_strings(values: Any) -> np.ndarray:
+    """A categorical or text column's cells (a pandas Series) as the graph's strings, object ``(N,)``:
+    ``""`` for missing; a float ``3.0`` (an integer column read next to an empty cell) is the level ``"3"``."""
+    import pandas as pd
+
+    if pd.api.types.is_float_dtype(values):
+        values = values.map(lambda v: str(int(v)) if v == v and float(v).is_integer() else v)
+    return values.astype(object).where(values.notna(), "").astype(str).to_numpy(dtype=object)
 
 
 #: cell values read as missing in a numeric or boolean column to predict, whatever their share (lowercased)

@@ -213,6 +213,9 @@ class TableFile:
     - ``task``: ``"auto"`` (integral targets with at most 50 values are class labels), ``"classification"``
       or ``"regression"``.
     - ``delimiter``: the CSV field delimiter.
+    - ``columns``: declared column types, as :attr:`ArrayData.columns`; with them, or features that are not
+      all numbers or have empty cells, the file streams as a raw table (typed, cleaned and encoded in one
+      pass, :mod:`trainforge.training.streaming_tabular`); ``impute``: as :attr:`ArrayData.impute`.
     """
 
     path: str
@@ -221,3 +224,5 @@ class TableFile:
     features: list[str] | None = None
     task: str = "auto"
     delimiter: str = ","
+    columns: dict[str, str] | None = None
+    impute: str = "median"

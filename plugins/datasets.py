@@ -69,8 +69,8 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
     All-numeric features without empty cells are read as numbers; otherwise (or with ``columns``) the
     features are a raw table core types, cleans and encodes (:attr:`trainforge.ArrayData.table`).
     Errors name the file, the line and the column: a missing file, a missing column, an empty target.
-    With ``streaming`` the file is read in blocks through pyarrow (core streams the
-    :class:`trainforge.TableFile` it returns; numeric features only) instead of into memory.
+    With ``streaming`` the file is read in blocks (core streams the :class:`trainforge.TableFile` it
+    returns, a raw table too: one pass for its statistics) instead of into memory.
     """
     import pandas as pd
 
@@ -81,7 +81,7 @@ def load_csv(path=None, target=None, features=None, task="auto", delimiter=",", 
         raise DataError(f"{file}: no such file")
     csv_header(file, delimiter)  # a name given twice is an error, not a silent `a.1`
     if split is not None and wants_streaming(file, streaming):
-        return trainforge.TableFile(str(file), "csv", target, features, task, delimiter)
+        return trainforge.TableFile(str(file), "csv", target, features, task, delimiter, columns, impute)
     try:
         frame = pd.read_csv(file, sep=delimiter)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
@@ -104,7 +104,7 @@ def load_parquet(path=None, target=None, features=None, task="auto", streaming="
     if not file.is_file():
         raise DataError(f"{file}: no such file")
     if split is not None and wants_streaming(file, streaming):
-        return trainforge.TableFile(str(file), "parquet", target, features, task)
+        return trainforge.TableFile(str(file), "parquet", target, features, task, columns=columns, impute=impute)
     try:
         frame = pd.read_parquet(file)
     except (OSError, ValueError) as exc:

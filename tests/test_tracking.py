@@ -223,7 +223,7 @@ def test_per_epoch_metrics_reach_the_store_during_the_fit(workdir):
 def _set_same_new_tags(uri: str, run_id: str, start: float, out) -> None:
     import time
 
-    from trainforge.tracking.store import set_tags
+    from trainforge.tracking.tags import set_tags
 
     mlflow.set_tracking_uri(uri)
     client, failures = MlflowClient(), 0
@@ -239,7 +239,7 @@ def _set_same_new_tags(uri: str, run_id: str, start: float, out) -> None:
 
 def test_processes_setting_the_same_new_tags_on_one_run_all_succeed(tmp_path):
     """A study's parent run is written by every worker at once (CI: a worker died of ``IntegrityError: UNIQUE
-    constraint failed: tags.key, tags.run_uuid`` from ``MlflowClient.set_tag``); ``store.set_tags`` is not."""
+    constraint failed: tags.key, tags.run_uuid`` from ``MlflowClient.set_tag``); ``tags.set_tags`` is not."""
     import multiprocessing as mp
     import time
 

@@ -8,7 +8,21 @@ from typing import Any
 from trainforge.errors import TrainforgeError
 from trainforge.training.checkpoint import BEST, LAST, load
 
-__all__ = ["BEST", "LAST", "fetch"]
+__all__ = ["BEST", "LAST", "fetch", "local_path"]
+
+
+def local_path(run_id: str, artifact: str = BEST, *, missing: str | None = None) -> str:
+    """A local path of the checkpoint file ``artifact`` (:data:`BEST` or :data:`LAST`) of MLflow run
+    ``run_id``: the file itself in a local store, else a downloaded copy. Raises :class:`TrainforgeError`
+    when the run or the file is missing (``missing`` replaces the message then)."""
+    from trainforge.tracking import store
+
+    try:
+        return store.download(run_id, artifact)
+    except TrainforgeError:
+        if missing is None:
+            raise
+        raise TrainforgeError(missing) from None
 
 
 def fetch(run_id: str, artifact: str = BEST, *, missing: str | None = None) -> dict[str, Any]:
@@ -18,12 +32,4 @@ def fetch(run_id: str, artifact: str = BEST, *, missing: str | None = None) -> d
     :class:`TrainforgeError` when the run or the file is missing (``missing`` replaces the message then,
     e.g. to say how the file gets written) or the file is unreadable.
     """
-    from trainforge.tracking import store
-
-    try:
-        path = store.download(run_id, artifact)
-    except TrainforgeError:
-        if missing is None:
-            raise
-        raise TrainforgeError(missing) from None
-    return load(path)
+    return load(local_path(run_id, artifact, missing=missing))

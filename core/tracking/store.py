@@ -390,19 +390,3 @@ def download(run_id: str, artifact_path: str) -> str:
     except Exception as exc:
         raise TrainforgeError(f"run {run_id!r} has no artifact {artifact_path!r} ({exc})") from None
 
-
-def set_tags(run_id: str, tags: dict[str, str], client: Any = None) -> None:
-    """Set ``tags`` (key -> value, values cut to MLflow's 5000 characters) on run ``run_id`` in one write.
-
-    Use it for a run that several processes write at once (a study's parent run, shared by its workers):
-    ``MlflowClient.set_tag`` is a select-then-insert, so two processes inserting the same new key race and
-    the loser gets ``IntegrityError: UNIQUE constraint failed: tags.key, tags.run_uuid``; ``log_batch`` goes
-    through the SQL store's ``_set_tags``, which rolls back and retries that conflict (MLflow
-    ``store/tracking/sqlalchemy_store.py``).
-    """
-    if not tags:
-        return
-    from mlflow.entities import RunTag
-    from mlflow.tracking import MlflowClient
-
-    (client or MlflowClient()).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])

@@ -2,10 +2,12 @@
 
 One home: code elsewhere imports these constants instead of spelling the strings. Values are what the
 MLflow UI shows and what scripts filter on (``tags."trainforge.role" = 'study'``), so they never change
-without a migration note.
+without a migration note. :func:`set_tags` writes tags to a run several processes share.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 PREFIX = "trainforge."
 
@@ -59,3 +61,20 @@ CV_MODE = "trainforge.cv_mode"  # on a cv trial: lockstep | sequential
 def named(*parts: str) -> str:
     """A dynamic tag name under the prefix, e.g. ``named("plugin", "model")`` -> ``trainforge.plugin.model``."""
     return PREFIX + ".".join(parts)
+
+
+def set_tags(run_id: str, tags: dict[str, str], client: Any = None) -> None:
+    """Set ``tags`` (key -> value, values cut to MLflow's 5000 characters) on run ``run_id`` in one write.
+
+    Use it for a run that several processes write at once (a study's parent run, shared by its workers):
+    ``MlflowClient.set_tag`` is a select-then-insert, so two processes inserting the same new key race and
+    the loser gets ``IntegrityError: UNIQUE constraint failed: tags.key, tags.run_uuid``; ``log_batch`` goes
+    through the SQL store's ``_set_tags``, which rolls back and retries that conflict (MLflow
+    ``store/tracking/sqlalchemy_store.py``).
+    """
+    if not tags:
+        return
+    from mlflow.entities import RunTag
+    from mlflow.tracking import MlflowClient
+
+    (client or MlflowClient()).log_batch(run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])

@@ -77,11 +77,11 @@ def load(dataset_config: dict[str, Any], trainer_config: dict[str, Any], task: s
         params["split"] = {k: trainer_config[k] for k in (*SPLIT_KEYS, "seed")}
     result = spec.load(**params)
     if isinstance(result, TableFile):  # too large for memory: stream it (needs the split settings)
-        from trainforge.training.streaming import open_table
+        from trainforge.training.streaming_tabular import open_stream
 
         split = params.get("split") or {k: trainer_config[k] for k in (*SPLIT_KEYS, "seed")}
-        return open_table(result.path, result.target, result.features, result.task, split, name=name,
-                          delimiter=result.delimiter)
+        return open_stream(result.path, result.target, result.features, result.task, split, name=name,
+                           delimiter=result.delimiter, columns=result.columns, impute=result.impute)
     if isinstance(result, DataBundle):
         return result
     if not isinstance(result, ArrayData):

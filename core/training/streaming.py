@@ -37,13 +37,19 @@ SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 
 def split_codes(index: np.ndarray, seed: int, val_fraction: float, test_fraction: float) -> np.ndarray:
     """Split code per global row index: 0 train, 1 val, 2 test (SplitMix64 hash -> uniform [0, 1))."""
+    u = row_uniform(index, seed)
+    return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(np.int8)
+
+
+def row_uniform(index: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) float64 per global row index (SplitMix64 of ``index`` + ``seed``): stable across runs,
+    processes and reading orders."""
     with np.errstate(over="ignore"):
         z = index.astype(np.uint64) + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-    return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(np.int8)
+    return (z >> np.uint64(11)).astype(np.float64) / float(1 << 53)
 
 
 class Table:
@@ -93,6 +99,29 @@ class Table:
                     yield first, pa.Table.from_batches([batch]).select(columns)
                 first += batch.num_rows
         except pa.ArrowInvalid as exc:
+            raise DataError(f"{self.path}: cannot parse near {row_label(first, csv=True)}: {exc} (a column with "
+                            "empty cells or words further down streams as a raw table when declared: "
+                            "-p 'dataset.columns={COLUMN: numeric}')") from None
+
+    def frames(self, columns: list[str], shard: int = 0, n_shards: int = 1,
+               order: np.ndarray | None = None) -> Iterator[tuple[int, Any]]:
+        """Fragments as pandas DataFrames, typed as the in-memory readers type them (a raw table's rows): Parquet
+        row groups through ``to_pandas``, a CSV file in chunks of ``block_rows`` rows through ``pandas.read_csv``
+        (so a column's empty cells, words and numbers read as they do when the file fits in memory)."""
+        if self.parquet:
+            for first, frag in self.fragments(columns, shard, n_shards, order):
+                yield first, frag.to_pandas()
+            return
+        import pandas as pd
+
+        first = 0
+        try:
+            chunks = pd.read_csv(self.path, sep=self.delimiter, usecols=columns, chunksize=self.block_rows)
+            for i, chunk in enumerate(chunks):
+                if i % n_shards == shard:
+                    yield first, chunk.reset_index(drop=True)[columns]
+                first += len(chunk)
+        except (pd.errors.ParserError, UnicodeDecodeError) as exc:
             raise DataError(f"{self.path}: cannot parse near {row_label(first, csv=True)}: {exc}") from None
 
 
@@ -107,6 +136,9 @@ class StreamSpec:
     seed: int
     val_fraction: float
     test_fraction: float
+    #: a raw table's fitted preprocessing (:class:`~trainforge.training.tabular.TablePrep`): each fragment's
+    #: rows are encoded through it (``None``: numeric features read as they are)
+    prep: Any = None
 
 
 def _shard() -> tuple[int, int]:
@@ -150,6 +182,9 @@ class StreamingSplit(torch.utils.data.IterableDataset):
             import pyarrow.parquet as pq
 
             order = rng.permutation(pq.ParquetFile(self.table.path).num_row_groups)
+        if spec.prep is not None:
+            yield from self._raw_rows(shard, n_shards, order)
+            return
         for first, frag in self.table.fragments([*spec.features, spec.target], shard, n_shards, order):
             keep = split_codes(np.arange(first, first + frag.num_rows), spec.seed, spec.val_fraction,
                                spec.test_fraction) == code
@@ -163,6 +198,17 @@ class StreamingSplit(torch.utils.data.IterableDataset):
                 raise DataError(f"{self.table.path}: {row_label(row, csv=not self.table.parquet)}, column "
                                 f"{spec.features[c]!r}: NaN or missing feature")
             yield x, self._target(frag.column(spec.target).to_numpy(zero_copy_only=False)[keep])
+
+    def _raw_rows(self, shard: int, n_shards: int, order: np.ndarray | None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """A raw table's fragments, this split's rows encoded by the fitted preprocessing."""
+        spec, code = self.spec, SPLIT_CODES[self.split]
+        for first, frame in self.table.frames([*spec.features, spec.target], shard, n_shards, order):
+            keep = split_codes(np.arange(first, first + len(frame)), spec.seed, spec.val_fraction,
+                               spec.test_fraction) == code
+            if keep.any():
+                rows = frame[keep]
+                where = f"{self.table.path}: rows {first + 1}-{first + len(frame)}"
+                yield spec.prep.transform(rows, where), self._target(rows[spec.target].to_numpy())
 
     def _target(self, raw: np.ndarray) -> np.ndarray:
         if self.spec.task == "classification":
@@ -202,15 +248,10 @@ class StreamingSplit(torch.utils.data.IterableDataset):
                 yield torch.from_numpy(bx[start:start + batch_size]), torch.from_numpy(by[start:start + batch_size])
 
 
-def open_table(path: str | Path, target: str | None, features: list[str] | None, task: str,
-               split: dict[str, Any], name: str = "stream", delimiter: str = ",") -> Any:
-    """Stream a table: one pass for statistics and labels, then a :class:`DataBundle` of streamed splits.
-
-    ``split`` holds ``seed``, ``val_fraction`` and ``test_fraction``. Raises :class:`DataError` for a
-    missing file or column, non-numeric features or NaN.
-    """
-    from trainforge.contracts import DataBundle, DataMeta
-
+def stream_spec(path: str | Path, target: str | None, features: list[str] | None, task: str,
+                split: dict[str, Any], delimiter: str = ",") -> tuple[Table, StreamSpec]:
+    """The table and its :class:`StreamSpec` (target default: the last column; features: every other column).
+    Raises :class:`DataError` for a missing file or column."""
     table = Table(path, delimiter=delimiter)
     target = target or table.columns[-1]
     if target not in table.columns:
@@ -219,8 +260,22 @@ def open_table(path: str | Path, target: str | None, features: list[str] | None,
     missing = [c for c in features if c not in table.columns]
     if missing:
         raise DataError(f"{path}: no column(s) {', '.join(missing)}; columns: {', '.join(table.columns)}")
-    spec = StreamSpec(features, target, task, None, int(split["seed"]), float(split["val_fraction"]),
-                      float(split["test_fraction"]))
+    return table, StreamSpec(features, target, task, None, int(split["seed"]), float(split["val_fraction"]),
+                             float(split["test_fraction"]))
+
+
+def open_table(path: str | Path, target: str | None, features: list[str] | None, task: str,
+               split: dict[str, Any], name: str = "stream", delimiter: str = ",") -> Any:
+    """Stream a table of numeric features: one pass for statistics and labels, then a :class:`DataBundle` of
+    streamed splits (a raw table streams through :func:`trainforge.training.streaming_tabular.open_stream`).
+
+    ``split`` holds ``seed``, ``val_fraction`` and ``test_fraction``. Raises :class:`DataError` for a
+    missing file or column, non-numeric features or NaN.
+    """
+    from trainforge.contracts import DataBundle, DataMeta
+
+    table, spec = stream_spec(path, target, features, task, split, delimiter)
+    features, target = spec.features, spec.target
     # One pass over the training rows: float64 sums for mean/std, the label set, the row counts.
     n, s, ss, labels, sizes = 0, 0.0, 0.0, set(), {"train": 0, "val": 0, "test": 0}
     for first, frag in table.fragments([*features, target]):
@@ -264,6 +319,39 @@ def open_table(path: str | Path, target: str | None, features: list[str] | None,
         meta.target_std = np.array([max(np.sqrt(max(tss / tn - tm * tm, 0.0)), 1e-8)], np.float32)
     parts = {k: StreamingSplit(table, spec, k) for k in SPLIT_CODES}
     return DataBundle(parts["train"], parts["val"], parts["test"], meta)
+
+
+def is_raw(table: Table, features: list[str]) -> bool:
+    """Whether the features need a raw table's cleaning: a feature that is not a number or bool column, or
+    has empty cells (null counts of every Parquet row group; the first CSV block, whose types pyarrow infers
+    for the whole file: a column with empty cells or words only further down fails with one line naming
+    the row, and streams as a raw table once ``dataset.columns`` declares it)."""
+    import pyarrow as pa
+
+    def plain(kind: Any) -> bool:
+        return pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind)
+
+    if table.parquet:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(table.path)
+        schema = pf.schema_arrow
+        if not all(plain(schema.field(c).type) for c in features):
+            return True
+        for g in range(pf.num_row_groups):
+            group = pf.metadata.row_group(g)
+            for c in features:
+                stats = group.column(schema.get_field_index(c)).statistics
+                if stats is not None and stats.has_null_count:
+                    nulls = stats.null_count
+                else:  # written without statistics: read the column of that row group
+                    nulls = pf.read_row_group(g, columns=[c]).column(0).null_count
+                if nulls > 0:
+                    return True
+        return False
+    _, head = next(table.fragments(features), (0, None))
+    return head is not None and any(not plain(head.schema.field(c).type) or head.column(c).null_count > 0
+                                    for c in features)
 
 
 def _numeric(v: str) -> bool:

@@ -83,8 +83,24 @@ def inputs_frame(feeds: dict[str, np.ndarray], used: list[Column]) -> Any:
     return pd.DataFrame({c.name: feeds[c.name][:, 0] for c in used})
 
 
-def fit_table(train: Any, declared: dict[str, str] | None = None, impute: str = "median") -> TablePrep:
+@dataclass
+class ColumnCounts:
+    """One column's exact statistics over every training row of a streamed table (one pass, see
+    :mod:`trainforge.training.streaming_tabular`): ``missing`` and ``junk`` cells, and for a categorical column
+    the training ``levels`` and their counts (at most ``TRACKED_LEVELS`` of them, Misra-Gries beyond)."""
+
+    missing: int = 0
+    junk: int = 0
+    levels: dict[str, int] | None = None
+
+
+def fit_table(train: Any, declared: dict[str, str] | None = None, impute: str = "median", *,
+              columns: list[Column] | None = None, counts: dict[str, ColumnCounts] | None = None) -> TablePrep:
     """Type the columns of the training rows ``train`` (pandas DataFrame) and fit the preprocessing on them.
+
+    A streamed table passes its ``columns`` (typed on the head of the file) and the ``counts`` of its one pass
+    over every training row; ``train`` is then a uniform sample of them: missing and junk counts, and the kept
+    and rare levels, come from ``counts`` (exact), the fill values and the TF-IDF vocabulary from the sample.
 
     Logs the schema line (:func:`trainforge.data.schema_line`) as a warning, so it reaches stderr, and
     warns about dropped columns and junk values counted as missing. Raises :class:`ConfigError` for an
@@ -92,13 +108,19 @@ def fit_table(train: Any, declared: dict[str, str] | None = None, impute: str = 
     """
     if impute not in IMPUTE:
         raise ConfigError(f"dataset.impute must be one of {', '.join(IMPUTE)}, got {impute!r}")
-    columns = infer_columns(train, declared)
+    columns = infer_columns(train, declared) if columns is None else columns
     feeds = raw_inputs(train, columns, "training split")
     used = [c for c in columns if c.type != "drop"]
     for col in used:
-        _column_stats(col, train[col.name], feeds[col.name][:, 0])
+        if counts is None:
+            _column_stats(col, train[col.name], feeds[col.name][:, 0])
+        else:
+            col.missing, col.junk = counts[col.name].missing, counts[col.name].junk
         if col.type == "categorical":
-            levels(col, feeds[col.name][:, 0])
+            if counts is None:
+                levels(col, feeds[col.name][:, 0])
+            else:
+                levels_from(col, counts[col.name].levels or {})
     transformer = _build(used, impute)
     transformer.fit(inputs_frame(feeds, used))
     _record_fit(transformer, used)
@@ -110,7 +132,7 @@ def fit_table(train: Any, declared: dict[str, str] | None = None, impute: str = 
     for col in used:
         if col.junk:
             log.warning("column %r: %d value(s) that are not numbers (e.g. %r) count as missing", col.name,
-                        col.junk, _first_junk(train[col.name]))
+                        col.junk, _first_junk(train[col.name]) or "?")
     log.warning("%s -> %d features", schema_line(columns), len(names))
     return TablePrep(columns, transformer, names)
 
@@ -124,9 +146,18 @@ def _first_junk(values: Any) -> Any:
 
 def _column_stats(col: Column, raw: Any, fed: np.ndarray) -> None:
     """Missing cells and (numeric) junk values of one training column, into ``col``."""
-    col.missing = int(raw.isna().sum() + (raw.astype(str).str.strip() == "").sum() * (raw.dtype == object))
-    if col.dtype == "float32":
-        col.junk = int(np.isnan(fed).sum()) - int(raw.isna().sum())
+    col.missing, col.junk = column_counts(col, raw, fed)
+
+
+def column_counts(col: Column, raw: Any, fed: np.ndarray) -> tuple[int, int]:
+    """``(missing, junk)`` of one column's training cells: ``raw`` (pandas Series) as read, ``fed`` the same
+    cells as :func:`trainforge.data.raw_inputs` feeds them; junk are numeric/boolean cells that do not parse."""
+    import pandas as pd
+
+    blank = 0 if pd.api.types.is_numeric_dtype(raw) else int((raw.astype(str).str.strip() == "").sum())
+    missing = int(raw.isna().sum()) + blank  # strings (object or pandas' str dtype): "" is missing too
+    junk = int(np.isnan(fed).sum()) - int(raw.isna().sum()) if col.dtype == "float32" else 0
+    return missing, junk
 
 
 def _build(used: list[Column], impute: str) -> Any:
@@ -171,9 +202,22 @@ def levels(col: Column, values: np.ndarray) -> None:
     """Kept and rare levels of a categorical column from its training strings (``""`` is missing)."""
     import pandas as pd
 
-    counts = pd.Series(values).value_counts()
+    levels_from(col, pd.Series(values).value_counts())
+
+
+#: rare levels listed in the schema (a streamed column may have many; the rest are unknown to ``count_unseen``)
+RARE_LISTED = 1000
+
+
+def levels_from(col: Column, counts: Any) -> None:
+    """Kept and rare levels of a categorical column from its training level counts (``{level: rows}`` or a
+    pandas Series; ``""`` is missing): levels seen at least :data:`RARE_MIN_COUNT` times, at most
+    :data:`MAX_LEVELS` (the most frequent); at most :data:`RARE_LISTED` rare levels are listed."""
+    import pandas as pd
+
+    counts = pd.Series(counts, dtype="int64").sort_values(ascending=False, kind="stable")
     kept = counts[counts >= RARE_MIN_COUNT].index[:MAX_LEVELS]
     if len(kept) == 0:  # every level is rare: keep the most frequent, so the column still encodes something
         kept = counts.index[:1]
     col.levels = sorted(str(v) for v in kept)
-    col.rare = sorted(str(v) for v in counts.index if v not in set(col.levels))
+    col.rare = sorted(str(v) for v in counts.index if v not in set(col.levels))[:RARE_LISTED]

@@ -66,62 +66,113 @@ def refit(best: Any, parent_run_id: str, bundle: Any, *, study_name: str, tracki
     return result.run_id
 
 
-def export_best(source_run_id: str, parent_run_id: str, *, register: str | None, bundle: Any = None,
-                tags: dict[str, str] | None = None, quantize: str = "none", threads: int | None = None) -> BestModel:
-    """Rebuild the model from ``source_run_id``'s best checkpoint, export it through the verified ONNX gate
-    into the parent run (``onnx/model.onnx`` + MLflow models ``study-best``, ``study-best-onnx``; re-quantized
-    first with ``quantize="int8"``), score it on the test split with onnxruntime (``threads`` intra-op threads), and register a new version
-    of ``register`` (skipped when None).
+def start_export(source_run_id: str, parent_run_id: str, *, register: str | None, bundle: Any = None,
+                 tags: dict[str, str] | None = None, quantize: str = "none", threads: int | None = None,
+                 exporter: Any = None) -> PendingExport:
+    """Begin exporting the best model: rebuild it from ``source_run_id``'s best checkpoint and hand the job
+    to ``exporter`` (:mod:`trainforge.exporting.jobs`; a forked exporter starts at once, so the caller can
+    log the study's summary meanwhile; None: in this process, when finished). :meth:`PendingExport.finish`
+    does the rest.
 
-    Raises :class:`ExportError` when the export fails its gate, TrainforgeError when the checkpoint is missing.
+    Raises TrainforgeError when the checkpoint is missing.
     """
-    import mlflow
-
     from trainforge.contracts import TrainResult
-    from trainforge.exporting.latency import evaluate_onnx
-    from trainforge.exporting.logged import export_and_log, log_onnx
-    from trainforge.kinds import get_kind
+    from trainforge.exporting.jobs import InProcessExporter
+    from trainforge.exporting.logged import export_job
     from trainforge.tracking import checkpoints
     from trainforge.tracking import store as tracking
     from trainforge.tracking.runconfig import run_config
     from trainforge.training import data as data_mod
-    from trainforge.training.checkpoint import rebuild
-    from trainforge.training.tasks import get_task
+    from trainforge.training.checkpoint import load, rebuild
 
     kind = tracking.get_run(source_run_id).data.tags.get(tag.FIT)
+    model = task = meta = path = None
     if kind:  # not the epoch loop's torch module (a scikit-learn estimator): no best.pt, its kind re-exports it
         cfg, checkpoint = run_config(source_run_id), {"epoch": 1}
     else:
-        checkpoint = checkpoints.fetch(source_run_id)
+        path = checkpoints.local_path(source_run_id)
+        checkpoint = load(path)
         model, task, meta, cfg = rebuild(checkpoint)
     bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"],
                                                              task=None if kind else meta.task)
-    result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
-    with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
-        # export_and_log logs the MLflow model into the active run: the parent's; the caller sets its final status.
+    pending = PendingExport(source_run_id, parent_run_id, register, tags or {}, quantize, threads, kind, bundle,
+                            TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg),
+                            (model, task, meta), exporter or InProcessExporter())
+    if not kind:
+        pending.exporter.submit(export_job(model, task, meta, bundle, pending.folder, parent_run_id, cfg, path))
+    return pending
+
+
+@dataclass
+class PendingExport:
+    """A best model being exported (:func:`start_export`); :meth:`finish` once, then it is closed."""
+
+    source_run_id: str
+    parent_run_id: str
+    register: str | None
+    tags: dict[str, str]
+    quantize: str
+    threads: int | None
+    kind: str | None
+    bundle: Any
+    result: Any
+    network: tuple[Any, Any, Any]
+    exporter: Any
+    _tmp: Any = field(default_factory=lambda: tempfile.TemporaryDirectory(prefix="trainforge-best-"))
+
+    @property
+    def folder(self) -> Path:
+        return Path(self._tmp.name)
+
+    def close(self) -> None:
+        """End a forked exporter and remove the working folder (idempotent)."""
+        self.exporter.close()
+        self._tmp.cleanup()
+
+    def finish(self) -> BestModel:
+        """Log the verified file into the parent run (``onnx/model.onnx`` + MLflow models ``study-best``,
+        ``study-best-onnx``; re-quantized first with ``quantize="int8"``), score it on the test split with
+        onnxruntime (``threads`` intra-op threads), and register a new version of ``register`` (skipped
+        when None). Raises :class:`ExportError` when the export fails its gate."""
+        import mlflow
+
+        from trainforge.exporting.latency import evaluate_onnx
+        from trainforge.exporting.logged import export_and_log, log_onnx
+        from trainforge.kinds import get_kind
+        from trainforge.training import data as data_mod
+        from trainforge.training.tasks import get_task
+
+        result, bundle, (model, task, meta) = self.result, self.bundle, self.network
         try:
-            opened = mlflow.start_run(run_id=parent_run_id)
-        except Exception as exc:  # another run is active in this process (a Python caller's)
-            raise TrainforgeError(f"cannot log the best model into the study's run {parent_run_id}: {exc}") from None
-        with opened:
-            if kind:
-                report = get_kind(kind).export_run(source_run_id, Path(tmp) / "model.onnx")
-                log_onnx(result, report, data_mod.sample_rows(bundle.test), name=BEST_MODEL_NAME)
-                task = get_task(bundle.meta.task, meta=bundle.meta)
-            else:
-                export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize, name=BEST_MODEL_NAME)
-    best = BestModel(source_run_id, result.onnx_path, result.model_uri)
-    best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task, threads=threads).items()}
-    mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
-    if register:
-        version = mlflow.register_model(result.model_uri, register, tags={
-            tag.SOURCE_RUN_ID: source_run_id, tag.PARENT_RUN_ID: parent_run_id, **(tags or {})})
-        best.model_version = str(version.version)
-        client = mlflow.tracking.MlflowClient()
-        client.update_model_version(register, version.version, description=version_description(
-            client, source_run_id, parent_run_id, (tags or {}).get(tag.TRIAL)))
-        tracking.set_tags(parent_run_id, {tag.MODEL_VERSION: f"{register}/{version.version}"}, client)  # workers share it
-    return best
+            # export_and_log logs the MLflow model into the active run: the parent's; the caller sets its final status.
+            try:
+                opened = mlflow.start_run(run_id=self.parent_run_id)
+            except Exception as exc:  # another run is active in this process (a Python caller's)
+                raise TrainforgeError(f"cannot log the best model into the study's run {self.parent_run_id}: "
+                                      f"{exc}") from None
+            with opened:
+                if self.kind:
+                    report = get_kind(self.kind).export_run(self.source_run_id, self.folder / "model.onnx")
+                    log_onnx(result, report, data_mod.sample_rows(bundle.test), name=BEST_MODEL_NAME)
+                    task = get_task(bundle.meta.task, meta=bundle.meta)
+                else:
+                    export_and_log(result, model, task, meta, bundle, self.folder, quantize=self.quantize,
+                                   name=BEST_MODEL_NAME, exporter=self.exporter)
+        finally:
+            self.close()
+        best = BestModel(self.source_run_id, result.onnx_path, result.model_uri)
+        best.test_metrics = {f"test_{k}": v for k, v in
+                             evaluate_onnx(result.onnx_path, bundle.test, task, threads=self.threads).items()}
+        mlflow.log_metrics(best.test_metrics, run_id=self.parent_run_id)
+        if self.register:
+            version = mlflow.register_model(result.model_uri, self.register, tags={
+                tag.SOURCE_RUN_ID: self.source_run_id, tag.PARENT_RUN_ID: self.parent_run_id, **self.tags})
+            best.model_version = str(version.version)
+            client = mlflow.tracking.MlflowClient()
+            client.update_model_version(self.register, version.version, description=version_description(
+                client, self.source_run_id, self.parent_run_id, self.tags.get(tag.TRIAL)))
+            tag.set_tags(self.parent_run_id, {tag.MODEL_VERSION: f"{self.register}/{version.version}"}, client)
+        return best
 
 
 def version_description(client: Any, source_run_id: str, parent_run_id: str, trial: str | None) -> str:

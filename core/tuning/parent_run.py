@@ -145,11 +145,10 @@ def log_study_start(parent_run_id: str, created: bool, settings: Any, space: dic
                   **{f"space.{k}": f"fixed {v!r}" for k, v in space["fixed"].items()}}
         client.log_batch(parent_run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()])
     from trainforge.tracking.stale import process_tags
-    from trainforge.tracking.store import set_tags
 
     # one batch: every worker of the study writes these tags at start-up (process tags: the one running now)
-    set_tags(parent_run_id, {**{tag.named(k): str(getattr(settings, k)) for k in ("sampler", "pruner", "storage")},
-                             **process_tags()}, client)
+    tag.set_tags(parent_run_id, {**{tag.named(k): str(getattr(settings, k)) for k in ("sampler", "pruner", "storage")},
+                                 **process_tags()}, client)
     client.update_run(parent_run_id, status="RUNNING")
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "search_space.json"
@@ -165,7 +164,6 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], cou
     from mlflow.tracking import MlflowClient
 
     from trainforge.plots import study_plots
-    from trainforge.tracking.store import set_tags
     from trainforge.tuning.selection import best_trial
 
     client = MlflowClient()
@@ -180,9 +178,9 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], cou
                 {"trial": best.number, "value": best.value, "params": best_params,
                  "mlflow_run_id": best.user_attrs.get("mlflow_run_id")}, indent=1, default=str))
             client.log_artifact(parent_run_id, str(folder / "best_params.json"))
-            set_tags(parent_run_id, {tag.BEST_TRIAL: str(best.number),
-                                     tag.BEST_RUN_ID: str(best.user_attrs.get("mlflow_run_id")),
-                                     **{tag.named("best", k): str(v) for k, v in best_params.items()}}, client)
+            tag.set_tags(parent_run_id, {tag.BEST_TRIAL: str(best.number),
+                                         tag.BEST_RUN_ID: str(best.user_attrs.get("mlflow_run_id")),
+                                         **{tag.named("best", k): str(v) for k, v in best_params.items()}}, client)
         # Step 0: a summary is one value per study, not a series over trials (a resume overwrites it; the
         # run's latest value is the one shown), so MLflow's charts show a value, not a dot at step N.
         now = int(time.time() * 1000)
@@ -236,11 +234,9 @@ def log_front(study: Any, parent_run_id: str, names: list[str], chosen: Any, fix
             except Exception as exc:  # noqa: BLE001 - a missing plot must not fail the study
                 log.info("plot pareto_front skipped: %s", exc)
     if chosen is not None:
-        from trainforge.tracking.store import set_tags
-
-        set_tags(parent_run_id, {SELECTED_ATTR: str(chosen.number),
-                                 **{tag.named("selected", n): f"{v:.6g}" for n, v in values_of(chosen, names).items()}},
-                 client)
+        tag.set_tags(parent_run_id, {SELECTED_ATTR: str(chosen.number),
+                                     **{tag.named("selected", n): f"{v:.6g}" for n, v in values_of(chosen, names).items()}},
+                     client)
         study.set_user_attr(SELECTED_ATTR, chosen.number)
 
 

@@ -23,6 +23,7 @@ ends without one COMPLETE trial raises :class:`~trainforge.errors.NoTrialComplet
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -73,9 +74,13 @@ class TuneResult:
         return asdict(self)
 
 
-def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, **given: Any) -> TuneResult:
+def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, *, export_worker: bool = False,
+         **given: Any) -> TuneResult:
     """Run (or resume) a study; see the module docstring. ``settings``: a :class:`TuneSettings`, or a config
     (dict, YAML path, None) resolved with the keyword options ``given`` (:meth:`TuneSettings.resolve`).
+    ``export_worker``: fork the export worker (:mod:`trainforge.exporting.worker`) now, so that it imports
+    the exporter during the trials and exports the best model while this process logs the study's summary;
+    only a process that has run no torch operation and no thread yet may (the ``trainforge`` program).
 
     Raises TrainforgeError subclasses for bad settings, storages, study names or search spaces before any
     trial runs; TrainforgeError when a ``study_trials`` study holds more than ``study_trials + 3`` failed
@@ -84,6 +89,7 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, **g
     """
     import optuna
 
+    from trainforge.exporting import jobs
     from trainforge.tuning import parent_run, runner, selection
     from trainforge.tuning.deployment import Deployment
     from trainforge.tuning.study import trial_counts
@@ -91,6 +97,7 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, **g
     started = time.perf_counter()
     if not isinstance(settings, TuneSettings):
         settings = TuneSettings.resolve(settings, **given)
+    exporter = jobs.choose(export_worker and settings.export)  # before torch runs and MLflow starts threads
     if settings.quiet:  # failed and interrupted trials are still recorded (Optuna, MLflow), just not logged
         optuna.logging.set_verbosity(optuna.logging.ERROR)
     bundle, settings = _data(settings)
@@ -109,9 +116,12 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, **g
         best, problem = selection.pick(study, names, settings.select), None
     except TrainforgeError as exc:  # no front trial meets --select: log the study, then say so
         best, problem = None, exc
-    exported = _ship(settings, best, parent, bundle, experiment) if best is not None and not interrupted else None
+    ship = best is not None and not interrupted
+    pending = _ship(settings, best, parent, bundle, experiment, exporter) if ship else None
+    with contextlib.closing(pending or exporter):  # a forked exporter exports meanwhile: the summary first
+        parent_run.log_study_summary(study, parent, space.fixed, trial_counts(study), plots=not interrupted)
+        exported = pending.finish() if pending else None
     explanation = _explain(settings, parent, exported) if exported is not None and settings.explain else None
-    parent_run.log_study_summary(study, parent, space.fixed, trial_counts(study), plots=not interrupted)
     if len(study.directions) > 1:
         parent_run.log_front(study, parent, names, best, space.fixed)
     result = _result(settings, study, space, (parent, names), best, exported, ran, interrupted, started)
@@ -172,8 +182,9 @@ def _open_study(settings: TuneSettings, space: Any, max_epochs: int) -> tuple[An
     return the_study, created
 
 
-def _ship(settings: TuneSettings, best: Any, parent: str, bundle: Any, experiment: str) -> Any:
-    """Refit (``--refit``; always with ``--cv``) and export the chosen trial into the parent run, register it; None with ``export=False``."""
+def _ship(settings: TuneSettings, best: Any, parent: str, bundle: Any, experiment: str, exporter: Any) -> Any:
+    """Refit (``--refit``; always with ``--cv``) the chosen trial and start its export into the parent run
+    (:class:`~trainforge.tuning.best_model.PendingExport`: finished, it is registered); None with ``export=False``."""
     if not settings.export:
         return None
     from trainforge.tuning import best_model, deployment
@@ -191,8 +202,9 @@ def _ship(settings: TuneSettings, best: Any, parent: str, bundle: Any, experimen
                                   tracking_uri=settings.tracking_uri, experiment=experiment)
     tags = {tag.STUDY: settings.study, tag.TRIAL: str(best.number),
             **deployment.version_tags(best, deployment.Deployment.from_settings(settings.deployment))}
-    return best_model.export_best(source, parent, register=settings.register or settings.study, bundle=bundle,
-                                  tags=tags, quantize=best.user_attrs.get("quantize", "none"), threads=settings.threads)
+    return best_model.start_export(source, parent, register=settings.register or settings.study, bundle=bundle,
+                                   tags=tags, quantize=best.user_attrs.get("quantize", "none"),
+                                   threads=settings.threads, exporter=exporter)
 
 
 def _explain(settings: TuneSettings, parent: str, exported: Any) -> dict[str, Any]:
