@@ -208,6 +208,102 @@ def study_plots(study: Any, folder: Path) -> list[str]:
     return written
 
 
+class StudyPlots:
+    """The :func:`study_plots` of one study summary, in a folder of their own (removed by :meth:`close`).
+
+    Drawn in this process when :meth:`wait` is called, or with ``fork=True`` in a forked child from
+    :meth:`start` on, while this process logs the rest of the summary and the best model (the plots take
+    1-2 s: pyplot's import and three or four figures). The child draws an in-memory copy of the study's
+    finished trials (it never touches the storage or MLflow), ignores Ctrl-C and SIGHUP (the parent
+    decides) and ends with ``os._exit``. Linux only, and only while this process runs no other Python
+    thread (a lock another thread holds would stay held in the child); elsewhere, or when the child
+    fails, :meth:`wait` draws the plots here.
+    """
+
+    def __init__(self, study: Any) -> None:
+        import tempfile
+
+        self.study, self.pid = study, None
+        self._tmp = tempfile.TemporaryDirectory(prefix="trainforge-plots-")
+        self.folder = Path(self._tmp.name)
+
+    @classmethod
+    def start(cls, study: Any, fork: bool = False) -> StudyPlots:
+        plots = cls(study)
+        if fork:
+            plots._fork()
+        return plots
+
+    def _fork(self) -> None:
+        import os
+        import signal
+        import sys
+        import threading
+
+        import optuna
+        from optuna.trial import TrialState
+
+        if not sys.platform.startswith("linux") or threading.active_count() > 1:
+            import logging
+
+            logging.getLogger(__name__).debug("study plots drawn here: %d threads", threading.active_count())
+            return
+        copy = optuna.create_study(directions=self.study.directions)
+        copy.add_trials(self.study.get_trials(deepcopy=False, states=(
+            TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)))
+        signals = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signals)  # no signal before the child's handlers
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: draw, say what was written, leave without atexit handlers or flushes
+                code = 1
+                try:
+                    for number, handler in ((signal.SIGINT, signal.SIG_IGN), (signal.SIGHUP, signal.SIG_IGN),
+                                            (signal.SIGTERM, signal.SIG_DFL)):
+                        signal.signal(number, handler)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                    import json
+
+                    (self.folder / ".written.json").write_text(json.dumps(study_plots(copy, self.folder)))
+                    code = 0
+                finally:
+                    os._exit(code)
+            self.pid = pid
+            import logging
+
+            logging.getLogger(__name__).debug("study plots drawn by process %d", pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+    def wait(self) -> list[str]:
+        """The names of the PNG files written in :attr:`folder` (:func:`study_plots`)."""
+        import json
+        import logging
+        import os
+
+        if self.pid is not None:
+            pid, self.pid = self.pid, None
+            _, status = os.waitpid(pid, 0)
+            written = self.folder / ".written.json"
+            if os.waitstatus_to_exitcode(status) == 0 and written.exists():
+                return json.loads(written.read_text())
+            logging.getLogger(__name__).info("the plot process ended with status %s; drawing here", status)
+        return study_plots(self.study, self.folder)
+
+    def close(self) -> None:
+        """End a child still drawing and remove the folder (idempotent)."""
+        import contextlib
+        import os
+        import signal
+
+        if self.pid is not None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGTERM)
+                os.waitpid(self.pid, 0)
+            self.pid = None
+        self._tmp.cleanup()
+
+
 def plot_front(study: Any, points: list[Any], names: list[str], chosen: Any, path: Path) -> None:
     """Optuna's Pareto-front plot; in two dimensions front points carry their trial number, the chosen one
     a star, and an objective spanning more than 20x is drawn on a log axis. ``points``: the front, drawn labelled."""

@@ -157,13 +157,12 @@ def log_study_start(parent_run_id: str, created: bool, settings: Any, space: dic
 
 
 def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], counts: dict[str, int], *,
-                      plots: bool = True) -> None:
+                      plots: Any = None) -> None:
     """Best value/params, trial ``counts`` (:func:`trainforge.tuning.study.trial_counts`), the trials CSV and
-    the plots, logged to the parent run."""
+    the ``plots`` (a :class:`~trainforge.plots.StudyPlots`, waited for; None: no plots), logged to the parent run."""
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    from trainforge.plots import study_plots
     from trainforge.tuning.selection import best_trial
 
     client = MlflowClient()
@@ -187,11 +186,9 @@ def log_study_summary(study: Any, parent_run_id: str, fixed: dict[str, Any], cou
         client.log_batch(parent_run_id, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
         trials_frame(study).to_csv(folder / "trials.csv", index=False)
         client.log_artifact(parent_run_id, str(folder / "trials.csv"))
-        if plots:
-            plot_dir = folder / "plots"
-            plot_dir.mkdir()
-            if study_plots(study, plot_dir):
-                client.log_artifacts(parent_run_id, str(plot_dir), artifact_path="plots")
+    if plots is not None:
+        for name in plots.wait():
+            client.log_artifact(parent_run_id, str(plots.folder / f"{name}.png"), artifact_path="plots")
 
 
 def trials_frame(study: Any) -> Any:

@@ -90,6 +90,7 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, *, 
     import optuna
 
     from trainforge.exporting import jobs
+    from trainforge.plots import StudyPlots
     from trainforge.tuning import parent_run, runner, selection
     from trainforge.tuning.deployment import Deployment
     from trainforge.tuning.study import trial_counts
@@ -118,9 +119,10 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, *, 
         best, problem = None, exc
     ship = best is not None and not interrupted
     pending = _ship(settings, best, parent, bundle, experiment, exporter) if ship else None
-    with contextlib.closing(pending or exporter):  # a forked exporter exports meanwhile: the summary first
-        parent_run.log_study_summary(study, parent, space.fixed, trial_counts(study), plots=not interrupted)
-        exported = pending.finish() if pending else None
+    plots = None if interrupted else StudyPlots.start(study, fork=export_worker)  # drawn meanwhile when forked
+    with contextlib.closing(pending or exporter), contextlib.closing(plots or exporter):
+        exported = pending.finish() if pending else None  # a forked exporter has been exporting since _ship
+        parent_run.log_study_summary(study, parent, space.fixed, trial_counts(study), plots=plots)
     explanation = _explain(settings, parent, exported) if exported is not None and settings.explain else None
     if len(study.directions) > 1:
         parent_run.log_front(study, parent, names, best, space.fixed)
