@@ -78,9 +78,8 @@ def tune(settings: TuneSettings | dict[str, Any] | str | Path | None = None, *, 
          **given: Any) -> TuneResult:
     """Run (or resume) a study; see the module docstring. ``settings``: a :class:`TuneSettings`, or a config
     (dict, YAML path, None) resolved with the keyword options ``given`` (:meth:`TuneSettings.resolve`).
-    ``export_worker``: fork the export worker (:mod:`trainforge.exporting.worker`) now, so that it imports
-    the exporter during the trials and exports the best model while this process logs the study's summary;
-    only a process that has run no torch operation and no thread yet may (the ``trainforge`` program).
+    ``export_worker``: fork the export worker (:mod:`trainforge.exporting.worker`) now and the plots' process
+    at the end (:class:`~trainforge.plots.StudyPlots`); only a process with no torch run and no thread yet may.
 
     Raises TrainforgeError subclasses for bad settings, storages, study names or search spaces before any
     trial runs; TrainforgeError when a ``study_trials`` study holds more than ``study_trials + 3`` failed
