@@ -78,7 +78,7 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
     import mlflow
 
     from trainforge.contracts import TrainResult
-    from trainforge.exporting.latency import evaluate_onnx
+    from trainforge.exporting.latency import evaluate_onnx, raw_feeds
     from trainforge.exporting.logged import export_and_log, log_onnx
     from trainforge.kinds import get_kind
     from trainforge.tracking import checkpoints
@@ -96,6 +96,8 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
         model, task, meta, cfg = rebuild(checkpoint)
     bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"],
                                                              task=None if kind else meta.task)
+    if not kind:
+        meta.table = getattr(bundle.meta, "table", None)  # a raw table's preprocessing goes in front of the graph
     result = TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg)
     with tempfile.TemporaryDirectory(prefix="trainforge-best-") as tmp:
         # export_and_log logs the MLflow model into the active run: the parent's; the caller sets its final status.
@@ -111,7 +113,8 @@ def export_best(source_run_id: str, parent_run_id: str, *, register: str | None,
             else:
                 export_and_log(result, model, task, meta, bundle, Path(tmp), quantize=quantize, name=BEST_MODEL_NAME)
     best = BestModel(source_run_id, result.onnx_path, result.model_uri)
-    best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(result.onnx_path, bundle.test, task, threads=threads).items()}
+    best.test_metrics = {f"test_{k}": v for k, v in evaluate_onnx(
+        result.onnx_path, bundle.test, task, threads=threads, feeds=raw_feeds(bundle, "test")).items()}
     mlflow.log_metrics(best.test_metrics, run_id=parent_run_id)
     if register:
         version = mlflow.register_model(result.model_uri, register, tags={
