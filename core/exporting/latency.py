@@ -58,9 +58,18 @@ def open_timing_session(path: str | Path, provider: str = "cpu", threads: int = 
     return open_session(path, provider, threads, allow_fallback=False)
 
 
-def batch_of(rows: np.ndarray, batch: int) -> np.ndarray:
-    """``batch`` rows ``(batch, *rows.shape[1:])`` float32, cycling through ``rows`` when it has fewer."""
-    rows = np.asarray(rows, dtype=np.float32)
+def batch_of(rows: Any, batch: int) -> Any:
+    """``batch`` rows ``(batch, *rows.shape[1:])`` float32, cycling through ``rows`` when it has fewer.
+
+    ``rows`` may also be a graph's inputs ``{name: (N, ...) array}`` (a raw table's columns, strings or
+    float32, see :func:`trainforge.exporting.tabular.split_feeds`): each is cycled the same way, its dtype kept.
+    """
+    if isinstance(rows, dict):
+        return {name: _cycled(np.asarray(v), batch) for name, v in rows.items()}
+    return _cycled(np.asarray(rows, dtype=np.float32), batch)
+
+
+def _cycled(rows: np.ndarray, batch: int) -> np.ndarray:
     if len(rows) == 0:
         raise ValueError("no rows to time the model with")
     index = np.arange(batch) % len(rows)
@@ -83,19 +92,23 @@ def time_calls(session: Any, feed: dict[str, np.ndarray], *, warmup: int = WARMU
     return np.asarray(out)
 
 
-def measure(path: str | Path, rows: np.ndarray, *, batch: int = 1, threads: int = 1, provider: str = "cpu",
+def measure(path: str | Path, rows: Any, *, batch: int = 1, threads: int = 1, provider: str = "cpu",
             throughput: bool = False) -> Latency:
     """Latency of ``path`` at ``batch`` rows per call (and throughput at :data:`THROUGHPUT_BATCH` rows if asked).
 
-    ``rows``: real float32 inputs ``(N, *input_shape)``. Raises as :func:`open_timing_session`.
+    ``rows``: real float32 inputs ``(N, *input_shape)`` of the graph's one input, or all its inputs
+    ``{name: (N, ...)}`` (a raw table's columns). Raises as :func:`open_timing_session`.
     """
     session, active = open_timing_session(path, provider, threads)
-    name = session.get_inputs()[0].name
-    seconds = time_calls(session, {name: batch_of(rows, batch)})
+
+    def feed(n: int) -> dict[str, np.ndarray]:
+        return batch_of(rows, n) if isinstance(rows, dict) else {session.get_inputs()[0].name: batch_of(rows, n)}
+
+    seconds = time_calls(session, feed(batch))
     p50, p90 = (float(v) * 1000.0 for v in np.percentile(seconds, [50, 90]))
     rate = None
     if throughput:
-        big = time_calls(session, {name: batch_of(rows, THROUGHPUT_BATCH)}, warmup=3, runs=30, min_runs=5)
+        big = time_calls(session, feed(THROUGHPUT_BATCH), warmup=3, runs=30, min_runs=5)
         rate = THROUGHPUT_BATCH / float(np.median(big))
     return Latency(batch, p50, p90, len(seconds), active, threads, rate)
 
@@ -138,6 +151,7 @@ def measure_model(model: Any, task: Any, bundle: Any, best: dict[str, float], *,
 
     from trainforge.exporting.exporter import export_model, export_sample
     from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
+    from trainforge.exporting.tabular import split_feeds
     from trainforge.training.data import sample_rows
 
     how = timing or Timing()
@@ -150,11 +164,12 @@ def measure_model(model: Any, task: Any, bundle: Any, best: dict[str, float], *,
         if quantize == "int8":
             path = quantize_model(path, Path(tmp) / "model.int8.onnx",
                                   calibration=sample_rows(bundle.train, CALIBRATION_ROWS)).path
-            int8 = {f"val_{k}": float(v) for k, v in evaluate_onnx(str(path), bundle.val, task, threads=how.threads).items()}
+            int8 = {f"val_{k}": float(v) for k, v in evaluate_onnx(str(path), bundle.val, task, threads=how.threads,
+                                                                    feeds=raw_feeds(bundle, "val")).items()}
             figures.update(int8)  # the shipped (quantized) model's own validation metrics
             logged.update({f"int8_{k}": v for k, v in int8.items()})
         with lock if lock is not None else contextlib.nullcontext():
-            latency = measure(path, sample_rows(bundle.val, 1024), batch=how.batch, threads=how.threads,
+            latency = measure(path, split_feeds(bundle, "val", 1024), batch=how.batch, threads=how.threads,
                               provider=how.provider, throughput=how.throughput)
         figures.update(latency_ms=latency.p50_ms, model_bytes=float(path.stat().st_size),
                        params=float(sum(p.numel() for p in model.parameters())))
@@ -165,13 +180,30 @@ def measure_model(model: Any, task: Any, bundle: Any, best: dict[str, float], *,
     return Measured(figures, logged, latency)
 
 
+def raw_feeds(bundle: Any, which: str) -> dict[str, np.ndarray] | None:
+    """A raw table's graph inputs for the whole split ``which`` (:func:`~trainforge.exporting.tabular.split_feeds`),
+    the ``feeds`` :func:`evaluate_onnx` needs for such a file; None for other data (the split's own features)."""
+    if getattr(bundle.meta, "table", None) is None:
+        return None
+    from trainforge.exporting.tabular import split_feeds
+
+    return split_feeds(bundle, which)
+
+
 def evaluate_onnx(path: str | Path, split: Any, task: Any, batch_size: int = 1024,
-                  threads: int | None = None) -> dict[str, float]:
+                  threads: int | None = None, feeds: dict[str, np.ndarray] | None = None) -> dict[str, float]:
     """The task's metrics (``accuracy``, ``loss``, ... for classification) of an ONNX file on a split,
     computed with onnxruntime (CPU, ``threads`` intra-op threads; None: the CPUs this process may use) on
-    the raw features: what ``trainforge predict`` would score."""
+    the raw features: what ``trainforge predict`` would score.
+
+    ``feeds``: the file's inputs for every row of ``split``, in its order, when they are not the split's
+    features ``x`` (a raw table's graph takes one input per raw column: :func:`raw_feeds`); the targets
+    are still the split's ``y``. Raises TrainforgeError when the file takes raw columns and ``feeds`` is None.
+    """
     import torch
 
+    from trainforge.errors import TrainforgeError
+    from trainforge.exporting import metadata
     from trainforge.exporting.sessions import open_session
     from trainforge.training.data import batches
 
@@ -180,9 +212,18 @@ def evaluate_onnx(path: str | Path, split: Any, task: Any, batch_size: int = 102
     # logits (a torch classifier), probabilities only (a scikit-learn one: log p are logits of the same
     # softmax), or the prediction (regression)
     output = next((n for n in ("logits", "probabilities", "prediction") if n in names), names[0])
+    if feeds is None and metadata.from_session(session).get("columns"):
+        raise TrainforgeError(f"{path} takes a raw table's columns: score it on the split's raw rows (feeds)")
+    if feeds is None:
+        name = session.get_inputs()[0].name
+        chunks = (({name: x.cpu().numpy()}, y) for x, y in batches(split, batch_size))
+    else:
+        y_all = split.y
+        chunks = (({k: v[i:i + batch_size] for k, v in feeds.items()}, y_all[i:i + batch_size])
+                  for i in range(0, len(y_all), batch_size))
     state = None
-    for x, y in batches(split, batch_size):
-        out = torch.from_numpy(session.run([output], {"input": x.cpu().numpy()})[0])
+    for feed, y in chunks:
+        out = torch.from_numpy(session.run([output], feed)[0])
         if output == "probabilities":
             out = out.clamp_min(1e-12).log()
         out = out.reshape(len(out), -1)

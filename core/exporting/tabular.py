@@ -163,3 +163,22 @@ def raw_parity(merged: Any, prep: Any, reference: Callable[[np.ndarray], Sequenc
                           "the file was not kept")
     log.info("raw-row parity on %d rows: %s", len(rows), figures)
     return figures
+
+
+def split_feeds(bundle: Any, which: str, n: int | None = None) -> dict[str, np.ndarray]:
+    """The exported graph's inputs for the first ``n`` rows (None: all) of split ``which`` (``"val"`` or
+    ``"test"``), in the split's row order: a raw table's one ``(n, 1)`` array per used column, built by
+    :func:`trainforge.data.raw_inputs` from the raw rows the fitted preprocessing keeps (``validation``,
+    ``heldout``); otherwise ``{"input": float32 (n, *input_shape)}`` (:func:`trainforge.training.data.sample_rows`).
+
+    Raises :class:`~trainforge.errors.DataError` when the split is empty.
+    """
+    from trainforge.exporting.metadata import INPUT_NAME
+    from trainforge.training.data import sample_rows
+
+    table = getattr(bundle.meta, "table", None)
+    if table is None:
+        split = getattr(bundle, which)
+        return {INPUT_NAME: sample_rows(split, n if n is not None else len(split))}
+    rows = {"val": table.validation, "test": table.heldout}[which]
+    return raw_inputs(rows if n is None else rows.head(n), table.columns, f"the {which} split's raw rows")

@@ -235,7 +235,7 @@ def encode_table(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> 
     (the same seed and rows give the same split), every row transformed.
 
     Returns the encoded :class:`ArrayData`, the fitted :class:`~trainforge.training.tabular.TablePrep`
-    (holding the raw held-out rows in ``heldout``) and the data report.
+    (holding the raw held-out rows in ``heldout``, the raw validation rows in ``validation``) and the data report.
     """
     import dataclasses
 
@@ -261,8 +261,8 @@ def encode_table(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> 
     natural = target_kind(data.task)
     if natural == "label" and not data.ordered:
         _check_class_counts(name, target.astype(np.int64), data.class_names)
-    train, _, test = split_indices(name, len(table), target, natural == "label", trainer_config,
-                                   ordered=data.ordered, gap=data.gap)
+    train, val, test = split_indices(name, len(table), target, natural == "label", trainer_config,
+                                     ordered=data.ordered, gap=data.gap)
     prep = fit_table(table.iloc[train], data.columns, data.impute)
     hashes = pd.util.hash_pandas_object(table, index=False).to_numpy()
     report["test_rows_in_train"] = int(np.isin(hashes[test], hashes[train]).sum())
@@ -271,6 +271,7 @@ def encode_table(name: str, data: ArrayData, trainer_config: dict[str, Any]) -> 
                     report["test_rows_in_train"])
     report["columns"] = [c.to_dict() for c in prep.columns]
     prep.heldout = table.iloc[test].reset_index(drop=True)
+    prep.validation = table.iloc[val].reset_index(drop=True)
     x = prep.transform(table, data.source or name)
     encoded = dataclasses.replace(data, features=x, target=target, table=None, feature_names=prep.feature_names)
     return encoded, prep, report

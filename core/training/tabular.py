@@ -51,6 +51,8 @@ class TablePrep:
     feature_names: list[str]
     #: the raw held-out (test) rows as the user gave them: the export gate's raw parity rows
     heldout: Any = None
+    #: the raw validation rows, in the validation split's order (a study times and scores files on them)
+    validation: Any = None
 
     @property
     def used(self) -> list[Column]:

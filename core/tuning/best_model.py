@@ -95,6 +95,8 @@ def start_export(source_run_id: str, parent_run_id: str, *, register: str | None
         model, task, meta, cfg = rebuild(checkpoint)
     bundle = bundle if bundle is not None else data_mod.load(cfg["dataset"], cfg["trainer"],
                                                              task=None if kind else meta.task)
+    if not kind:
+        meta.table = getattr(bundle.meta, "table", None)  # a raw table's preprocessing goes in front of the graph
     pending = PendingExport(source_run_id, parent_run_id, register, tags or {}, quantize, threads, kind, bundle,
                             TrainResult(parent_run_id, None, {}, int(checkpoint["epoch"]), 0, 0.0, cfg),
                             (model, task, meta), exporter or InProcessExporter())
@@ -136,7 +138,7 @@ class PendingExport:
         when None). Raises :class:`ExportError` when the export fails its gate."""
         import mlflow
 
-        from trainforge.exporting.latency import evaluate_onnx
+        from trainforge.exporting.latency import evaluate_onnx, raw_feeds
         from trainforge.exporting.logged import export_and_log, log_onnx
         from trainforge.kinds import get_kind
         from trainforge.training import data as data_mod
@@ -162,7 +164,8 @@ class PendingExport:
             self.close()
         best = BestModel(self.source_run_id, result.onnx_path, result.model_uri)
         best.test_metrics = {f"test_{k}": v for k, v in
-                             evaluate_onnx(result.onnx_path, bundle.test, task, threads=self.threads).items()}
+                             evaluate_onnx(result.onnx_path, bundle.test, task, threads=self.threads,
+                                           feeds=raw_feeds(bundle, "test")).items()}
         mlflow.log_metrics(best.test_metrics, run_id=self.parent_run_id)
         if self.register:
             version = mlflow.register_model(result.model_uri, self.register, tags={
