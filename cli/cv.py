@@ -18,9 +18,7 @@ def train_cv(opts: Any) -> None:
 
     if opts.resume or opts.nproc > 1:
         raise click.UsageError("--cv cannot be combined with --resume or --nproc")
-    result = cross_validate(opts.config, opts.folds, tracking_uri=opts.tracking_uri, experiment=opts.experiment,
-                            run_name=opts.run_name, export=opts.export, quiet=opts.quiet,
-                            on_start=lambda run_id: click.echo(f"run {run_id} started", err=True))
+    result = cross_validate(opts, on_start=lambda run_id: click.echo(f"run {run_id} started", err=True))
     as_json = opts.json
     if as_json:
         click.echo(json.dumps(result.to_dict(), default=str))

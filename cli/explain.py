@@ -46,12 +46,14 @@ def explain(source: str, input_path: str | None, target: str | None, methods: tu
             log_to_run: bool, tracking_uri: str | None, as_json: bool) -> None:
     """Explain a model: global importances and per-row attributions, with checks that they mean something."""
     from trainforge.explaining import require_extra
+    from trainforge.explaining.api import ExplainSettings
     from trainforge.explaining.api import explain as run_explain
 
     require_extra()
 
-    report = run_explain(source, input_path, target=target, methods=methods, rows=rows, background=background,
-                         repeats=repeats, budget=budget, randomise=not no_randomisation, log_to_run=log_to_run,
+    settings = ExplainSettings(methods=tuple(methods), rows=rows, background=background, repeats=repeats,
+                               budget=budget, randomise=not no_randomisation)
+    report = run_explain(source, input_path, target=target, settings=settings, log_to_run=log_to_run,
                          output=output, tracking_uri=tracking_uri, progress=not as_json)
     if as_json:
         for line in report.warnings:

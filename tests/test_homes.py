@@ -101,7 +101,7 @@ def test_metadata_round_trip_with_one_key_set_for_torch_and_estimator(one_epoch,
     # rewrite the file's metadata from the same run's meta: read back as built
     proto = onnx.load(result.onnx_path)
     meta = checkpoint.rebuild(checkpoints.fetch(result.run_id)).meta
-    entries = metadata.build(meta, ["logits", "probabilities"], opset=18, parity={1: 0.0, 30: 1e-6},
+    entries = metadata.build(meta, ["logits", "probabilities"], metadata.Gate(18, {1: 0.0, 30: 1e-6}),
                              run_id="r1", config={"model": {"name": "x"}}, part="")
     metadata.write(proto, entries)
     onnx.save(proto, tmp_path / "again.onnx")
@@ -110,7 +110,7 @@ def test_metadata_round_trip_with_one_key_set_for_torch_and_estimator(one_epoch,
     assert again["parity_max_abs_diff"] == {"1": 0.0, "30": 1e-6} and again["parity_cuda_max_abs_diff"] is None
     from sklearn.linear_model import LogisticRegression
 
-    estimator = metadata.build(meta, ["label", "probabilities"], opset=18, parity={1: 0.0},
+    estimator = metadata.build(meta, ["label", "probabilities"], metadata.Gate(18, {1: 0.0}),
                                estimator=LogisticRegression())
     assert tuple(estimator) == metadata.KEYS and estimator["estimator"] == "LogisticRegression"
     assert json.loads(estimator["normalization"])["applied_in_graph"] is False

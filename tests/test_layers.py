@@ -167,3 +167,23 @@ def test_the_two_entry_points_stay_short():
         tree = ast.parse((ROOT / path).read_text())
         (node,) = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name]
         assert node.end_lineno - node.lineno + 1 <= 60, f"{path}: {name}() is {node.end_lineno - node.lineno + 1} lines"
+
+
+def test_no_function_in_core_is_over_90_lines_or_10_parameters():
+    """Every function and method in core/ fits on a screen: at most 90 lines (docstring included) and at most 10
+    parameters (``self``/``cls`` not counted, ``*args``/``**kwargs`` counted once each)."""
+    import ast
+
+    too_big = []
+    for path in sorted((ROOT / "core").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                continue
+            args = node.args
+            positional = [a.arg for a in (*args.posonlyargs, *args.args)]
+            count = len(positional) + len(args.kwonlyargs) + bool(args.vararg) + bool(args.kwarg)
+            count -= bool(positional) and positional[0] in ("self", "cls")
+            lines = node.end_lineno - node.lineno + 1
+            if lines > 90 or count > 10:
+                too_big.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {lines} lines, {count} parameters")
+    assert not too_big, "\n".join(too_big)

@@ -118,6 +118,7 @@ def _compare(cfgs: list[dict[str, Any]], k: int, run_id: str, tracking_uri: str 
     import mlflow
 
     from trainforge.cv.runner import cross_validate
+    from trainforge.run.options import RunOptions
     from trainforge.training.folds import load_folds
     from trainforge.training.modeling import choose_task
     from trainforge.training.tasks import get_task, metric_mode
@@ -130,9 +131,10 @@ def _compare(cfgs: list[dict[str, Any]], k: int, run_id: str, tracking_uri: str 
         if task_name not in shared:
             shared[task_name] = load_folds(cfg["dataset"], cfg["trainer"], k, task=task_name)
         fold_data = shared[task_name]
-        result = cross_validate(cfg, k, tracking_uri=tracking_uri, experiment=experiment, parent_run_id=run_id,
-                                run_name=f"{cfg['model']['name']}-{cfg['dataset']['name']}-cv{k}", quiet=quiet,
-                                fold_data=fold_data)
+        options = RunOptions(config=cfg, folds=k, tracking_uri=tracking_uri, experiment=experiment,
+                             parent_run_id=run_id, run_name=f"{cfg['model']['name']}-{cfg['dataset']['name']}-cv{k}",
+                             quiet=quiet)
+        result = cross_validate(options, fold_data=fold_data)
         mode = metric_mode(monitor, get_task(fold_data.refit.meta.task, meta=fold_data.refit.meta)) \
             if cfg["trainer"]["mode"] == "auto" else str(cfg["trainer"]["mode"])
         rows.append(_row(cfg["model"]["name"], monitor, result, fold_data))

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from trainforge.contracts import TrainResult
+from trainforge.run.options import RunOptions
 from trainforge.tracking import tags as tag
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,17 @@ class CVResult:
                 "onnx_path": self.refit.onnx_path if self.refit is not None else None}
 
 
-def cross_validate(cfg: dict[str, Any], k: int, *, tracking_uri: str | None = None, experiment: str | None = None,
-                   run_name: str | None = None, parent_run_id: str | None = None, tags: dict[str, str] | None = None,
-                   export: bool = True, quiet: bool = False, on_start: Any = None, fold_data: Any = None) -> CVResult:
-    """K-fold cross-validation of the resolved config ``cfg`` (see the module doc), then the refit.
+def cross_validate(options: RunOptions, *, on_start: Any = None, fold_data: Any = None) -> CVResult:
+    """K-fold cross-validation (K = ``options.folds``) of the resolved config ``options.config`` (see the
+    module doc), then the refit.
 
-    ``parent_run_id``: nest the cv parent run under this run (``compare``). ``fold_data``: pre-loaded
-    :class:`~trainforge.training.folds.FoldData` (``compare`` loads the folds once for every model).
-    ``on_start``: called with the parent run id once it exists. Raises :class:`ConfigError` for ``k`` < 2
-    or data that cannot be folded; the parent run ends FAILED (KILLED on Ctrl-C) with the error.
+    ``options``: the run's :class:`~trainforge.run.options.RunOptions` (``RunOptions.resolve(..., folds=K)``,
+    as ``trainforge train --cv K`` resolves them); read here: ``config``, ``folds``, ``tracking_uri``,
+    ``experiment``, ``run_name``, ``parent_run_id`` (nest the cv parent run under this run: ``compare``),
+    ``tags``, ``export`` and ``quiet``. ``fold_data``: pre-loaded :class:`~trainforge.training.folds.FoldData`
+    (``compare`` loads the folds once for every model). ``on_start``: called with the parent run id once it
+    exists. Raises :class:`ConfigError` for K < 2 or data that cannot be folded; the parent run ends FAILED
+    (KILLED on Ctrl-C) with the error.
     """
     from mlflow.tracking import MlflowClient
     from mlflow.tracking.context.registry import resolve_tags
@@ -84,24 +87,26 @@ def cross_validate(cfg: dict[str, Any], k: int, *, tracking_uri: str | None = No
     from trainforge.training.folds import load_folds
     from trainforge.training.modeling import check_compatible, choose_task
 
-    experiment_id = tracking.setup(tracking_uri, experiment)
+    cfg, k = options.config, int(options.folds or 0)
+    experiment_id = tracking.setup(options.tracking_uri, options.experiment)
     seed_everything(int(cfg["trainer"]["seed"]))
     if fold_data is None:
         task = choose_task(cfg["model"]["name"], cfg["dataset"]["name"])
         fold_data = load_folds(cfg["dataset"], cfg["trainer"], k, task=task)
     check_compatible(cfg["model"], fold_data.refit.meta)  # before any run is opened
-    name = run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}-cv{len(fold_data.folds)}"
+    name = options.run_name or f"{cfg['model']['name']}-{cfg['dataset']['name']}-cv{len(fold_data.folds)}"
     run_tags = {tag.COMMAND: "train", tag.ROLE: "cv", tag.CV_FOLDS: str(len(fold_data.folds)),
                 tag.CV_KIND: fold_data.folds.kind, tag.DATASET: cfg["dataset"]["name"], **process_tags(),
-                **(tags or {})}
-    if parent_run_id:
-        run_tags["mlflow.parentRunId"] = parent_run_id
+                **options.tags}
+    if options.parent_run_id:
+        run_tags["mlflow.parentRunId"] = options.parent_run_id
     run_id = MlflowClient().create_run(experiment_id, run_name=name, tags=resolve_tags(run_tags)).info.run_id
     if on_start is not None:
         on_start(run_id)
     try:
         with tracking.run_status(run_id):
-            return _run_folds(cfg, fold_data, run_id, experiment_id, name, export=export, quiet=quiet)
+            return _run_folds(cfg, fold_data, run_id, experiment_id, name, export=options.export,
+                              quiet=options.quiet)
     except KeyboardInterrupt as exc:
         exc.run_id = run_id
         raise

@@ -307,8 +307,8 @@ def export_estimator(estimator: Any, meta: Any, sample: np.ndarray, path: str | 
         raw_figures = raw_parity(proto, table, reference(estimator, meta.task), names, meta.task,
                                  tolerance=1e-4 if trees else PROBABILITY_TOLERANCE)
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    entries = metadata.build(meta, names, opset=opset, parity=diffs, run_id=run_id, config=config,
-                             estimator=estimator, table=table, raw_parity=raw_figures or None)
+    entries = metadata.build(meta, names, metadata.Gate(opset, diffs, None, raw_figures or None), run_id=run_id,
+                             config=config, estimator=estimator, table=table)
     metadata.write(proto, entries)
     with atomic_output(path) as tmp:  # an existing file is replaced only by a complete one
         import onnx

@@ -87,41 +87,59 @@ def estimate_calls(method: str, n: int, d: int, settings: dict[str, int], input_
     return n * (1 + ((h - side) // stride + 1) * ((w - side) // stride + 1))
 
 
+@dataclass(frozen=True)
+class ExplainSettings:
+    """How :func:`explain` explains (``trainforge explain``'s method options, one field each).
+
+    ``methods``: names of :data:`METHODS` (empty: :func:`default_methods`); ``rows``: the first rows of the input
+    explained (None: all); ``background``: training rows SHAP masks with (a seeded sample); ``repeats``:
+    permutation shuffles per feature; ``permutations``: shap's permutations per row; ``budget``: refuse (one
+    :class:`TrainforgeError` line suggesting a smaller job) when the methods would make more model calls;
+    ``randomise``: run the model-randomisation check.
+    """
+
+    methods: tuple[str, ...] = ()
+    rows: int | None = None
+    background: int = 100
+    repeats: int = 5
+    permutations: int = 1
+    budget: int | None = None
+    randomise: bool = True
+
+
 def explain(source: str, input_path: str | Path | None = None, *, target: str | None = None,
-            methods: list[str] | tuple[str, ...] = (), rows: int | None = None, background: int = 100,
-            repeats: int = 5, permutations: int = 1, budget: int | None = None, randomise: bool = True,
-            log_to_run: bool = False, output: str | Path | None = None, tracking_uri: str | None = None,
-            subject: Subject | None = None, progress: bool = False) -> ExplainReport:
+            settings: ExplainSettings | None = None, log_to_run: bool = False, output: str | Path | None = None,
+            tracking_uri: str | None = None, subject: Subject | None = None, progress: bool = False) -> ExplainReport:
     """Explain ``source`` (a run id, ``runs:/``, ``models:/`` URI or ``.onnx`` file) on ``input_path``'s rows
-    (default: the run's test split; the first ``rows``). ``methods``: names of :data:`METHODS` (default
-    :func:`default_methods`); ``background``: training rows SHAP masks with; ``repeats``: permutation
-    shuffles per feature; ``permutations``: shap's permutations per row; ``budget``: refuse (one
-    :class:`TrainforgeError` line suggesting a smaller job) when the methods would make more model calls.
-    ``randomise``: run the model-randomisation check. ``log_to_run``: ``explain/`` artifacts and
-    ``explain_*`` metrics on the run. ``output``: CSV, one row per (row, feature), one column per method."""
-    subject = subject or load_subject(source, input_path, target, rows=rows, tracking_uri=tracking_uri)
-    chosen = list(methods) or default_methods(subject)
+    (default: the run's test split), as ``settings`` say (:class:`ExplainSettings`; default its defaults).
+    ``log_to_run``: ``explain/`` artifacts and ``explain_*`` metrics on the run. ``output``: CSV, one row per
+    (row, feature), one column per method. Raises :class:`ConfigError` for an unknown or unfitting method,
+    :class:`TrainforgeError` over the budget or for a source that cannot be loaded."""
+    opts = settings or ExplainSettings()
+    subject = subject or load_subject(source, input_path, target, rows=opts.rows, tracking_uri=tracking_uri)
+    chosen = list(opts.methods) or default_methods(subject)
     _check_methods(chosen, subject)
     n, d = len(subject.x), int(np.prod(subject.input_shape))
-    settings = {"background": min(background, len(subject.pool)), "repeats": repeats, "permutations": permutations}
-    costs = {method: estimate_calls(method, n, d, settings, subject.input_shape) for method in chosen}
-    _check_budget(costs, budget, n, settings)
+    settings_used = {"background": min(opts.background, len(subject.pool)), "repeats": opts.repeats,
+                     "permutations": opts.permutations}
+    costs = {method: estimate_calls(method, n, d, settings_used, subject.input_shape) for method in chosen}
+    _check_budget(costs, opts.budget, n, settings_used)
     predict = onnx_predict(subject.onnx_path, subject.task)
     targets = predict(subject.x).argmax(1) if subject.task == "classification" else None
-    bg = subject.pool[np.random.default_rng(0).choice(len(subject.pool), settings["background"], replace=False)]
+    bg = subject.pool[np.random.default_rng(0).choice(len(subject.pool), settings_used["background"], replace=False)]
     done: dict[str, m.Attribution] = {}
     for method in chosen:
         log.info("%s: about %s model calls on %d rows", method, f"{costs[method]:,}", n)
-        total = n * (repeats * d if method == "permutation" else 1)
+        total = n * (opts.repeats * d if method == "permutation" else 1)
         done[method] = _with_bar(f"{method} (~{costs[method]:,} model calls)", total, progress,
                                  lambda bar, method=method: run_method(method, subject, predict, subject.x, targets,
-                                                                       bg, settings, bar))
+                                                                       bg, settings_used, bar))
     results = {"importance": done, "targets": targets, "background": bg}
-    check_values = run_checks(subject, predict, results, settings, randomise)
+    check_values = run_checks(subject, predict, results, settings_used, opts.randomise)
     report = ExplainReport(source, n, {k: dict(zip(subject.feature_names, map(float, a.importance), strict=True))
                                        for k, a in done.items()}, check_values, {k: a.calls for k, a in done.items()},
                            settings={k: a.info for k, a in done.items()}, run_id=subject.run_id)
-    report.settings["shap_background_rows"] = {"rows": settings["background"]}
+    report.settings["shap_background_rows"] = {"rows": settings_used["background"]}
     report.warnings = checks_mod.warn_failed(check_values)
     if output is not None:
         write_attributions(output, done, subject.feature_names)

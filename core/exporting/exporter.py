@@ -121,10 +121,9 @@ def _export_model(model: Any, task: Any, meta: Any, sample: np.ndarray, path: Pa
         proto = attach(proto, table, INPUT_NAME)
         raw_figures = raw_parity(proto, table, torch_reference(wrapped), outputs, meta.task)
     generative = bool(getattr(model, "generative", False)) and not part
-    entries = metadata.build(meta, outputs, opset=opset_used, parity=diffs, cuda_parity=cuda_diffs or None,
-                             run_id=run_id, config=config, part=part or "",
-                             input_shape=tuple(sample.shape[1:]) if generative else None,
-                             table=table, raw_parity=raw_figures or None)
+    gate = metadata.Gate(opset_used, diffs, cuda_diffs or None, raw_figures or None)
+    entries = metadata.build(meta, outputs, gate, run_id=run_id, config=config, part=part or "",
+                             input_shape=tuple(sample.shape[1:]) if generative else None, table=table)
     metadata.write(proto, entries)
     onnx.save(proto, str(path))
     seconds = time.perf_counter() - started

@@ -21,6 +21,7 @@ with the MLflow serving model (``code_paths``), which reads the metadata with :f
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,23 +42,36 @@ def _diffs(diffs: dict[int, float] | None) -> str:
     return json.dumps({str(k): v for k, v in diffs.items()} if diffs else None)
 
 
-def build(meta: Any, outputs: list[str], *, opset: int, parity: dict[int, float],
-          cuda_parity: dict[int, float] | None = None, run_id: str | None = None,
+@dataclass(frozen=True)
+class Gate:
+    """What an export gate measured, as :func:`build` records it.
+
+    ``opset``: the graph's default-domain opset. ``parity``/``cuda_parity``: the largest absolute output
+    difference per batch size on onnxruntime's CPU and CUDA providers (``cuda_parity`` None where it was
+    not measured). ``raw_parity``: a raw table's raw-row gate figures (rows, max_abs_diff,
+    argmax_agreement), None for a numeric input.
+    """
+
+    opset: int
+    parity: dict[int, float]
+    cuda_parity: dict[int, float] | None = None
+    raw_parity: dict[str, float] | None = None
+
+
+def build(meta: Any, outputs: list[str], gate: Gate, *, run_id: str | None = None,
           config: dict[str, Any] | None = None, part: str = "", estimator: Any = None,
-          input_shape: tuple[int, ...] | None = None, table: Any = None,
-          raw_parity: dict[str, float] | None = None) -> dict[str, str]:
+          input_shape: tuple[int, ...] | None = None, table: Any = None) -> dict[str, str]:
     """The metadata entries (key without the ``trainforge.`` prefix -> string) of an exported model.
 
     - ``meta``: the run's :class:`~trainforge.contracts.DataMeta` (task, class and feature names,
-      normalization, dataset); ``outputs``: the graph's output names; ``opset``: the default-domain opset.
-    - ``parity``/``cuda_parity``: largest absolute output difference per batch size on onnxruntime's CPU
-      and CUDA providers (``cuda_parity`` None where it was not measured).
+      normalization, dataset); ``outputs``: the graph's output names; ``gate``: the opset and parity
+      figures (:class:`Gate`).
     - ``estimator``: the fitted scikit-learn estimator (its normalization is not in the graph), else None
       for a torch model (standardization is inside the graph).
     - ``input_shape``: the graph's input shape without the batch axis when it is not the data's (a
       generator's latent code; ``feature_names`` is then null), else ``meta.input_shape``.
     - ``table``: a raw table's fitted preprocessing (:class:`trainforge.training.tabular` table; its
-      ``columns`` are written), ``raw_parity`` its gate figures; both None for a numeric input.
+      ``columns`` are written), None for a numeric input.
     """
     from trainforge import __version__
 
@@ -78,13 +92,13 @@ def build(meta: Any, outputs: list[str], *, opset: int, parity: dict[int, float]
         "mlflow_run_id": run_id or "",
         "model": (config or {}).get("model", {}).get("name", ""),
         "dataset": meta.dataset,
-        "opset": str(opset),
-        "parity_max_abs_diff": _diffs(parity),
-        "parity_cuda_max_abs_diff": _diffs(cuda_parity),
+        "opset": str(gate.opset),
+        "parity_max_abs_diff": _diffs(gate.parity),
+        "parity_cuda_max_abs_diff": _diffs(gate.cuda_parity),
         "part": part or "",
         "estimator": type(estimator).__name__ if estimator is not None else "",
         "columns": json.dumps([c.to_dict() for c in table.columns] if table is not None else None),
-        "raw_parity": json.dumps(raw_parity or None),
+        "raw_parity": json.dumps(gate.raw_parity or None),
     }
 
 
