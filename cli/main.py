@@ -155,7 +155,10 @@ def train(**given: Any) -> None:
     for key, value in result.metrics.items():
         click.echo(f"  {key:<16} {value:.4f}")
     if result.onnx_path:
-        click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs torch: {max(result.parity.values()):.2g})")
+        from trainforge import manager
+
+        source = "torch" if manager.get("model", result.config["model"]["name"]).fit == "epochs" else "scikit-learn"
+        click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs {source}: {max(result.parity.values()):.2g})")
     if result.explanation is not None:
         from trainforge.cli.explain import echo_report
 
@@ -216,7 +219,8 @@ def export(run_id: str | None, study: str | None, trial: int | None, storage: st
         _print_json({**report.to_dict(), **({"quantized": quantized.to_dict()} if quantized else {})})
         return
     diffs = ", ".join(f"batch {k}: {v:.2g}" for k, v in report.max_abs_diff.items())
-    click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs torch {diffs})")
+    source = "scikit-learn" if report.metadata.get("estimator") else "torch"
+    click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs {source} {diffs})")
     if quantized:
         m = quantized.metrics
         change = (f"; test accuracy {m['fp32_accuracy']:.4f} -> {m['int8_accuracy']:.4f} "
