@@ -155,10 +155,7 @@ def train(**given: Any) -> None:
     for key, value in result.metrics.items():
         click.echo(f"  {key:<16} {value:.4f}")
     if result.onnx_path:
-        from trainforge import manager
-
-        source = "torch" if manager.get("model", result.config["model"]["name"]).fit == "epochs" else "scikit-learn"
-        click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs {source}: {max(result.parity.values()):.2g})")
+        click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs the trained model: {max(result.parity.values()):.2g})")
     if result.explanation is not None:
         from trainforge.cli.explain import echo_report
 
@@ -191,8 +188,7 @@ Example:
 @click.option("--tracking-uri", help=TRACKING_HELP)
 @click.option("--json", "as_json", is_flag=True, help="Print the export report as JSON.")
 def export(run_id: str | None, study: str | None, trial: int | None, storage: str | None, output: str | None,
-           opset: int | None,
-           log_to_run: bool, part: str | None, quantize: str | None, tracking_uri: str | None,
+           opset: int | None, log_to_run: bool, part: str | None, quantize: str | None, tracking_uri: str | None,
            as_json: bool) -> None:
     """Re-export a run's best checkpoint to ONNX, checked against torch on its test split."""
     from trainforge.exporting.exporter import export as run_export
@@ -219,8 +215,7 @@ def export(run_id: str | None, study: str | None, trial: int | None, storage: st
         _print_json({**report.to_dict(), **({"quantized": quantized.to_dict()} if quantized else {})})
         return
     diffs = ", ".join(f"batch {k}: {v:.2g}" for k, v in report.max_abs_diff.items())
-    source = "scikit-learn" if report.metadata.get("estimator") else "torch"
-    click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs {source} {diffs})")
+    click.echo(f"wrote {report.path} (opset {report.opset}; max abs diff vs the trained model: {diffs})")
     if quantized:
         m = quantized.metrics
         change = (f"; test accuracy {m['fp32_accuracy']:.4f} -> {m['int8_accuracy']:.4f} "
