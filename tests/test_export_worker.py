@@ -1,5 +1,5 @@
-"""The ONNX export of ``trainforge train`` in a forked worker (trainforge.exporting.worker): the same file
-as an in-process export, a fallback when the worker dies, and no process left behind."""
+"""The ONNX export of ``trainforge train`` and ``tune`` in a forked worker (trainforge.exporting.worker): the
+same file as an in-process export, a fallback when the worker dies, and no process left behind."""
 
 from __future__ import annotations
 
@@ -48,6 +48,27 @@ def test_worker_exports_the_same_file_as_the_training_process(tmp_path):
     run = mlflow_client(tmp_path / "a").get_run(a["run_id"])
     assert run.info.status == "FINISHED" and run.data.tags["trainforge.model_uri"]
     assert "onnx_parity_max_abs_diff_batch_1" in run.data.metrics
+
+
+def test_tune_exports_the_best_in_its_worker_and_draws_the_plots_in_a_child(tmp_path):
+    """``trainforge tune`` as a program forks the export worker at start and a plot process at the end: the
+    parent run still holds the verified file, the registered model and every plot (drawn from a copy).
+    Seeded: unseeded, both trials' architectures are random draws and a short fit can leave both at chance."""
+    proc = _train(tmp_path, "-v", "tune", "--model", "mlp", "--dataset", "iris", "--quiet", "--epochs", "10",
+                  "--n-trials", "2", "--pruner", "none", "--seed", "0", "--study", "prog", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert "ONNX export ran in the export worker" in proc.stderr
+    result = last_json(proc.stdout)
+    client = mlflow_client(tmp_path)
+    parent_id = result["parent_run_id"]
+    files = {f.path for folder in (None, "onnx", "plots") for f in client.list_artifacts(parent_id, folder)}
+    assert {"onnx/model.onnx", "trials.csv", "plots/optimization_history.png", "plots/parallel_coordinate.png",
+            "plots/intermediate_values.png", "plots/param_importances.png"} <= files
+    png = Path(client.download_artifacts(parent_id, "plots/optimization_history.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED" and parent.data.metrics["test_accuracy"] > 0.5
+    assert result["model_version"] == "1"
 
 
 def _worker_of(proc: subprocess.Popen, timeout: float = 60) -> psutil.Process:

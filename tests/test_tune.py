@@ -327,27 +327,6 @@ def test_parallel_processes_share_one_study_and_one_parent(workdir, storage):
         assert {c.data.tags["trainforge.worker"] for c in resumed} == {"0", "1"}, "each --n-jobs worker ran a trial"
 
 
-def test_the_program_exports_the_best_in_its_worker_and_draws_the_plots_in_a_child(workdir):
-    """``trainforge tune`` as a program forks the export worker at start and a plot process at the end: the
-    parent run still holds the verified file, the registered model and every plot (drawn from a copy)."""
-    # seeded: unseeded, both trials' architectures are random draws and two epochs can leave both at chance
-    proc = subprocess.run([EXE, "-v", "tune", *QUICK, "--epochs", "10", "--n-trials", "2", "--pruner", "none",
-                           "--seed", "0", "--study", "prog", "--json"], cwd=workdir, env=_env(), capture_output=True, text=True,
-                          timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert "ONNX export ran in the export worker" in proc.stderr
-    result = last_json(proc.stdout)
-    client = mlflow_client(workdir)
-    files = artifacts(client, result["parent_run_id"])
-    assert {"onnx/model.onnx", "trials.csv", "plots/optimization_history.png", "plots/parallel_coordinate.png",
-            "plots/intermediate_values.png", "plots/param_importances.png"} <= files
-    png = Path(client.download_artifacts(result["parent_run_id"], "plots/optimization_history.png", str(workdir)))
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
-    parent = client.get_run(result["parent_run_id"])
-    assert parent.info.status == "FINISHED" and parent.data.metrics["test_accuracy"] > 0.5
-    assert result["model_version"] == "1"
-
-
 def test_ctrl_c_to_the_process_group_of_n_jobs_2_fails_running_trials_and_keeps_finished_ones(workdir):
     """Ctrl-C as a terminal sends it: SIGINT to the whole process group, the --n-jobs workers included."""
     proc = signalled([EXE, "tune", *QUICK, "--study", "intr", "--n-trials", "50", "--n-jobs", "2",
