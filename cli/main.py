@@ -155,7 +155,8 @@ def train(**given: Any) -> None:
     for key, value in result.metrics.items():
         click.echo(f"  {key:<16} {value:.4f}")
     if result.onnx_path:
-        click.echo(f"ONNX model: {result.onnx_path} (max abs diff vs the trained model: {max(result.parity.values()):.2g})")
+        click.echo(f"ONNX model: {result.onnx_path} "
+                   f"(max abs diff vs the trained model: {max(result.parity.values()):.2g})")
     if result.explanation is not None:
         from trainforge.cli.explain import echo_report
 

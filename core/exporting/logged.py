@@ -45,7 +45,6 @@ def export_and_log(result: Any, model: Any, task: Any, meta: Any, bundle: Any, w
     if exporter is None:
         exporter = InProcessExporter()
         exporter.submit(export_job(model, task, meta, bundle, workdir, result.run_id, result.config))
-    prepare_logging()  # while a forked exporter works: the imports log_onnx needs
     report = exporter.result()
     if quantize == "int8":
         from trainforge.exporting.quantize import CALIBRATION_ROWS, quantize_model
@@ -80,16 +79,6 @@ def model_name(config: dict[str, Any] | None) -> str:
     cfg = config or {}
     parts = [(cfg.get(k) or {}).get("name") for k in ("model", "dataset")]
     return "-".join(str(p) for p in parts if p) or "model"
-
-
-def prepare_logging() -> None:
-    """Import what :func:`log_onnx` needs: ``onnx`` (~0.8 s on 2 cores, most of it ``ml_dtypes``),
-    onnxruntime, and MLflow's pyfunc and ONNX flavors. :func:`export_and_log` calls it before it waits for
-    the exporter's result, so with the forked export worker the imports run while the worker exports."""
-    import mlflow.onnx  # noqa: F401
-    import mlflow.pyfunc  # noqa: F401
-    import onnx  # noqa: F401
-    import onnxruntime  # noqa: F401
 
 
 def log_onnx(result: Any, report: Any, sample: np.ndarray, name: str | None = None) -> None:
