@@ -8,7 +8,6 @@ one ``Error: ...`` line and exit code 1; usage errors exit 2 (click's convention
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from typing import Any
@@ -49,18 +48,9 @@ class Group(click.Group):
 
 
 def _setup_logging(verbose: int) -> None:
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("mlflow", "alembic"):
-        logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
-    if not verbose:  # it logs a database error it then raises; our one line says it (e.g. a full disk)
-        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
-    # urllib3 warns on every retry of an unreachable tracking server; the command's error says it in one line
-    logging.getLogger("urllib3").setLevel(logging.ERROR if not verbose else level)
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is for our output (--json)
-    if not verbose:  # MLflow configures its own handler at import, at INFO unless told otherwise
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    from trainforge.tracking.logs import configure
+
+    configure(verbose)
 
 
 def _print_json(obj: Any) -> None:

@@ -153,7 +153,9 @@ def _worker_main(plan: Plan, n_trials: int | None, timeout: float | None, index:
     try:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         interrupts.install()
-        logging.basicConfig(level=plan.log_level, format="%(levelname)s %(name)s: %(message)s")
+        from trainforge.tracking.logs import configure, verbosity
+
+        configure(verbosity(plan.log_level))  # as the command that spawned it
         import optuna
         import torch
 
