@@ -8,6 +8,10 @@
    nothing tracked or exported). N = 10, 30, 100, interleaved: round ``i`` runs every (contender, N) once, in
    an order that rotates each round. Reported: the whole-study ratio per N (paired per round) and the
    marginal per-trial cost (the slope between the smallest and largest N) of each, and its ratio.
+   ``--mlflow`` adds three contenders: the plain script tracked in MLflow by hand (``plain_tune.py
+   --mlflow``), the same then exporting, checking, logging and registering its best (``--export``), and
+   ``tune --no-export``; reported as the paired ratios of tune against its hand-wired equivalent and of
+   MLflow's own cost (plain + MLflow against plain).
 2. ``--n-jobs 2`` against 1 on the 30-trial study: scaling efficiency ``T(1) / (2 T(2))``.
 3. A profile of one study (``--profile``, in a child process): the study's wall time split by phase (process
    start and imports, setup, each trial's steps inside ``train()``, Optuna's ask/tell, the summary and the
@@ -16,6 +20,7 @@
     python benchmarks/bench_tune.py                         # everything, 3 rounds, writes RESULTS_tune.md
     python benchmarks/bench_tune.py --trials 10 30 --rounds 3 --no-jobs
     python benchmarks/bench_tune.py --profile-only --profile-trials 10
+    python benchmarks/bench_tune.py --trials 10 30 --rounds 3 --no-jobs --no-profile --mlflow
 
 The machine may be shared: the load average before and after is reported with the figures.
 """
@@ -80,31 +85,53 @@ class Studies:
         cwd.mkdir()
         return cwd
 
-    def trainforge(self, n: int, jobs: int = 1) -> float:
-        cmd = [*_exe(), *TUNE, "--config", str(self.tmp / "space.yaml"), "--n-trials", str(n), "--n-jobs", str(jobs)]
+    def trainforge(self, n: int, jobs: int = 1, *extra: str) -> float:
+        cmd = [*_exe(), *TUNE, "--config", str(self.tmp / "space.yaml"), "--n-trials", str(n), "--n-jobs", str(jobs),
+               *extra]
         started = time.perf_counter()
         _run(cmd, self._cwd())
         return time.perf_counter() - started
 
-    def plain(self, n: int) -> float:
+    def plain(self, n: int, *extra: str) -> float:
         started = time.perf_counter()
-        _run([*PLAIN, "--n-trials", str(n), "--epochs", str(EPOCHS)], self._cwd())
+        _run([*PLAIN, "--n-trials", str(n), "--epochs", str(EPOCHS), *extra], self._cwd())
         return time.perf_counter() - started
 
+    def run(self, kind: str, n: int, jobs: int) -> float:
+        """One study of a contender of :data:`KINDS`."""
+        tool, extra = KINDS[kind]
+        return self.trainforge(n, jobs, *extra) if tool == "trainforge" else self.plain(n, *extra)
 
-def studies(section: Section, trials: list[int], rounds: int, jobs: bool) -> None:
-    contenders = [(kind, n, 1) for n in trials for kind in ("trainforge", "plain")]
+
+#: contender -> (program, extra arguments). The ``plain-mlflow*`` scripts are the same plain study tracked in
+#: MLflow by hand (``plain_tune.py --mlflow``: parent and child runs, params, per-epoch metrics, best state),
+#: then exported, checked, logged and registered (``--export``); ``trainforge-no-export`` is ``tune
+#: --no-export`` (runs, metrics, checkpoints, summary and plots; no export or registry).
+KINDS = {"trainforge": ("trainforge", ()), "plain": ("plain", ()),
+         "trainforge-no-export": ("trainforge", ("--no-export",)), "plain-mlflow": ("plain", ("--mlflow",)),
+         "plain-mlflow-export": ("plain", ("--mlflow", "--export"))}
+#: with ``--mlflow``: (row, numerator, denominator) of the extra table
+PAIRS = [("trainforge tune / plain script + MLflow + export", "trainforge", "plain-mlflow-export"),
+         ("tune --no-export / plain script + MLflow", "trainforge-no-export", "plain-mlflow"),
+         ("plain script + MLflow / plain script (MLflow's own cost)", "plain-mlflow", "plain"),
+         ("plain + MLflow + export / plain script", "plain-mlflow-export", "plain")]
+
+
+def studies(section: Section, trials: list[int], rounds: int, jobs: bool, tracked: bool = False) -> None:
+    kinds = list(KINDS) if tracked else ["trainforge", "plain"]
+    contenders = [(kind, n, 1) for n in trials for kind in kinds]
     if jobs:
         contenders.append(("trainforge", 30, 2))
     times: dict[tuple[str, int, int], list[float]] = {c: [] for c in contenders}
     load_before = _load()
     with tempfile.TemporaryDirectory(prefix="bench-tune-") as tmp:
         runner = Studies(Path(tmp))
-        runner.trainforge(2), runner.plain(2)  # warm-up: page cache, the store's schema template
+        for kind in kinds:  # warm-up: page cache, the store's schema template
+            runner.run(kind, 2, 1)
         for r in range(rounds):
             order = contenders[r % len(contenders):] + contenders[: r % len(contenders)]
             for kind, n, j in order:
-                seconds = runner.trainforge(n, j) if kind == "trainforge" else runner.plain(n)
+                seconds = runner.run(kind, n, j)
                 times[(kind, n, j)].append(seconds)
                 log(f"  round {r + 1}: {kind} n={n} jobs={j}: {seconds:.1f} s (load {_load()})")
     section.add(f"Load average (1/5/15 min) before: {load_before}; after: {_load()}. {rounds} rounds, "
@@ -122,6 +149,8 @@ def studies(section: Section, trials: list[int], rounds: int, jobs: bool) -> Non
                      Stats.of(slope["plain"]).fmt(3) + " s",
                      "**" + paired_ratios(slope["trainforge"], slope["plain"]).fmt(3) + "×**"])
     section.table(["trials", "trainforge tune, wall", "plain Optuna script, wall", "ratio"], rows)
+    if tracked:
+        _tracked_table(section, times, trials)
     if jobs:
         one, two = times[("trainforge", 30, 1)], times[("trainforge", 30, 2)]
         eff = Stats.of([a / (2 * b) for a, b in zip(one, two, strict=True)])
@@ -130,6 +159,17 @@ def studies(section: Section, trials: list[int], rounds: int, jobs: bool) -> Non
                     f"T(1) / (2 T(2)) = {eff.fmt(3)} on {os.cpu_count()} CPUs.", "")
     section.add("Raw seconds: " + json.dumps({f"{k}-{n}-j{j}": [round(s, 2) for s in v]
                                                for (k, n, j), v in times.items()}), "")
+
+
+def _tracked_table(section: Section, times: dict[tuple[str, int, int], list[float]], trials: list[int]) -> None:
+    """``--mlflow``: each contender's wall per study size, then the paired ratios of :data:`PAIRS`."""
+    section.add("Against the same study tracked in MLflow by hand (`plain_tune.py --mlflow [--export]`), "
+                "same rounds:", "")
+    section.table(["contender", *[f"{n} trials, wall" for n in trials]],
+                  [[f"`{k}`", *[Stats.of(times[(k, n, 1)]).fmt(3) + " s" for n in trials]] for k in KINDS])
+    section.table(["ratio (paired per round)", *[f"{n} trials" for n in trials]],
+                  [[label, *[paired_ratios(times[(a, n, 1)], times[(b, n, 1)]).fmt(3) + "×" for n in trials]]
+                   for label, a, b in PAIRS])
 
 
 # ---- the profile: timers around the functions that do each step, in a child process --------------------
@@ -272,6 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-jobs", action="store_true", help="skip --n-jobs 2 against 1")
+    parser.add_argument("--mlflow", action="store_true",
+                        help="also the plain study tracked in MLflow by hand (and exported), and tune --no-export")
     parser.add_argument("--profile-trials", type=int, default=10)
     parser.add_argument("--profile-only", action="store_true")
     parser.add_argument("--no-profile", action="store_true")
@@ -286,7 +328,7 @@ def main(argv: list[str] | None = None) -> None:
     sections = []
     if not args.profile_only:
         section = Section("Whole studies: trainforge tune against a plain Optuna script")
-        studies(section, sorted(args.trials), args.rounds, jobs=not args.no_jobs)
+        studies(section, sorted(args.trials), args.rounds, jobs=not args.no_jobs, tracked=args.mlflow)
         sections.append(section)
     if not args.no_profile:
         section = Section("Where a trial's time goes")

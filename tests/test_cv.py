@@ -101,10 +101,10 @@ def cv_runs(tmp_path_factory):
         mp.chdir(root)
         mp.delenv("MLFLOW_TRACKING_URI", raising=False)
         trained = last_json(invoke("train", "--model", "mlp", "--dataset", "wine", "--cv", "2", "--epochs", "2",
-                                   "--json", "-q"))
+                                   "--experiment", "cv-wine", "--json", "-q"))
         board = last_json(invoke("compare", "--model", "random-forest,logistic-regression", "--dataset", "wine",
                                  "--cv", "2", "--epochs", "2", "-p", "trainer.monitor=val_accuracy",
-                                 "--register", "wine-best", "--json"))
+                                 "--experiment", "leaderboard", "--register", "wine-best", "--json"))
         client = mlflow_client(root)
         refit = client.get_run(trained["run_id"]).data.tags["trainforge.refit_run_id"]
         invoke("data", "--run", refit, "--split", "test", "--output", "test.csv")
@@ -128,6 +128,8 @@ def test_train_cv_makes_parent_fold_and_refit_runs(cv_runs):
     folds = [f["metrics"]["val_accuracy"] for f in result["folds"]]
     assert m["cv_val_accuracy_mean"] == pytest.approx(np.mean(folds))
     assert m["cv_val_accuracy_std"] == pytest.approx(np.std(folds, ddof=1))
+    assert client.get_experiment(parent.info.experiment_id).name == "cv-wine"
+    # the fold and refit runs sit in the parent's experiment (the MLflow UI nests them only there)
     children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert sorted(r.data.tags["trainforge.role"] for r in children) == ["fold", "fold", "refit"]
     refit = client.get_run(parent.data.tags["trainforge.refit_run_id"])
@@ -167,6 +169,10 @@ def test_compare_ranks_models_on_the_same_folds(cv_runs):
     assert board["registered"] == "wine-best/1"
     arts = {a.path for a in client.list_artifacts(board["run_id"])}
     assert {"leaderboard.csv", "leaderboard.png"} <= arts
+    experiment = client.get_run(board["run_id"]).info.experiment_id
+    assert client.get_experiment(experiment).name == "leaderboard"
+    for r in rows:  # every model's refit run is in the leaderboard's experiment
+        assert client.get_run(r["refit_run_id"]).info.experiment_id == experiment
 
 
 def test_every_leaderboard_onnx_passed_the_gate_and_predicts_its_test_score(cv_runs):

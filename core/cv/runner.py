@@ -105,16 +105,16 @@ def cross_validate(options: RunOptions, *, on_start: Any = None, fold_data: Any 
         on_start(run_id)
     try:
         with tracking.run_status(run_id):
-            return _run_folds(cfg, fold_data, run_id, experiment_id, name, export=options.export,
-                              quiet=options.quiet)
+            return _run_folds(cfg, fold_data, run_id, experiment_id, name, options)
     except KeyboardInterrupt as exc:
         exc.run_id = run_id
         raise
 
 
-def _run_folds(cfg: dict[str, Any], fold_data: Any, run_id: str, experiment_id: str, name: str, *,
-               export: bool, quiet: bool) -> CVResult:
-    """The folds, the parent's summary and the refit (steps 2-4 of the module doc) inside the open parent."""
+def _run_folds(cfg: dict[str, Any], fold_data: Any, run_id: str, experiment_id: str, name: str,
+               options: RunOptions) -> CVResult:
+    """The folds, the parent's summary and the refit (steps 2-4 of the module doc) inside the open parent,
+    each fold and the refit a child run in the parent's store and experiment."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -125,9 +125,11 @@ def _run_folds(cfg: dict[str, Any], fold_data: Any, run_id: str, experiment_id: 
     runlog.log_params(run_id, cfg, fold_data.refit.meta)
     mlflow.log_params({"cv.folds": len(fold_data.folds), "cv.kind": fold_data.folds.kind}, run_id=run_id)
     folds, seconds = [], 0.0
+    where = {"tracking_uri": options.tracking_uri, "experiment": options.experiment, "quiet": options.quiet,
+             "parent_run_id": run_id}
     for i, bundle in enumerate(fold_data.bundles):
-        result = train(cfg, data=bundle, parent_run_id=run_id, run_name=f"{name}-fold{i}", export=False,
-                       quiet=quiet, tags={tag.ROLE: "fold", tag.FOLD: str(i)})
+        result = train(cfg, data=bundle, run_name=f"{name}-fold{i}", export=False,
+                       tags={tag.ROLE: "fold", tag.FOLD: str(i)}, **where)
         folds.append({"fold": i, "run_id": result.run_id, "best_epoch": result.best_epoch,
                       "metrics": best_val_metrics(result), "rows": {"train": len(bundle.train),
                                                                    "val": len(bundle.val)}})
@@ -141,8 +143,8 @@ def _run_folds(cfg: dict[str, Any], fold_data: Any, run_id: str, experiment_id: 
         mlflow.log_artifact(str(path), run_id=run_id)
 
     refit_cfg = refit_config(cfg, [f["best_epoch"] for f in folds])
-    refit = train(refit_cfg, data=fold_data.refit, parent_run_id=run_id, run_name=f"{name}-refit", export=export,
-                  quiet=quiet, tags={tag.ROLE: "refit"})
+    refit = train(refit_cfg, data=fold_data.refit, run_name=f"{name}-refit", export=options.export,
+                  tags={tag.ROLE: "refit"}, **where)
     test = dict(refit.metrics)
     mlflow.log_metrics({**test, "refit_epochs": int(refit_cfg["trainer"]["epochs"])}, run_id=run_id)
     MlflowClient().set_tag(run_id, tag.REFIT_RUN_ID, refit.run_id)
