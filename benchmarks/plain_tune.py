@@ -60,20 +60,21 @@ def main(argv: list[str] | None = None) -> None:
     x_train, y_train = torch.from_numpy(x[train]), torch.from_numpy(y[train])
     x_val, y_val = torch.from_numpy(x[val]), torch.from_numpy(y[val])
 
-    models: list = []  # the last model built: the architecture the best state is loaded into
     tracked = _Tracking() if args.mlflow else None
     best_state: dict[str, object] = {}
 
-    def objective(trial: optuna.Trial) -> float:
-        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
-        child = tracked.start_trial(trial.number, {"lr": lr}) if tracked else None
+    def build() -> nn.Module:
         torch.manual_seed(0)
         layers, width = [], x.shape[1]
         for size in args.hidden:
             layers += [nn.Linear(width, size), nn.ReLU(), nn.Dropout(0.1)]
             width = size
-        model = nn.Sequential(*layers, nn.Linear(width, int(y.max()) + 1))
-        models[:] = [model]
+        return nn.Sequential(*layers, nn.Linear(width, int(y.max()) + 1))
+
+    def objective(trial: optuna.Trial) -> float:
+        lr = trial.suggest_float("lr", *LR_RANGE, log=True)
+        child = tracked.start_trial(trial.number, {"lr": lr}) if tracked else None
+        model = build()
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         loss_fn = nn.CrossEntropyLoss()
         loader = DataLoader(TensorDataset(x_train, y_train), batch_size=64, shuffle=True)
@@ -110,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     if tracked:
         tracked.end_study(study)
         if args.export:
-            model = models[-1]
+            model = build()
             model.load_state_dict(best_state["state"])
             tracked.export(model.eval(), x_val[:64])
         tracked.mlflow.end_run()

@@ -105,16 +105,15 @@ def cross_validate(options: RunOptions, *, on_start: Any = None, fold_data: Any 
         on_start(run_id)
     try:
         with tracking.run_status(run_id):
-            return _run_folds(cfg, fold_data, run_id, experiment_id, name, options)
+            return _run_folds(fold_data, run_id, experiment_id, name, options)
     except KeyboardInterrupt as exc:
         exc.run_id = run_id
         raise
 
 
-def _run_folds(cfg: dict[str, Any], fold_data: Any, run_id: str, experiment_id: str, name: str,
-               options: RunOptions) -> CVResult:
-    """The folds, the parent's summary and the refit (steps 2-4 of the module doc) inside the open parent,
-    each fold and the refit a child run in the parent's store and experiment."""
+def _run_folds(fold_data: Any, run_id: str, experiment_id: str, name: str, options: RunOptions) -> CVResult:
+    """The folds, the parent's summary and the refit (steps 2-4 of the module doc) of ``options.config``
+    inside the open parent, each fold and the refit a child run in the parent's store and experiment."""
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -122,6 +121,7 @@ def _run_folds(cfg: dict[str, Any], fold_data: Any, run_id: str, experiment_id: 
     from trainforge.run.api import train
     from trainforge.tracking import runlog
 
+    cfg = options.config
     runlog.log_params(run_id, cfg, fold_data.refit.meta)
     mlflow.log_params({"cv.folds": len(fold_data.folds), "cv.kind": fold_data.folds.kind}, run_id=run_id)
     folds, seconds = [], 0.0
