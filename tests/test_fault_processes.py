@@ -111,6 +111,20 @@ def test_sigterm_to_tune_behaves_like_ctrl_c(workdir):
     assert _tune_state(workdir) == {"s": "KILLED", "s-trial-0": "KILLED"}
 
 
+def test_ctrl_c_to_tune_cv_ends_every_fold_killed(workdir):
+    """Ctrl-C while a cross-validated trial's folds train in lockstep: the fold that was computing and the folds
+    waiting at the epoch's end all end KILLED, as do the trial and the study's parent; exit 130, no traceback."""
+    proc = start(workdir, *TUNE[:-2], "--cv", "3", "--study", "s")
+    wait_for(str(workdir / "tmp" / "trainforge-*" / "checkpoints" / "best.pt"), proc)
+    time.sleep(0.5)  # a few epochs into the lockstep
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert _tune_state(workdir) == {"s": "KILLED", "s-trial-0": "KILLED", **{
+        f"s-trial-0-fold{i}": "KILLED" for i in range(3)}}
+
+
 @pytest.mark.parametrize("target", ["parent", "group-sigint", "group-sigint-at-start-up"])
 def test_tune_n_jobs_2_signals(workdir, target):
     """SIGTERM to the parent (forwarded to the workers) and Ctrl-C to the whole group, mid-trial or while the

@@ -2,21 +2,28 @@
 
 Optuna's ``OptunaSearchCV`` prunes this way (``optuna_integration/sklearn/sklearn.py``, ``_Objective._partial_fit_and_score``
 per fold, then ``trial.report(mean of the fold scores, step)`` and ``should_prune`` after every step). Here each fold is a
-plain :func:`trainforge.run.api.train` run in its own thread; a :class:`LockstepPruning` callback makes the folds meet
-after every epoch at a :class:`FoldGate`. The last fold to arrive reports the mean over the K folds of the monitored
-value at each fold's best epoch so far (a fold that stopped early keeps its final value) and asks the pruner; every
-fold then continues or raises ``optuna.TrialPruned`` (a pruned trial stops every fold).
+plain :func:`trainforge.run.api.train` run in its own greenlet (the ``greenlet`` package: a coroutine with its own
+stack, on the calling thread). After every epoch a :class:`LockstepPruning` callback hands the fold's value to
+:func:`fit_folds`, which resumes the folds one after another; once every running fold has posted epoch ``e``, it
+reports the mean over the K folds of the monitored value at each fold's best epoch so far (a fold that stopped
+early keeps its final value) and asks the pruner; every fold then continues or raises ``optuna.TrialPruned`` (a
+pruned trial stops every fold).
+
+One thread computes every fold's epochs, as K sequential runs would: no fold competes with another for the
+cores or for torch's intra-op threads (fold threads did: 1.24x-1.6x the sequential time, see
+``benchmarks/RESULTS_cv.md``). Each fold keeps its own torch RNG state (CPU, and CUDA once initialised) and its own
+MLflow active-run stack across the switches, so a fold draws its initial weights, its dropout masks and its
+shuffles exactly as a lone run with the same seed would, and its fold scores are those of a sequential fit.
 
 Cost: the K models, their optimizer state and their K training splits live at once (about
 :func:`lockstep_bytes`); above ``max_bytes`` :func:`fit_folds` falls back to fold by fold, reporting the cumulative
-mean after each finished fold (step = fold index), and says which mode ran. Threads share the global torch RNG:
-model initialisation is serialized (each fold's weights are what a lone run would draw), dropout draws are not.
+mean after each finished fold (step = fold index), and says which mode ran.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -32,85 +39,54 @@ class FoldAborted(RuntimeError):
     """Another fold of the same trial failed: this one stops too."""
 
 
-class FoldGate:
-    """Where ``k`` fold threads meet after every epoch; ``report(epoch, mean) -> prune?`` decides for all."""
+def _context() -> tuple[Any, ...]:
+    """What a fold keeps to itself across a switch: the torch RNG states and MLflow's active-run stack."""
+    import torch
 
-    def __init__(self, k: int, report: Callable[[int, float], bool]) -> None:
-        self.k, self.report = k, report
-        self.cond = threading.Condition()
-        self.values: dict[int, dict[int, float]] = {}  # epoch -> fold -> value
-        self.final: dict[int, float] = {}  # folds that stopped: their last value
-        self.decided: dict[int, bool] = {}
-        self.failed: BaseException | None = None
-        self.start = threading.Lock()  # serializes each fold's seeding and model initialisation
+    from trainforge.tracking import store
 
-    def arrive(self, fold: int, epoch: int, value: float) -> bool:
-        """Post ``fold``'s value after ``epoch``; block until every running fold posted it; True = prune."""
-        with self.cond:
-            self.values.setdefault(epoch, {})[fold] = value
-            self._decide(epoch)
-            while epoch not in self.decided and self.failed is None:
-                self.cond.wait()
-            if self.failed is not None:
-                raise FoldAborted(f"fold {fold} stopped: another fold failed ({self.failed})")
-            return self.decided[epoch]
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return torch.get_rng_state(), cuda, store.active_runs()
 
-    def leave(self, fold: int, value: float | None, error: BaseException | None = None) -> None:
-        """``fold`` ends (finished, stopped early, pruned or failed); the others no longer wait for it."""
-        with self.cond:
-            if value is not None:
-                self.final[fold] = value
-            else:
-                self.final.setdefault(fold, float("nan"))
-            if error is not None and self.failed is None:
-                self.failed = error
-            for epoch in list(self.values):
-                self._decide(epoch)
-            self.cond.notify_all()
 
-    def _decide(self, epoch: int) -> None:
-        posted = self.values[epoch]
-        if epoch in self.decided or len(posted) + len(set(self.final) - set(posted)) < self.k:
-            return
-        scores = [posted.get(f, self.final.get(f)) for f in range(self.k)]
-        mean = sum(scores) / self.k
-        try:
-            self.decided[epoch] = bool(self.report(epoch, mean))
-        except BaseException as exc:  # noqa: BLE001 - the folds stop, the caller sees it
-            self.failed = exc
-        self.cond.notify_all()
+def _restore(saved: tuple[Any, ...]) -> None:
+    import torch
+
+    from trainforge.tracking import store
+
+    cpu, cuda, runs = saved
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    store.set_active_runs(runs)
+
+
+def _switch(target: Any, *args: Any, throw: BaseException | None = None) -> Any:
+    """Switch to greenlet ``target`` (passing ``args``, or raising ``throw`` in it); back here, this greenlet's
+    own :func:`_context` is in force again. Returns what was switched back to this greenlet."""
+    mine = _context()
+    try:
+        return target.throw(throw) if throw is not None else target.switch(*args)
+    finally:
+        _restore(mine)
 
 
 class LockstepPruning(Callback):
-    """One fold's side of the gate: after each epoch, the monitored ``metric`` at the best epoch so far."""
+    """One fold's side of the lockstep: after each epoch, the monitored ``metric`` at the best epoch so far goes
+    to the driving greenlet ``hub``; what it sends back says whether the trial is pruned."""
 
-    def __init__(self, gate: FoldGate, fold: int, metric: str) -> None:
-        self.gate, self.fold, self.metric = gate, fold, metric
+    def __init__(self, hub: Any, fold: int, metric: str) -> None:
+        self.hub, self.fold, self.metric = hub, fold, metric
         self.value: float | None = None
         self.epoch = 0
-        self.started = False
-
-    def on_fit_start(self, trainer: Any) -> None:
-        if not self.started:
-            self.started = True
-            self.gate.start.release()  # the model is built: the next fold may seed and build its own
 
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
         import optuna
 
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else metrics
         self.value, self.epoch = float(best.get(self.metric, metrics[self.metric])), epoch
-        if self.gate.arrive(self.fold, epoch, self.value):
+        if _switch(self.hub, ("epoch", self.fold, epoch)):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: the mean {self.metric} over folds")
-
-    def on_fit_end(self, trainer: Any) -> None:
-        self.gate.leave(self.fold, self.value)
-
-    def on_exception(self, trainer: Any, exc: BaseException) -> None:
-        import optuna
-
-        error = None if isinstance(exc, (optuna.TrialPruned, FoldAborted)) else exc
-        self.gate.leave(self.fold, self.value, error)
 
 
 def lockstep_bytes(n_params: int, bundles: list[Any]) -> int:
@@ -132,7 +108,7 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
 
     ``train_fold(i, bundle, callbacks) -> TrainResult`` runs fold ``i`` (a :func:`trainforge.run.api.train`
     call). ``report(step, mean) -> prune?``: e.g. ``trial.report`` then ``trial.should_prune``. The mode is
-    ``"lockstep"`` (threads, step = epoch) unless :func:`lockstep_bytes` exceeds ``max_bytes``, then
+    ``"lockstep"`` (the folds in greenlets on this thread, step = epoch) unless :func:`lockstep_bytes` exceeds ``max_bytes``, then
     ``"sequential"`` (step = fold index, the cumulative mean). Raises ``optuna.TrialPruned`` when pruned and
     the first fold's error otherwise.
     """
@@ -149,41 +125,63 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
             if report(i, sum(scores) / len(scores)):
                 raise optuna.TrialPruned(f"pruned after fold {i}: the mean {metric} over the folds so far")
         return results, "sequential"
-    gate = FoldGate(len(bundles), report)
-    results: list[Any] = [None] * len(bundles)
-    errors: list[BaseException | None] = [None] * len(bundles)
+    import greenlet
 
-    def work(i: int) -> None:
-        cb = LockstepPruning(gate, i, metric)
-        gate.start.acquire()
+    hub, k = greenlet.getcurrent(), len(bundles)
+    callbacks = [LockstepPruning(hub, i, metric) for i in range(k)]
+    started = _context()
+
+    def body(i: int) -> tuple[str, int, Any]:
+        # a fresh copy of the caller's MLflow stack: the fold's start_run pushes onto its own list
+        _restore((*started[:2], (list(started[2][0]), started[2][1])))
         try:
-            results[i] = train_fold(i, bundles[i], [cb])
-        except BaseException as exc:  # noqa: BLE001 - collected for the calling thread
-            errors[i] = exc
-            gate.leave(i, cb.value, None if isinstance(exc, (optuna.TrialPruned, FoldAborted)) else exc)
-        finally:
-            if not cb.started:
-                cb.started = True
-                gate.start.release()  # it failed before its fit started
+            return "done", i, train_fold(i, bundles[i], [callbacks[i]])
+        except BaseException as exc:  # noqa: BLE001 - handed to fit_folds, which raises the first
+            return "error", i, exc
 
-    threads = [threading.Thread(target=work, args=(i,), name=f"fold-{i}", daemon=True) for i in range(len(bundles))]
-    for t in threads:
-        t.start()
+    folds = [greenlet.greenlet(body, parent=hub) for _ in range(k)]
+    posted = {i: _switch(folds[i], i) for i in range(k)}  # each fold up to its first epoch's end (or its end)
+    results: list[Any] = [None] * k
+    errors: dict[int, BaseException] = {}
     try:
-        for t in threads:
-            while t.is_alive():
-                t.join(0.2)  # short waits: Ctrl-C reaches this (the main) thread
-    except BaseException as exc:
-        gate.leave(-1, None, exc)
-        for t in threads:
-            t.join()
+        while True:
+            for kind, i, value in posted.values():
+                if kind == "done":
+                    results[i] = value
+                elif kind == "error":
+                    errors[i] = value
+            failure = next((e for e in errors.values() if not isinstance(e, (optuna.TrialPruned, FoldAborted))),
+                           None)
+            waiting = [i for i, (kind, _, _) in posted.items() if kind == "epoch"]
+            if failure is not None:
+                _abort(folds, waiting, failure, posted)
+                raise failure
+            if not waiting:
+                break
+            epoch = posted[waiting[0]][2]
+            scores = [cb.value if cb.value is not None else float("nan") for cb in callbacks]
+            try:
+                prune = bool(report(epoch, sum(scores) / k))
+            except BaseException as exc:
+                _abort(folds, waiting, exc, posted)
+                raise
+            posted = {**posted, **{i: _switch(folds[i], prune) for i in waiting}}
+    except BaseException as exc:  # e.g. Ctrl-C while a fold ran: every fold still waiting stops the same way
+        _abort(folds, [i for i, (kind, _, _) in posted.items() if kind == "epoch" and not folds[i].dead], exc,
+               posted)
         raise
-    if gate.failed is not None and not isinstance(gate.failed, (optuna.TrialPruned, FoldAborted)):
-        raise gate.failed
-    real = [e for e in errors if e is not None and not isinstance(e, (optuna.TrialPruned, FoldAborted))]
-    if real:
-        raise real[0]
-    pruned = [e for e in errors if isinstance(e, optuna.TrialPruned)]
+    pruned = [e for e in errors.values() if isinstance(e, optuna.TrialPruned)]
     if pruned:
         raise pruned[0]
     return results, "lockstep"
+
+
+def _abort(folds: list[Any], waiting: list[int], exc: BaseException, posted: dict[int, Any]) -> None:
+    """Stop every fold in ``waiting`` (suspended at an epoch's end) because of ``exc``: Ctrl-C, SIGTERM and the
+    like are raised in each as they are (their runs end KILLED), anything else as :class:`FoldAborted`."""
+    for i in waiting:
+        if folds[i].dead:
+            continue
+        stop = copy.copy(exc) if isinstance(exc, KeyboardInterrupt) else FoldAborted(
+            f"fold {i} stopped: another fold failed ({type(exc).__name__}: {exc})")
+        posted[i] = _switch(folds[i], throw=stop)
