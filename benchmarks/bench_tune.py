@@ -177,9 +177,16 @@ def _tracked_table(section: Section, times: dict[tuple[str, int, int], list[floa
 #: (label, "module:attribute" or "module:Class.method", parent label or "" for a top phase)
 PHASES = [
     ("tune(): setup (storage, data, space, study, parent run)", "", ""),
-    ("load the data", "trainforge.run.api:load_data", "tune(): setup (storage, data, space, study, parent run)"),
+    ("settings (TuneSettings.resolve)", "trainforge.tuning.settings:TuneSettings.resolve", "tune(): setup (storage, data, space, study, parent run)"),
+    ("export worker (jobs.choose)", "trainforge.exporting.jobs:choose", "tune(): setup (storage, data, space, study, parent run)"),
+    ("data + task (tune._data)", "trainforge.tuning.tune:_data", "tune(): setup (storage, data, space, study, parent run)"),
+    ("load the data", "trainforge.run.api:load_data", "data + task (tune._data)"),
+    ("search space (tune._space)", "trainforge.tuning.tune:_space", "tune(): setup (storage, data, space, study, parent run)"),
+    ("create the study (tune._open_study)", "trainforge.tuning.tune:_open_study", "tune(): setup (storage, data, space, study, parent run)"),
+    ("MLflow store + experiment (setup_tracking)", "trainforge.tuning.parent_run:setup_tracking", "tune(): setup (storage, data, space, study, parent run)"),
     ("open/attach the parent run", "trainforge.tuning.parent_run:ensure_parent_run",
      "tune(): setup (storage, data, space, study, parent run)"),
+    ("parent params, tags, search_space.json", "trainforge.tuning.parent_run:log_study_start", "tune(): setup (storage, data, space, study, parent run)"),
     ("trials (study.optimize)", "optuna.study.study:Study.optimize", ""),
     ("Optuna ask (sampler, storage)", "optuna.study.study:Study.ask", "trials (study.optimize)"),
     ("Optuna tell (storage)", "optuna.study.study:Study.tell", "trials (study.optimize)"),
