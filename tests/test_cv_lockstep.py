@@ -95,3 +95,31 @@ def test_lockstep_folds_train_exactly_as_sequential_runs(workdir, wine_folds):
         run = mlflow.get_run(r.run_id)
         assert run.info.status == "FINISHED" and run.data.metrics["val_accuracy"] == r.history[-1]["val_accuracy"]
     assert mlflow.active_run() is None  # no fold's run left on this thread's active-run stack
+
+
+def test_a_failing_fold_stops_the_others_at_the_same_epoch(workdir, wine_folds):
+    """Fold 1 fails at its second epoch's end: fit_folds raises its error, and folds 0 and 2 (waiting at that
+    epoch) stop there too; no fold's run is left RUNNING."""
+    import mlflow
+
+    from trainforge.contracts import Callback
+
+    class Boom(Callback):
+        def on_epoch_end(self, trainer, epoch, metrics):
+            if epoch == 2:
+                raise RuntimeError("planted failure")
+
+    cfg = _cfg(3e-3, epochs=6)
+
+    def train_fold(i, bundle, callbacks):
+        extra = [Boom()] if i == 1 else []
+        return train(cfg, data=bundle, callbacks=[*extra, *callbacks], export=False, quiet=True, run_name=f"f{i}")
+
+    with pytest.raises(RuntimeError, match="planted failure"):
+        fit_folds(train_fold, wine_folds.bundles, "val_accuracy", lambda step, mean: False)
+    runs = mlflow.search_runs(search_all_experiments=True)
+    assert sorted(runs["tags.mlflow.runName"]) == ["f0", "f1", "f2"]
+    assert set(runs["status"]) == {"FAILED"}
+    client = mlflow.MlflowClient()
+    for run_id in runs["run_id"]:  # nobody trained a third epoch
+        assert len(client.get_metric_history(run_id, "val_accuracy")) <= 2

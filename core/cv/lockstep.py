@@ -140,10 +140,11 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
             return "error", i, exc
 
     folds = [greenlet.greenlet(body, parent=hub) for _ in range(k)]
-    posted = {i: _switch(folds[i], i) for i in range(k)}  # each fold up to its first epoch's end (or its end)
+    posted: dict[int, tuple[str, int, Any]] = {}  # fold -> what it last handed back: (kind, fold, epoch|result|error)
     results: list[Any] = [None] * k
     errors: dict[int, BaseException] = {}
     try:
+        _advance(folds, range(k), posted, lambda i: (i,))  # each fold up to its first epoch's end (or its end)
         while True:
             for kind, i, value in posted.values():
                 if kind == "done":
@@ -165,7 +166,7 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
             except BaseException as exc:
                 _abort(folds, waiting, exc, posted)
                 raise
-            posted = {**posted, **{i: _switch(folds[i], prune) for i in waiting}}
+            _advance(folds, waiting, posted, lambda _i, decided=prune: (decided,))
     except BaseException as exc:  # e.g. Ctrl-C while a fold ran: every fold still waiting stops the same way
         _abort(folds, [i for i, (kind, _, _) in posted.items() if kind == "epoch" and not folds[i].dead], exc,
                posted)
@@ -174,6 +175,19 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
     if pruned:
         raise pruned[0]
     return results, "lockstep"
+
+
+def _advance(folds: list[Any], indices: Any, posted: dict[int, Any], args: Callable[[int], tuple[Any, ...]]) -> None:
+    """Resume the folds ``indices`` in turn (fold ``i`` gets ``args(i)``), each up to its next epoch's end or its
+    end, recording what it hands back in ``posted``; a fold that fails (not pruned) stops the round, so no
+    other fold trains another epoch before the failure is handled."""
+    import optuna
+
+    for i in indices:
+        posted[i] = _switch(folds[i], *args(i))
+        kind, _, value = posted[i]
+        if kind == "error" and not isinstance(value, (optuna.TrialPruned, FoldAborted)):
+            return
 
 
 def _abort(folds: list[Any], waiting: list[int], exc: BaseException, posted: dict[int, Any]) -> None:
