@@ -137,7 +137,12 @@ def test_tune_n_jobs_2_signals(workdir, target):
     parent = psutil.Process(proc.pid)
 
     def workers() -> list:
-        return [p for p in parent.children() if "spawn_main" in " ".join(p.cmdline())]
+        found = []
+        for p in parent.children():
+            with contextlib.suppress(psutil.NoSuchProcess):  # a short-lived child may end between the two calls
+                if "spawn_main" in " ".join(p.cmdline()):
+                    found.append(p)
+        return found
 
     if target.endswith("start-up"):
         end = time.monotonic() + 120

@@ -43,22 +43,22 @@ def _context() -> tuple[Any, ...]:
     """What a fold keeps to itself across a switch: the torch RNG states and MLflow's active-run stack."""
     import torch
 
-    from trainforge.tracking import store
+    from trainforge.tracking import active_runs
 
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    return torch.get_rng_state(), cuda, store.active_runs()
+    return torch.get_rng_state(), cuda, active_runs.active_runs()
 
 
 def _restore(saved: tuple[Any, ...]) -> None:
     import torch
 
-    from trainforge.tracking import store
+    from trainforge.tracking import active_runs
 
     cpu, cuda, runs = saved
     torch.set_rng_state(cpu)
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
-    store.set_active_runs(runs)
+    active_runs.set_active_runs(runs)
 
 
 def _switch(target: Any, *args: Any, throw: BaseException | None = None) -> Any:

@@ -389,25 +389,3 @@ def download(run_id: str, artifact_path: str) -> str:
             return mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path)
     except Exception as exc:
         raise TrainforgeError(f"run {run_id!r} has no artifact {artifact_path!r} ({exc})") from None
-
-
-
-def active_runs() -> tuple[list[Any], Any]:
-    """This thread's MLflow fluent state: the active-run stack (``mlflow.start_run`` pushes, ``end_run`` pops)
-    and the last active run id, to hand to :func:`set_active_runs` later.
-
-    For code that runs several runs' bodies in turn on one thread (:mod:`trainforge.cv.lockstep`'s folds):
-    MLflow keeps this state per thread (``mlflow.tracking.fluent._active_run_stack``, a
-    ``ThreadLocalVariable``), so each body must see its own.
-    """
-    from mlflow.tracking import fluent
-
-    return fluent._active_run_stack.get(), fluent._last_active_run_id.get()
-
-
-def set_active_runs(state: tuple[list[Any], Any]) -> None:
-    """Make ``state`` (from :func:`active_runs`) this thread's MLflow fluent state again."""
-    from mlflow.tracking import fluent
-
-    fluent._active_run_stack.set(state[0])
-    fluent._last_active_run_id.set(state[1])
