@@ -114,8 +114,15 @@ def test_sigterm_to_tune_behaves_like_ctrl_c(workdir):
 def test_ctrl_c_to_tune_cv_ends_every_fold_killed(workdir):
     """Ctrl-C while a cross-validated trial's folds train in lockstep: the fold that was computing and the folds
     waiting at the epoch's end all end KILLED, as do the trial and the study's parent; exit 130, no traceback."""
+    import glob
+
     proc = start(workdir, *TUNE[:-2], "--cv", "3", "--study", "s")
-    wait_for(str(workdir / "tmp" / "trainforge-*" / "checkpoints" / "best.pt"), proc)
+    pattern = str(workdir / "tmp" / "trainforge-*" / "checkpoints" / "best.pt")
+    wait_for(pattern, proc)
+    end = time.monotonic() + 120
+    while len(glob.glob(pattern)) < 3 and time.monotonic() < end:  # every fold started (lockstep: one at a time)
+        assert proc.poll() is None
+        time.sleep(0.05)
     time.sleep(0.5)  # a few epochs into the lockstep
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
