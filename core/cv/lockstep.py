@@ -78,13 +78,12 @@ class LockstepPruning(Callback):
     def __init__(self, hub: Any, fold: int, metric: str) -> None:
         self.hub, self.fold, self.metric = hub, fold, metric
         self.value: float | None = None
-        self.epoch = 0
 
     def on_epoch_end(self, trainer: Any, epoch: int, metrics: dict[str, float]) -> None:
         import optuna
 
         best = trainer.history[trainer.best_epoch - 1] if trainer.best_epoch else metrics
-        self.value, self.epoch = float(best.get(self.metric, metrics[self.metric])), epoch
+        self.value = float(best.get(self.metric, metrics[self.metric]))
         if _switch(self.hub, ("epoch", self.fold, epoch)):
             raise optuna.TrialPruned(f"pruned at epoch {epoch}: the mean {self.metric} over folds")
 
@@ -108,8 +107,8 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
 
     ``train_fold(i, bundle, callbacks) -> TrainResult`` runs fold ``i`` (a :func:`trainforge.run.api.train`
     call). ``report(step, mean) -> prune?``: e.g. ``trial.report`` then ``trial.should_prune``. The mode is
-    ``"lockstep"`` (the folds in greenlets on this thread, step = epoch) unless :func:`lockstep_bytes` exceeds ``max_bytes``, then
-    ``"sequential"`` (step = fold index, the cumulative mean). Raises ``optuna.TrialPruned`` when pruned and
+    ``"lockstep"`` (the folds as greenlets on this thread, step = epoch) unless :func:`lockstep_bytes` exceeds
+    ``max_bytes``, then ``"sequential"`` (step = fold index, the cumulative mean). Raises ``optuna.TrialPruned`` when pruned and
     the first fold's error otherwise.
     """
     import optuna
@@ -129,11 +128,12 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
 
     hub, k = greenlet.getcurrent(), len(bundles)
     callbacks = [LockstepPruning(hub, i, metric) for i in range(k)]
-    started = _context()
 
     def body(i: int) -> tuple[str, int, Any]:
-        # a fresh copy of the caller's MLflow stack: the fold's start_run pushes onto its own list
-        _restore((*started[:2], (list(started[2][0]), started[2][1])))
+        from trainforge.tracking import active_runs
+
+        stack, last = active_runs.active_runs()  # the caller's, as a copy: the fold's start_run pushes onto its own
+        active_runs.set_active_runs((list(stack), last))
         try:
             return "done", i, train_fold(i, bundles[i], [callbacks[i]])
         except BaseException as exc:  # noqa: BLE001 - handed to fit_folds, which raises the first
@@ -151,23 +151,17 @@ def fit_folds(train_fold: Callable[[int, Any, list[Callback]], Any], bundles: li
                     results[i] = value
                 elif kind == "error":
                     errors[i] = value
-            failure = next((e for e in errors.values() if not isinstance(e, (optuna.TrialPruned, FoldAborted))),
-                           None)
-            waiting = [i for i, (kind, _, _) in posted.items() if kind == "epoch"]
+            failure = next((e for e in errors.values() if _failed(e)), None)
             if failure is not None:
-                _abort(folds, waiting, failure, posted)
                 raise failure
+            waiting = [i for i, (kind, _, _) in posted.items() if kind == "epoch"]
             if not waiting:
                 break
             epoch = posted[waiting[0]][2]
             scores = [cb.value if cb.value is not None else float("nan") for cb in callbacks]
-            try:
-                prune = bool(report(epoch, sum(scores) / k))
-            except BaseException as exc:
-                _abort(folds, waiting, exc, posted)
-                raise
+            prune = bool(report(epoch, sum(scores) / k))
             _advance(folds, waiting, posted, lambda _i, decided=prune: (decided,))
-    except BaseException as exc:  # e.g. Ctrl-C while a fold ran: every fold still waiting stops the same way
+    except BaseException as exc:  # a fold's failure, the report's, or Ctrl-C: every fold still waiting stops
         _abort(folds, [i for i, (kind, _, _) in posted.items() if kind == "epoch" and not folds[i].dead], exc,
                posted)
         raise
@@ -181,13 +175,18 @@ def _advance(folds: list[Any], indices: Any, posted: dict[int, Any], args: Calla
     """Resume the folds ``indices`` in turn (fold ``i`` gets ``args(i)``), each up to its next epoch's end or its
     end, recording what it hands back in ``posted``; a fold that fails (not pruned) stops the round, so no
     other fold trains another epoch before the failure is handled."""
-    import optuna
-
     for i in indices:
         posted[i] = _switch(folds[i], *args(i))
         kind, _, value = posted[i]
-        if kind == "error" and not isinstance(value, (optuna.TrialPruned, FoldAborted)):
+        if kind == "error" and _failed(value):
             return
+
+
+def _failed(exc: BaseException) -> bool:
+    """A fold's error that fails the trial: anything but its pruning or its stop because another fold failed."""
+    import optuna
+
+    return not isinstance(exc, (optuna.TrialPruned, FoldAborted))
 
 
 def _abort(folds: list[Any], waiting: list[int], exc: BaseException, posted: dict[int, Any]) -> None:
